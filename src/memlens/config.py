@@ -1,0 +1,192 @@
+"""One TOML file describes a run: model, data, fine-tuning method, training, attacks, output.
+
+Every table and field is optional; omitted ones take the defaults below. Unknown fields are an error, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from memlens.errors import MemlensError
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which pre-trained model to fine-tune (built-in name, local dir, ``.gguf`` file or Hugging Face id)."""
+
+    name: str = "smollm2-135m"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class DataConfig(_Section):
+    """Member / non-member / validation texts.
+
+    ``source = "phee"`` reads PHEE from ``dir`` (or ``$MEMLENS_DATA_DIR``): train = members, test = non-members,
+    dev = validation. ``source = "files"`` reads the three JSONL/CSV files named below.
+    Counts are sampled without replacement with ``seed``; ``0`` or a count above what exists takes all.
+    """
+
+    source: Literal["phee", "files"] = "phee"
+    dir: Path | None = None
+    members: Path | None = None
+    nonmembers: Path | None = None
+    validation: Path | None = None
+    text_field: str | None = None
+    n_members: Annotated[int, Field(ge=0)] = 200
+    n_nonmembers: Annotated[int, Field(ge=0)] = 200
+    n_validation: Annotated[int, Field(ge=0)] = 100
+    max_tokens: PositiveInt = 128
+    seed: int = 0
+    allow_overlap: bool = False
+
+
+class TuningConfig(_Section):
+    """The fine-tuning method and its parameters (LoRA fields are ignored by ``full``)."""
+
+    method: Literal["lora", "full"] = "lora"
+    targets: list[str] = Field(default_factory=lambda: ["q", "k", "v", "o"])
+    rank: PositiveInt = 8
+    alpha: float = 16.0
+    dropout: Fraction = 0.05
+
+
+class TrainingConfig(_Section):
+    """Optimisation. ``lr = None`` takes the method's default (see ``memlens.tuning.DEFAULT_LR``)."""
+
+    epochs: Annotated[int, Field(ge=0)] = 3
+    lr: Annotated[float, Field(gt=0)] | None = None
+    batch_size: PositiveInt = 16
+    grad_accum: PositiveInt = 1
+    warmup_ratio: Fraction = 0.0
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    seed: int = 0
+
+
+class ScoringConfig(_Section):
+    """The batched scoring pass."""
+
+    batch_size: PositiveInt = 32
+
+
+class AttackConfig(_Section):
+    """Membership-inference attacks and how their AUC is reported."""
+
+    names: list[str] = Field(default_factory=lambda: ["loss", "reference"])
+    fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
+    bootstrap: Annotated[int, Field(ge=0)] = 1000
+    confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    seed: int = 0
+
+    @field_validator("names")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        from memlens.attacks import ATTACKS
+
+        unknown = [n for n in names if n not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; available: {sorted(ATTACKS)}")
+        if not names:
+            raise ValueError("at least one attack is needed")
+        return names
+
+
+class OutputConfig(_Section):
+    """Where results go. ``{name}`` in ``dir`` is replaced by the run's name."""
+
+    dir: Path = Path("runs/{name}")
+    overwrite: bool = False
+    save_adapter: bool = False
+
+
+class RunConfig(_Section):
+    """A whole run."""
+
+    name: str = "run"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    tuning: TuningConfig = Field(default_factory=TuningConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    attacks: AttackConfig = Field(default_factory=AttackConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    def output_dir(self) -> Path:
+        return Path(str(self.output.dir).replace("{name}", self.name))
+
+    def to_toml(self) -> str:
+        """The fully resolved config as TOML (None values are omitted)."""
+        import tomli_w
+
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    got = first.get("input")
+    shown = "" if isinstance(got, dict) or first["type"] == "missing" else f" (got {got!r})"
+    more = len(err.errors()) - 1
+    tail = f"; and {more} more problem(s)" if more else ""
+    return f"invalid config {source}: field '{field}': {msg}{shown}{tail}"
+
+
+def parse_config(data: dict[str, Any], source: str = "") -> RunConfig:
+    """Validate a config mapping; raise :class:`MemlensError` naming the first bad field."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise MemlensError(_describe(err, source)) from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise MemlensError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise MemlensError(f"config file {path} is not valid TOML: {err}") from None
+    except UnicodeDecodeError:
+        raise MemlensError(f"config file {path} is not UTF-8 text") from None
+    return parse_config(data, str(path))
+
+
+def builtin_config(name: str) -> RunConfig:
+    """A config shipped with memlens (``memlens/configs/NAME.toml``), e.g. ``demo``."""
+    file = resources.files("memlens") / "configs" / f"{name}.toml"
+    if not file.is_file():
+        raise MemlensError(f"no built-in config named {name!r}")
+    return parse_config(tomllib.loads(file.read_text(encoding="utf-8")), f"(built-in {name})")
+
+
+def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return ``cfg`` with dotted-key overrides applied (``{"training.epochs": 2}``), re-validated."""
+    data = cfg.model_dump(mode="python")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return parse_config(data, "(with command-line overrides)")

@@ -1,0 +1,101 @@
+"""Member / non-member / validation sets: sampling and validity checks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from memlens.config import DataConfig
+from memlens.data.sources import PHEE_TEXT_FIELD, Text, read_phee, read_texts
+from memlens.errors import MemlensError
+
+
+@dataclass
+class Splits:
+    """The three sets of a membership experiment, plus what sampling did."""
+
+    members: list[Text]
+    nonmembers: list[Text]
+    validation: list[Text]
+    info: dict = field(default_factory=dict)
+
+
+def sample(texts: list[Text], n: int, rng: np.random.Generator) -> list[Text]:
+    """``n`` texts without replacement, in the file's order; ``n == 0`` or ``n >= len`` keeps all."""
+    if n == 0 or n >= len(texts):
+        return list(texts)
+    keep = np.sort(rng.choice(len(texts), size=n, replace=False))
+    return [texts[i] for i in keep]
+
+
+def overlap(a: list[Text], b: list[Text]) -> list[tuple[str, str]]:
+    """Pairs of ids (from ``a``, from ``b``) whose texts are equal after whitespace normalisation."""
+    index: dict[str, str] = {}
+    for t in a:
+        index.setdefault(_norm(t.text), t.id)
+    return [(index[_norm(t.text)], t.id) for t in b if _norm(t.text) in index]
+
+
+def resolve_data_dir(cfg: DataConfig) -> Path:
+    if cfg.dir is not None:
+        return cfg.dir
+    env = os.environ.get("MEMLENS_DATA_DIR")
+    if env:
+        return Path(env)
+    raise MemlensError(
+        "no data directory: set data.dir in the config, pass --data-dir, or set MEMLENS_DATA_DIR "
+        "(for PHEE: the folder with train.jsonl/dev.jsonl/test.jsonl; `memlens data download phee DIR` fetches it)"
+    )
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load and sample the three sets described by ``cfg``; refuse empty sets and member/non-member overlap."""
+    if cfg.source == "phee":
+        root = resolve_data_dir(cfg)
+        if not root.is_dir():
+            raise MemlensError(f"data directory not found: {root}")
+        raw = {
+            "members": read_phee(root, "train"),
+            "nonmembers": read_phee(root, "test"),
+            "validation": read_phee(root, "dev"),
+        }
+        where = str(root)
+    else:
+        missing = [k for k in ("members", "nonmembers", "validation") if getattr(cfg, k) is None]
+        if missing:
+            raise MemlensError(f"data.source = 'files' needs data.{', data.'.join(missing)}")
+        text_field = cfg.text_field or "text"
+        raw = {k: read_texts(getattr(cfg, k), text_field) for k in ("members", "nonmembers", "validation")}
+        where = ", ".join(str(getattr(cfg, k)) for k in raw)
+    for name, texts in raw.items():
+        if cfg.source == "phee" and cfg.text_field not in (None, PHEE_TEXT_FIELD):
+            raise MemlensError(f"PHEE texts are in field {PHEE_TEXT_FIELD!r}; leave data.text_field unset")
+        kept = [t for t in texts if t.text.strip()]
+        if not kept:
+            raise MemlensError(f"the {name} set is empty ({where})")
+        raw[name] = kept
+
+    shared = overlap(raw["members"], raw["nonmembers"])
+    if shared and not cfg.allow_overlap:
+        ids = ", ".join(f"{m}={n}" for m, n in shared[:3])
+        raise MemlensError(
+            f"{len(shared)} text(s) appear in both the member and non-member sets (ids {ids}"
+            f"{', ...' if len(shared) > 3 else ''}); fix the split or set data.allow_overlap = true (--allow-overlap)"
+        )
+    rng = np.random.default_rng(cfg.seed)
+    counts = {"members": cfg.n_members, "nonmembers": cfg.n_nonmembers, "validation": cfg.n_validation}
+    picked = {k: sample(raw[k], counts[k], rng) for k in raw}
+    info = {
+        "source": cfg.source,
+        "available": {k: len(v) for k, v in raw.items()},
+        "used": {k: len(v) for k, v in picked.items()},
+        "member_nonmember_overlap": len(shared),
+    }
+    return Splits(picked["members"], picked["nonmembers"], picked["validation"], info)
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())

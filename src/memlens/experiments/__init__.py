@@ -1,0 +1,5 @@
+"""Running configured experiments end to end."""
+
+from memlens.experiments.runner import run
+
+__all__ = ["run"]

@@ -1,0 +1,85 @@
+"""Metrics of a membership-inference attack.
+
+Every function takes ``member_scores`` and ``nonmember_scores`` (1-D arrays) where a HIGHER score means
+"more likely a member". An AUC above 0.5 means the attack separates members from non-members; 0.5 is chance.
+NaN scores are dropped from their own set (members and non-members are not paired, so nothing misaligns);
+:func:`evaluate` reports how many were dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def _labelled(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
+    m, n = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    if m.ndim != 1 or n.ndim != 1 or not len(m) or not len(n):
+        raise ValueError("need two non-empty 1-D score arrays")
+    return np.r_[np.ones(len(m)), np.zeros(len(n))], np.r_[m, n]
+
+
+def roc_auc(member_scores, nonmember_scores) -> float:
+    """Area under the ROC curve: P(member score > non-member score), ties counted half."""
+    y, s = _labelled(member_scores, nonmember_scores)
+    return float(roc_auc_score(y, s))
+
+
+def roc_points(member_scores, nonmember_scores) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` of every threshold ("member" when score ≥ threshold), from (0, 0) to (1, 1)."""
+    y, s = _labelled(member_scores, nonmember_scores)
+    fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr
+
+
+def tpr_at_fpr(member_scores, nonmember_scores, max_fpr: float) -> float:
+    """The largest TPR among thresholds whose FPR is ≤ ``max_fpr`` (never the first point past it)."""
+    fpr, tpr = roc_points(member_scores, nonmember_scores)
+    return float(tpr[fpr <= max_fpr].max())
+
+
+def auc_ci(
+    member_scores, nonmember_scores, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the AUC, resampling members and non-members separately."""
+    m, n = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    if n_boot == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    aucs = np.empty(n_boot)
+    step = max(1, 2_000_000 // (len(m) + len(n)))  # bounded memory
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        both = np.concatenate(
+            [m[rng.integers(0, len(m), (b, len(m)))], n[rng.integers(0, len(n), (b, len(n)))]], axis=1
+        )
+        ranks = rankdata(both, axis=1)[:, : len(m)].sum(axis=1)
+        aucs[start : start + b] = (ranks - len(m) * (len(m) + 1) / 2) / (len(m) * len(n))
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(aucs, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def evaluate(
+    member_scores,
+    nonmember_scores,
+    *,
+    fprs: tuple[float, ...] | list[float] = (0.001, 0.01, 0.05),
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """AUC with bootstrap CI and TPR at each FPR budget, as a flat dict (keys ``auc``, ``auc_ci_low``,
+    ``auc_ci_high``, ``tpr@fpr=0.01`` …, ``n_members``, ``n_nonmembers``, ``n_nan``)."""
+    m, n = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    n_nan = int(np.isnan(m).sum() + np.isnan(n).sum())
+    m, n = m[~np.isnan(m)], n[~np.isnan(n)]
+    out: dict[str, float] = {"n_members": len(m), "n_nonmembers": len(n), "n_nan": n_nan}
+    if not len(m) or not len(n):
+        return out | {"auc": float("nan")}
+    out["auc"] = roc_auc(m, n)
+    out["auc_ci_low"], out["auc_ci_high"] = auc_ci(m, n, n_boot=n_boot, confidence=confidence, seed=seed)
+    for f in fprs:
+        out[f"tpr@fpr={f:g}"] = tpr_at_fpr(m, n, f)
+    return out

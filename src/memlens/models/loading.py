@@ -1,0 +1,219 @@
+"""Resolve a model spec to ``(model, tokenizer)``.
+
+A spec is one of:
+- a built-in name (``memlens models`` lists them), e.g. ``smollm2-135m``;
+- a ``.gguf`` file: dequantised once and cached as safetensors;
+- a local directory in Hugging Face format (safetensors weights only);
+- a Hugging Face hub id such as ``HuggingFaceTB/SmolLM2-135M`` (needs network access).
+
+Remote code is never run (``trust_remote_code=False``) and pickled weights are never loaded.
+fp32 on CPU, bf16 on CUDA, unless asked otherwise. Padding reuses EOS; no token is ever added.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memlens import progress
+from memlens.errors import MemlensError
+from memlens.models.builtin import BUILTIN_MODELS
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to fine-tune and score, with what it is and where it came from."""
+
+    model: Any
+    tokenizer: Any
+    info: dict = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    """Root of memlens's cache (``$MEMLENS_CACHE`` or ``~/.cache/memlens``)."""
+    return Path(os.environ.get("MEMLENS_CACHE") or Path.home() / ".cache" / "memlens").expanduser()
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise MemlensError("model.device = 'cuda' but no CUDA device is available")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+def prepare(spec: str) -> Path:
+    """Return a local Hugging Face-format directory for a built-in name, ``.gguf`` file or directory."""
+    if spec in BUILTIN_MODELS:
+        return _from_gguf(BUILTIN_MODELS[spec].gguf_path(cache_dir()), label=spec)
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise MemlensError(f"model file not found: {path}")
+        return _from_gguf(path, label=path.name)
+    if path.is_dir():
+        if not any(path.glob("*.safetensors")):
+            raise MemlensError(f"{path} holds no *.safetensors weights (memlens never loads pickled weights)")
+        return path
+    if _looks_like_path(spec):
+        raise MemlensError(f"model path not found: {spec}")
+    raise _unknown(spec) if "/" not in spec else _NotLocal(spec)
+
+
+def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
+    """Load a causal LM and its tokenizer from a spec (see the module docstring)."""
+
+    _quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    try:
+        source: str | Path = prepare(spec)
+        kind = "local"
+    except _NotLocal:
+        source, kind = spec, "hub"
+    kw = {"trust_remote_code": False}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True, **kw)
+    except (OSError, ValueError) as err:
+        if kind == "hub":
+            raise MemlensError(
+                f"could not load model {spec!r} from the Hugging Face hub ({_first_line(err)}); "
+                f"built-in models: {', '.join(BUILTIN_MODELS)}"
+            ) from None
+        raise MemlensError(f"could not load model from {source}: {_first_line(err)}") from None
+    from memlens.tokens import ensure_pad_token
+
+    ensure_pad_token(tokenizer)
+    model.to(dev)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    info = {
+        "spec": spec,
+        "source": str(source),
+        "class": type(model).__name__,
+        "parameters": n_params,
+        "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
+        "device": dev,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "identity": _identity(source),
+    }
+    return LoadedModel(model, tokenizer, info)
+
+
+def _from_gguf(gguf: Path, label: str) -> Path:
+    """Dequantise a GGUF file into a cached safetensors directory (once; safe across processes)."""
+    digest = _sha256(gguf)
+    target = cache_dir() / "models" / f"{label.removesuffix('.gguf')}-{digest[:16]}"
+    if (target / "memlens.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.with_suffix(".lock")):
+        if (target / "memlens.json").is_file():  # another process finished while we waited
+            return target
+        if importlib.util.find_spec("gguf") is None:
+            raise MemlensError("reading .gguf models needs the `gguf` package: pip install gguf")
+        _quiet_transformers()
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        progress.info(f"converting {gguf.name} to safetensors once (cached in {target.parent})")
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent,
+                gguf_file=gguf.name,
+                quantization_config=GgufConfig(dequantize=True),
+                dtype=torch.float32,
+            )
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "memlens.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+            os.replace(tmp, target)
+        except Exception as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(err, (OSError, ValueError, KeyError, RuntimeError)):
+                raise MemlensError(f"could not convert {gguf}: {_first_line(err)}") from None
+            raise
+    return target
+
+
+@contextmanager
+def _locked(path: Path):
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _identity(source: str | Path) -> str:
+    """A short hash naming the weights: the GGUF's sha256 for converted models, else config + file sizes."""
+    path = Path(source)
+    marker = path / "memlens.json"
+    if marker.is_file():
+        return json.loads(marker.read_text())["sha256"][:16]
+    h = hashlib.sha256(str(source).encode())
+    if path.is_dir():
+        for f in sorted(path.glob("*")):
+            if f.is_file():
+                h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or (os.sep in spec and Path(spec).parent.exists())
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def _unknown(spec: str) -> MemlensError:
+    return MemlensError(
+        f"unknown model {spec!r}: not a built-in name ({', '.join(BUILTIN_MODELS)}), "
+        "a .gguf file, a local directory or a Hugging Face id (org/name)"
+    )
+
+
+class _NotLocal(Exception):
+    """The spec names no local model; it may be a hub id."""

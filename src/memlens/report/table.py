@@ -1,0 +1,71 @@
+"""The short terminal summary of a run."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _value(records: list[dict], epoch: int, attack: str | None, metric: str) -> dict | None:
+    for r in records:
+        if r["epoch"] == epoch and r["attack"] == attack and r["metric"] == metric:
+            return r
+    return None
+
+
+def _auc(row: dict | None) -> str:
+    if row is None or row["value"] is None:
+        return "—"
+    if row.get("ci_low") is None:
+        return f"{row['value']:.3f}"
+    return f"{row['value']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+
+
+def _pct(row: dict | None) -> str:
+    return "—" if row is None or row["value"] is None else f"{100 * row['value']:.1f}%"
+
+
+def summary_table(results: dict) -> Table:
+    """Attack AUC (95% CI) before and after fine-tuning, and TPR at 1% FPR after."""
+    records = results["records"]
+    last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
+    attacks = list(dict.fromkeys(r["attack"] for r in records if r["attack"]))
+    table = Table(title=f"membership inference · {results['name']}", title_justify="left")
+    table.add_column("attack")
+    table.add_column("AUC pre-trained [95% CI]", justify="right")
+    table.add_column(f"AUC fine-tuned, epoch {last} [95% CI]", justify="right")
+    table.add_column("TPR @ 1% FPR", justify="right")
+    for a in attacks:
+        table.add_row(
+            a,
+            _auc(_value(records, 0, a, "auc")),
+            _auc(_value(records, last, a, "auc")),
+            _pct(_value(records, last, a, "tpr@fpr=0.01")),
+        )
+    return table
+
+
+def summary_lines(results: dict) -> list[str]:
+    records, t = results["records"], results["tuning"]
+    last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
+    ppl0, ppl1 = _value(records, 0, None, "val_ppl"), _value(records, last, None, "val_ppl")
+    tm, tr = results["timings"], results["training"]
+    lines = [
+        f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)",
+        f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
+        f"({100 * t['trainable_share']:.2f}%), method {t['method']}",
+        f"training: {tr['train_tokens']:,} tokens at {tr['tokens_per_second']:.0f} tokens/s, "
+        f"padding {100 * tr['padding_fraction']:.1f}%",
+        f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
+        f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
+    ]
+    if "output_dir" in results:
+        lines.append(f"results: {results['output_dir']}/results.json")
+    return lines
+
+
+def print_summary(results: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(summary_table(results))
+    for line in summary_lines(results):
+        console.print(line, highlight=False)

@@ -1,0 +1,98 @@
+"""The scoring pass: one batched forward pass per model gives every per-token statistic.
+
+Texts are sorted by length and cut into batches (little padding, right-padded with EOS and masked).
+Only the scored positions' logits are reduced, in chunks, to (ℓ, μ, σ); no batch×seq×vocab tensor outlives
+its batch, nothing loops over tokens in Python and nothing is copied to the CPU but three floats a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from memlens import progress
+from memlens.scoring.stats import TokenStats
+from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
+
+CHUNK_TOKENS = 2048  # positions reduced over the vocabulary at once
+
+
+def score_texts(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    *,
+    max_tokens: int = 128,
+    batch_size: int = 32,
+    disable_adapters: bool = False,
+    desc: str = "scoring",
+) -> TokenStats:
+    """Score ``texts`` under ``model``; ``disable_adapters`` scores a peft model's base weights instead."""
+    enc = encode(tokenizer, texts, max_tokens)
+    return score_ids(
+        model, enc.ids, ensure_pad_token(tokenizer), batch_size=batch_size, disable_adapters=disable_adapters, desc=desc
+    )
+
+
+def score_ids(
+    model,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    batch_size: int = 32,
+    disable_adapters: bool = False,
+    desc: str = "scoring",
+) -> TokenStats:
+    """Score pre-tokenised sequences (see :func:`score_texts`)."""
+    import contextlib
+
+    import torch
+
+    lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
+    width = int(lengths.max()) if len(lengths) else 0
+    out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    adapters_off = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
+    try:
+        with torch.inference_mode(), adapters_off, progress.bar(desc, int(lengths.sum()), "tokens") as bar:
+            for rows in sorted_batches(lengths, batch_size):
+                batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+                batch_ids, mask = batch_ids.to(device), mask.to(device)
+                logits = model(input_ids=batch_ids, attention_mask=mask).logits
+                stats = _reduce(logits[:, :-1], batch_ids[:, 1:], mask[:, 1:].bool())
+                del logits
+                cols = stats[0].shape[1]
+                for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
+                    out[key][rows, :cols] = value
+                bar.advance(int(lengths[rows].sum()))
+    finally:
+        model.train(was_training)
+    return TokenStats(out["logprob"], out["mu"], out["sigma"], lengths)
+
+
+def _reduce(logits, targets, valid):
+    """``(ℓ, μ, σ)`` as ``(B, T)`` float32 numpy arrays, NaN where ``valid`` is False."""
+    import torch
+
+    flat_logits = logits[valid]  # (n, V): scored positions only
+    flat_targets = targets[valid]
+    n = flat_targets.shape[0]
+    ll, mu, sd = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
+    for s in range(0, n, CHUNK_TOKENS):
+        sl = slice(s, s + CHUNK_TOKENS)
+        logp = torch.log_softmax(flat_logits[sl].float(), dim=-1)
+        ll[sl] = logp.gather(-1, flat_targets[sl, None]).squeeze(-1)
+        plogp = logp.exp() * logp
+        m = plogp.sum(-1)
+        mu[sl] = m
+        sd[sl] = ((plogp * logp).sum(-1) - m * m).clamp_min(0).sqrt()
+        del logp, plogp
+    result = []
+    for flat in (ll, mu, sd):
+        full = torch.full(valid.shape, float("nan"), dtype=torch.float32, device=logits.device)
+        full[valid] = flat
+        result.append(full.cpu().numpy())
+    return result

@@ -1,0 +1,86 @@
+"""Tokenisation and batching shared by training, scoring and generation.
+
+Texts are tokenised once, without padding; batches are cut from sequences of similar length so that
+little compute goes to padding. Padding reuses the EOS token (no new token is ever added) and is always
+masked out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Encoded:
+    """Token ids per text, and how many texts were cut to ``max_tokens``."""
+
+    ids: list[list[int]]
+    n_truncated: int
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(s) for s in self.ids), dtype=np.int64, count=len(self.ids))
+
+
+def ensure_pad_token(tokenizer) -> int:
+    """Make the tokenizer pad with EOS when it has no pad token; return the pad id."""
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            from memlens.errors import MemlensError
+
+            raise MemlensError("the tokenizer has neither a pad nor an EOS token to pad with")
+        tokenizer.pad_token = tokenizer.eos_token
+    return int(tokenizer.pad_token_id)
+
+
+def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> Encoded:
+    """Tokenise with the tokenizer's own special tokens (e.g. BOS where the model uses one)."""
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    n_trunc = sum(len(s) > max_tokens for s in ids)
+    return Encoded([list(s[:max_tokens]) for s in ids], n_trunc)
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Indices in batches of similar length (longest first, so a memory problem shows at once)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def grouped_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, group: int = 64
+) -> list[np.ndarray]:
+    """Shuffled batches of similar length: shuffle, sort inside groups of ``group`` batches, shuffle batches."""
+    perm = rng.permutation(len(lengths))
+    span = batch_size * group
+    batches: list[np.ndarray] = []
+    for start in range(0, len(perm), span):
+        chunk = perm[start : start + span]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "right"):
+    """``(input_ids, attention_mask)`` as torch tensors, padded on ``side`` to the longest sequence."""
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        sl = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[row, sl] = torch.as_tensor(s, dtype=torch.long)
+        mask[row, sl] = 1
+    return ids, mask
+
+
+def padding_fraction(lengths: np.ndarray, batches: Iterator[np.ndarray] | list[np.ndarray]) -> float:
+    """Share of the padded token slots that are padding."""
+    real = slots = 0
+    for b in batches:
+        real += int(lengths[b].sum())
+        slots += int(lengths[b].max()) * len(b)
+    return 1.0 - real / slots if slots else 0.0

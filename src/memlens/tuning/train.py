@@ -1,0 +1,101 @@
+"""The training loop: causal-LM loss on the member texts, length-grouped batches, AdamW with a schedule.
+
+The loss is the mean NLL over all real tokens of an optimiser step (gradient accumulation weighs each
+micro-batch by its token count, so accumulating equals one big batch). Padding never counts.
+On CPU a fixed seed gives the same weights, run after run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from memlens import progress
+from memlens.config import TrainingConfig
+from memlens.tokens import grouped_batches, pad_batch, padding_fraction
+
+
+def train(
+    model,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    cfg: TrainingConfig,
+    *,
+    lr: float,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> dict:
+    """Fine-tune ``model`` in place on token sequences ``ids``; return a summary (losses, tokens/s, time).
+
+    ``on_epoch_end(epoch)`` is called after each epoch (1-based), e.g. to evaluate memorization.
+    """
+    import torch
+    from transformers import get_scheduler
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    device = params[0].device
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    n_batches = math.ceil(len(ids) / cfg.batch_size)
+    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    sched = get_scheduler(
+        cfg.schedule,
+        opt,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=max(total_steps, 1),
+    )
+    epochs: list[dict] = []
+    n_tokens, t_train, pad_frac = 0, 0.0, []
+    with progress.bar("fine-tuning", total_steps, "steps") as bar:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            batches = grouped_batches(lengths, cfg.batch_size, rng)
+            pad_frac.append(padding_fraction(lengths, batches))
+            t0 = time.perf_counter()
+            loss_sum, tok_sum = 0.0, 0
+            for start in range(0, len(batches), cfg.grad_accum):
+                window = batches[start : start + cfg.grad_accum]
+                window_tokens = int(sum((lengths[b] - 1).clip(min=0).sum() for b in window))
+                if window_tokens == 0:
+                    continue
+                for rows in window:
+                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+                    batch_ids, mask = batch_ids.to(device), mask.to(device)
+                    labels = batch_ids.masked_fill(mask == 0, -100)
+                    n_lab = int(mask[:, 1:].sum())
+                    if n_lab == 0:
+                        continue
+                    out = model(input_ids=batch_ids, attention_mask=mask, labels=labels)
+                    (out.loss * (n_lab / window_tokens)).backward()
+                    loss_sum += float(out.loss.detach()) * n_lab
+                    tok_sum += n_lab
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                bar.advance(1)
+                bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}")
+            dt = time.perf_counter() - t0
+            t_train += dt
+            n_tokens += int(lengths.sum())
+            epochs.append({"epoch": epoch, "train_loss": loss_sum / max(tok_sum, 1), "seconds": dt})
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+    model.eval()
+    return {
+        "epochs": epochs,
+        "steps": total_steps,
+        "lr": lr,
+        "train_tokens": n_tokens,
+        "train_seconds": t_train,
+        "tokens_per_second": n_tokens / t_train if t_train else float("nan"),
+        "padding_fraction": float(np.mean(pad_frac)) if pad_frac else 0.0,
+    }
