@@ -106,7 +106,8 @@ class AttackConfig(_Section):
 
 
 class OutputConfig(_Section):
-    """Where results go. ``{name}`` in ``dir`` is replaced by the run's name."""
+    """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
+    refused unless ``overwrite``."""
 
     dir: Path = Path("runs/{name}")
     overwrite: bool = False
@@ -126,7 +127,11 @@ class RunConfig(_Section):
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def output_dir(self) -> Path:
-        return Path(str(self.output.dir).replace("{name}", self.name))
+        """``output.dir`` with ``{name}`` and ``{time}`` (UTC, YYYYmmdd-HHMMSS) filled in."""
+        from datetime import UTC, datetime
+
+        now = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+        return Path(str(self.output.dir).replace("{name}", self.name).replace("{time}", now))
 
     def to_toml(self) -> str:
         """The fully resolved config as TOML (None values are omitted)."""

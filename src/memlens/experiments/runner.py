@@ -27,13 +27,6 @@ from memlens.scoring.stats import TokenStats
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
     """Run ``cfg``; return the results (the content of ``results.json``) and, if ``write``, save them."""
-    import torch
-
-    from memlens.models import load_model
-    from memlens.scoring import score_ids
-    from memlens.tokens import encode
-    from memlens.tuning import DEFAULT_LR, apply_method, train
-
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     out_dir = cfg.output_dir()
@@ -45,7 +38,14 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
         return time.perf_counter()
 
     t = time.perf_counter()
-    splits = load_splits(cfg.data)
+    splits = load_splits(cfg.data)  # data errors surface before the heavy imports
+    import torch
+
+    from memlens.models import load_model
+    from memlens.scoring import score_ids
+    from memlens.tokens import encode
+    from memlens.tuning import DEFAULT_LR, apply_method, train
+
     lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     model, tok = lm.model, lm.tokenizer
     pad_id = int(tok.pad_token_id)

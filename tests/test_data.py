@@ -1,0 +1,94 @@
+import json
+
+import pytest
+from conftest import PHEE, write_jsonl
+
+from memlens.config import DataConfig
+from memlens.data import download_phee, load_splits, read_csv, read_jsonl
+from memlens.errors import MemlensError
+
+
+def files_cfg(tmp_path, members, nonmembers, validation=("a valid sentence",), **kw):
+    return DataConfig(
+        source="files",
+        members=write_jsonl(tmp_path / "m.jsonl", list(members)),
+        nonmembers=write_jsonl(tmp_path / "n.jsonl", list(nonmembers)),
+        validation=write_jsonl(tmp_path / "v.jsonl", list(validation)),
+        **kw,
+    )
+
+
+def test_phee_splits_are_sampled_deterministically():
+    cfg = DataConfig(dir=PHEE, n_members=50, n_nonmembers=40, n_validation=0, seed=7)
+    a, b = load_splits(cfg), load_splits(cfg)
+    assert [t.id for t in a.members] == [t.id for t in b.members]
+    assert len(a.members) == 50 and len(a.nonmembers) == 40 and len(a.validation) == 961
+    assert a.info["available"] == {"members": 2898, "nonmembers": 968, "validation": 961}
+    c = load_splits(cfg.model_copy(update={"seed": 8}))
+    assert [t.id for t in a.members] != [t.id for t in c.members]
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "ok"}\n\n{"text": "broken"\n')
+    with pytest.raises(MemlensError, match=r"bad\.jsonl:3: malformed JSON"):
+        read_jsonl(p)
+
+
+def test_missing_field_and_wrong_type(tmp_path):
+    p = tmp_path / "x.jsonl"
+    p.write_text(json.dumps({"body": "hi"}) + "\n")
+    with pytest.raises(MemlensError, match=r"x\.jsonl:1: no field 'text' \(fields: body\)"):
+        read_jsonl(p)
+    p.write_text(json.dumps({"text": 3}) + "\n")
+    with pytest.raises(MemlensError, match="is int, not a string"):
+        read_jsonl(p)
+
+
+def test_csv_reader_and_missing_column(tmp_path):
+    p = tmp_path / "x.csv"
+    p.write_text('id,body\n1,"hello, world"\n2,second\n')
+    assert [t.text for t in read_csv(p, "body")] == ["hello, world", "second"]
+    with pytest.raises(MemlensError, match="no column 'text'"):
+        read_csv(p)
+
+
+def test_missing_dir_and_file(tmp_path):
+    with pytest.raises(MemlensError, match="data directory not found"):
+        load_splits(DataConfig(dir=tmp_path / "nope"))
+    with pytest.raises(MemlensError, match="PHEE file not found"):
+        load_splits(DataConfig(dir=tmp_path))
+    with pytest.raises(MemlensError, match="data file not found"):
+        load_splits(
+            DataConfig(
+                source="files",
+                members=tmp_path / "m.jsonl",
+                nonmembers=tmp_path / "n.jsonl",
+                validation=tmp_path / "v.jsonl",
+            )
+        )
+
+
+def test_empty_member_set_is_refused(tmp_path):
+    with pytest.raises(MemlensError, match="members set is empty"):
+        load_splits(files_cfg(tmp_path, ["  "], ["one sentence"]))
+
+
+def test_overlap_refused_unless_allowed(tmp_path):
+    cfg = files_cfg(tmp_path, ["The same  text.", "only member"], ["the other", "The same text."])
+    with pytest.raises(MemlensError, match=r"1 text\(s\) appear in both .*\(ids t0=t1\)"):
+        load_splits(cfg)
+    assert load_splits(cfg.model_copy(update={"allow_overlap": True})).info["member_nonmember_overlap"] == 1
+
+
+def test_download_checks_sha256_and_writes_nothing_on_mismatch(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for split in ("train", "dev", "test"):
+        (src / f"{split}.json").write_bytes((PHEE / f"{split}.jsonl").read_bytes())
+    dest = download_phee(tmp_path / "ok", url=src.as_uri() + "/{split}.json")
+    assert sorted(p.name for p in dest.iterdir()) == ["dev.jsonl", "test.jsonl", "train.jsonl"]
+    (src / "train.json").write_text("tampered\n")
+    with pytest.raises(MemlensError, match="sha256 mismatch"):
+        download_phee(tmp_path / "bad", url=src.as_uri() + "/{split}.json")
+    assert list((tmp_path / "bad").iterdir()) == []

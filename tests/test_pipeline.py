@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from memlens.config import parse_config
+from memlens.errors import MemlensError
+from memlens.experiments import run
+from memlens.metrics import roc_auc
+
+
+def auc_of(results, epoch, attack):
+    (row,) = [r for r in results["records"] if (r["epoch"], r["attack"], r["metric"]) == (epoch, attack, "auc")]
+    return row
+
+
+@pytest.fixture(scope="module")
+def memorized(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "memorized"
+    cfg = parse_config(tiny_config(tiny_dir, out, training={"epochs": 25}, data={"n_members": 32, "n_nonmembers": 32}))
+    return cfg, run(cfg), out
+
+
+def test_heavy_fine_tuning_is_detected(memorized):
+    _, results, _ = memorized
+    post, pre = auc_of(results, 25, "loss"), auc_of(results, 0, "loss")
+    assert post["value"] > 0.9 and post["ci_low"] <= post["value"] <= post["ci_high"]
+    assert abs(pre["value"] - 0.5) < 0.25  # an untrained model knows nothing of the members
+    assert auc_of(results, 25, "reference")["value"] > 0.9
+    assert [r for r in results["records"] if r["attack"] == "reference" and r["epoch"] == 0] == []
+    ppl = {r["epoch"]: r["value"] for r in results["records"] if r["metric"] == "val_ppl"}
+    assert ppl[25] < ppl[0]  # it learnt the language too
+    assert results["tuning"]["trainable_share"] == 1.0
+
+
+def test_shuffled_membership_labels_give_chance(memorized, tiny_dir):
+    """Retrain the same run through the Python API, then shuffle the labels: AUC must fall to ≈ 0.5."""
+    import torch
+
+    from memlens.data import load_splits
+    from memlens.models import load_model
+    from memlens.scoring import score_texts
+    from memlens.tokens import encode
+    from memlens.tuning import apply_method, train
+
+    cfg, results, _ = memorized
+    splits = load_splits(cfg.data)
+    lm = load_model(str(tiny_dir), device="cpu")
+    texts = [t.text for t in splits.members + splits.nonmembers]
+    torch.manual_seed(cfg.training.seed)
+    model, _ = apply_method(lm.model, cfg.tuning)
+    enc = encode(lm.tokenizer, texts, cfg.data.max_tokens)
+    train(model, enc.ids[:32], lm.tokenizer.pad_token_id, cfg.training, lr=cfg.training.lr)
+    scores = -score_texts(model, lm.tokenizer, texts, max_tokens=cfg.data.max_tokens).nll()
+    assert roc_auc(scores[:32], scores[32:]) == pytest.approx(auc_of(results, 25, "loss")["value"])  # same seed
+    rng = np.random.default_rng(0)
+    shuffled = [roc_auc(*np.split(scores[rng.permutation(64)], 2)) for _ in range(40)]
+    assert abs(np.mean(shuffled) - 0.5) < 0.05
+
+
+def test_results_folder_holds_results_and_resolved_config(memorized):
+    cfg, results, out = memorized
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["records"] == json.loads(json.dumps(results["records"]))
+    assert parse_config(__import__("tomllib").loads((out / "config.toml").read_text())) == cfg
+    from memlens.data import load_splits
+
+    written = (out / "results.json").read_text() + (out / "config.toml").read_text()
+    splits = load_splits(cfg.data)
+    assert not [t.id for t in splits.members + splits.nonmembers if t.text[:30] in written]  # no text stored
+
+
+def test_refuses_non_empty_output_dir_and_leaves_it_alone(tiny_dir, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(MemlensError, match="not empty"):
+        run(parse_config(tiny_config(tiny_dir, out)))
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_failure_midway_writes_nothing(tiny_dir, tmp_path):
+    out = tmp_path / "never"
+    cfg = parse_config(tiny_config(tiny_dir, out, tuning={"method": "lora", "targets": ["nope"]}))
+    with pytest.raises(MemlensError, match="LoRA target 'nope'"):
+        run(cfg)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_lora_run_and_no_output(tiny_dir, tmp_path):
+    cfg = parse_config(tiny_config(tiny_dir, tmp_path / "x", tuning={"method": "lora", "targets": ["q", "v"]}))
+    results = run(cfg, write=False)
+    assert results["tuning"]["trainable_share"] < 0.1
+    assert not (tmp_path / "x").exists()

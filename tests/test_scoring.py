@@ -1,0 +1,84 @@
+import numpy as np
+import pytest
+import torch
+from conftest import phee_texts
+
+from memlens.scoring import TokenStats, score_texts
+from memlens.tokens import encode
+
+TEXTS = [*phee_texts("dev", 9), "Short.", "A", "Rash after amoxicillin, twice, in a 3-year-old boy."]
+
+
+def unbatched_reference(model, tok, texts, max_tokens):
+    """One text at a time, no padding, straight from the definition."""
+    rows = []
+    for ids in encode(tok, texts, max_tokens).ids:
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=x).logits[0, :-1].double(), -1)
+        p = logp.exp()
+        ll = logp[torch.arange(len(ids) - 1), x[0, 1:]]
+        mu = (p * logp).sum(-1)
+        var = (p * (logp - mu[:, None]) ** 2).sum(-1)
+        rows.append((ll.numpy(), mu.numpy(), var.sqrt().numpy()))
+    return rows
+
+
+def test_batched_equals_unbatched_with_mixed_lengths(tiny):
+    stats = score_texts(tiny.model, tiny.tokenizer, TEXTS, max_tokens=40, batch_size=4)
+    ref = unbatched_reference(tiny.model, tiny.tokenizer, TEXTS, 40)
+    assert len(set(stats.lengths.tolist())) > 5  # really mixed lengths, so padding is exercised
+    for i, (ll, mu, sd) in enumerate(ref):
+        n = stats.lengths[i]
+        assert n == len(ll)
+        np.testing.assert_allclose(stats.logprob[i, :n], ll, atol=1e-5)
+        np.testing.assert_allclose(stats.mu[i, :n], mu, atol=1e-5)  # μ against an explicit full softmax
+        np.testing.assert_allclose(stats.sigma[i, :n], sd, atol=1e-4)
+        assert np.isnan(stats.logprob[i, n:]).all()
+    nll = stats.nll()
+    for i, (ll, _, _) in enumerate(ref):
+        expected = -ll.mean() if len(ll) else np.nan
+        np.testing.assert_allclose(nll[i], expected, atol=1e-5)
+
+
+def test_batch_size_does_not_change_scores(tiny):
+    a = score_texts(tiny.model, tiny.tokenizer, TEXTS, batch_size=1)
+    b = score_texts(tiny.model, tiny.tokenizer, TEXTS, batch_size=32)
+    np.testing.assert_allclose(a.nll(), b.nll(), atol=1e-5)
+
+
+def test_truncation_is_counted(tiny):
+    enc = encode(tiny.tokenizer, TEXTS, max_tokens=8)
+    assert enc.n_truncated == sum(len(tiny.tokenizer(t)["input_ids"]) > 8 for t in TEXTS) > 0
+    assert enc.lengths.max() == 8
+
+
+def test_perplexity_is_token_weighted(tiny):
+    stats = score_texts(tiny.model, tiny.tokenizer, TEXTS[:4])
+    total = np.nansum(stats.logprob)
+    assert stats.perplexity() == pytest.approx(np.exp(-total / stats.lengths.sum()), rel=1e-6)
+
+
+def test_stats_save_load_and_take(tmp_path, tiny):
+    stats = score_texts(tiny.model, tiny.tokenizer, TEXTS[:5])
+    stats.save(tmp_path / "s.npz")
+    back = TokenStats.load(tmp_path / "s.npz")
+    np.testing.assert_array_equal(back.logprob, stats.logprob)
+    sub = stats.take(np.array([1, 3]))
+    np.testing.assert_allclose(sub.nll(), stats.nll()[[1, 3]])
+    both = TokenStats.concat([stats.take(np.array([0])), stats.take(np.array([1, 2]))])
+    np.testing.assert_allclose(both.nll(), stats.nll()[:3])
+
+
+def test_disabled_adapters_score_like_the_base_model(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    base = score_texts(tiny.model, tiny.tokenizer, TEXTS[:6])
+    peft_model = get_peft_model(tiny.model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    for name, p in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.5)  # make the adapters matter
+    adapted = score_texts(peft_model, tiny.tokenizer, TEXTS[:6])
+    off = score_texts(peft_model, tiny.tokenizer, TEXTS[:6], disable_adapters=True)
+    assert np.abs(adapted.nll() - base.nll()).max() > 1e-3
+    np.testing.assert_allclose(off.nll(), base.nll(), atol=1e-6)
