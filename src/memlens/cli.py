@@ -48,6 +48,7 @@ def _guard(fn):
 
 def _execute(cfg, overrides: dict, quiet: bool, as_json: bool) -> None:
     import json
+    import warnings
 
     from memlens import progress
     from memlens.config import with_overrides
@@ -55,6 +56,7 @@ def _execute(cfg, overrides: dict, quiet: bool, as_json: bool) -> None:
     from memlens.report import print_summary
 
     progress.set_enabled(not quiet)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for users
     cfg = with_overrides(cfg, overrides)
     results = run(cfg)
     if as_json:
