@@ -78,15 +78,23 @@ class TrainingConfig(_Section):
 
 
 class ScoringConfig(_Section):
-    """The batched scoring pass."""
+    """The batched scoring pass. ``cache``: reuse statistics of the same weights on the same tokens from disk."""
 
     batch_size: PositiveInt = 32
+    cache: bool = True
 
 
 class AttackConfig(_Section):
-    """Membership-inference attacks and how their AUC is reported."""
+    """Membership-inference attacks and how their AUC is reported.
 
-    names: list[str] = Field(default_factory=lambda: ["loss", "reference"])
+    The default attacks all come from the one scoring pass. ``lowercase`` adds a pass over the lower-cased
+    texts and ``recall`` a pass over the texts after a prefix of ``recall_shots`` validation texts (never a
+    scored text). ``k``: the fractions of Min-K% and Min-K%++.
+    """
+
+    names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
+    k: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
+    recall_shots: PositiveInt = 5
     fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
     bootstrap: Annotated[int, Field(ge=0)] = 1000
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95

@@ -17,47 +17,73 @@ from memlens.scoring.stats import TokenStats
 
 @dataclass(frozen=True)
 class AttackInputs:
-    """What an attack may read: the target model's statistics, a reference model's, the raw texts."""
+    """What an attack may read, all for the same texts in the same order.
+
+    - ``target``: the attacked model's statistics of the texts;
+    - ``reference``: a reference model's (the pre-trained model) statistics of the same texts;
+    - ``texts``: the raw texts (zlib);
+    - ``lowercase``: the target model's statistics of the lower-cased texts;
+    - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL).
+    """
 
     target: TokenStats
     reference: TokenStats | None = None
     texts: Sequence[str] | None = None
+    lowercase: TokenStats | None = None
+    recall: TokenStats | None = None
 
 
 @dataclass(frozen=True)
 class Attack:
+    """A registered attack. ``takes_k``: it has a fraction parameter ``k`` (Min-K% family)."""
+
     name: str
-    fn: Callable[[AttackInputs], np.ndarray]
+    fn: Callable[..., np.ndarray]
     needs: frozenset[str]
     description: str
+    takes_k: bool = False
 
 
 ATTACKS: dict[str, Attack] = {}
 
 
-def register(name: str, *, needs: Sequence[str] = (), description: str = ""):
-    """Decorator adding ``fn(inputs) -> scores`` to :data:`ATTACKS` under ``name``."""
+def register(name: str, *, needs: Sequence[str] = (), description: str = "", takes_k: bool = False):
+    """Decorator adding ``fn(inputs[, k]) -> scores`` to :data:`ATTACKS` under ``name``."""
 
-    def add(fn: Callable[[AttackInputs], np.ndarray]) -> Callable[[AttackInputs], np.ndarray]:
+    def add(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
         if name in ATTACKS:
             raise ValueError(f"attack {name!r} registered twice")
-        ATTACKS[name] = Attack(name, fn, frozenset(needs), description or (fn.__doc__ or "").strip())
+        ATTACKS[name] = Attack(name, fn, frozenset(needs), description or (fn.__doc__ or "").strip(), takes_k)
         return fn
 
     return add
 
 
-def run_attack(name: str, inputs: AttackInputs) -> np.ndarray:
-    """Scores of attack ``name`` (one per text; higher = member)."""
+def run_attack(name: str, inputs: AttackInputs, k: float | None = None) -> np.ndarray:
+    """Scores of attack ``name`` (one per text; higher = member); ``k`` for the Min-K% family."""
     if name not in ATTACKS:
         raise MemlensError(f"unknown attack {name!r}; available: {', '.join(sorted(ATTACKS))}")
     attack = ATTACKS[name]
-    missing = [k for k in attack.needs if getattr(inputs, k) is None]
+    missing = [n for n in sorted(attack.needs) if getattr(inputs, n) is None]
     if missing:
         raise MemlensError(f"attack {name!r} needs {', '.join(missing)}")
-    return np.asarray(attack.fn(inputs), dtype=np.float64)
+    if attack.takes_k != (k is not None):
+        raise MemlensError(f"attack {name!r} {'needs' if attack.takes_k else 'takes no'} parameter k")
+    scores = attack.fn(inputs, k) if attack.takes_k else attack.fn(inputs)
+    return np.asarray(scores, dtype=np.float64)
 
 
-from memlens.attacks import likelihood  # noqa: E402,F401  (registers the attacks)
+def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, str, float | None]]:
+    """``(label, name, k)`` for every configured attack; Min-K% family expands to one label per k."""
+    out = []
+    for n in names:
+        if ATTACKS[n].takes_k:
+            out += [(f"{n}@{k:g}", n, k) for k in ks]
+        else:
+            out.append((n, n, None))
+    return out
 
-__all__ = ["ATTACKS", "Attack", "AttackInputs", "register", "run_attack"]
+
+from memlens.attacks import likelihood, tokens  # noqa: E402,F401  (registers the attacks)
+
+__all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 
 from memlens.attacks import AttackInputs, register
@@ -19,3 +21,28 @@ def loss(inputs: AttackInputs) -> np.ndarray:
 )
 def reference(inputs: AttackInputs) -> np.ndarray:
     return inputs.reference.nll() - inputs.target.nll()
+
+
+@register("zlib", needs=["texts"], description="Zlib (Carlini et al. 2021): −L(x, M) / len(zlib(x)) in bytes")
+def zlib_ratio(inputs: AttackInputs) -> np.ndarray:
+    sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in inputs.texts], dtype=np.float64)
+    return -inputs.target.nll() / sizes
+
+
+@register(
+    "lowercase",
+    needs=["lowercase"],
+    description="Lowercase (Carlini et al. 2021): L(lower(x), M) − L(x, M)",
+)
+def lowercase(inputs: AttackInputs) -> np.ndarray:
+    return inputs.lowercase.nll() - inputs.target.nll()
+
+
+@register(
+    "recall",
+    needs=["recall"],
+    description="ReCaLL (Xie et al. 2024): L(x | P, M) / L(x, M), P = a non-member prefix from the validation set",
+)
+def recall(inputs: AttackInputs) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inputs.recall.nll() / inputs.target.nll()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens import __version__, progress
-from memlens.attacks import ATTACKS, AttackInputs, run_attack
+from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.errors import MemlensError
@@ -42,44 +42,33 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
     import torch
 
     from memlens.models import load_model
-    from memlens.scoring import score_ids
-    from memlens.tokens import encode
     from memlens.tuning import DEFAULT_LR, apply_method, train
 
     lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     model, tok = lm.model, lm.tokenizer
-    pad_id = int(tok.pad_token_id)
     texts = [x.text for x in splits.members + splits.nonmembers]
     n_mem = len(splits.members)
-    enc = encode(tok, texts, cfg.data.max_tokens)
-    val = encode(tok, [x.text for x in splits.validation], cfg.data.max_tokens)
+    inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
     t = lap("load", t)
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
         f"model {lm.info['spec']} ({lm.info['parameters'] / 1e6:.1f}M parameters) on {lm.info['device']}"
     )
 
-    bs = cfg.scoring.batch_size
-    base = score_ids(model, enc.ids, pad_id, batch_size=bs, desc="scoring pre-trained")
-    base_val = score_ids(model, val.ids, pad_id, batch_size=bs, desc="validation pre-trained")
+    base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
     t = lap("score_pretrained", t)
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
     lr = cfg.training.lr or DEFAULT_LR[cfg.tuning.method]
-    train_info = train(model, enc.ids[:n_mem], pad_id, cfg.training, lr=lr)
+    train_info = train(model, inputs["target"].ids[:n_mem], inputs["pad_id"], cfg.training, lr=lr)
     t = lap("train", t)
 
-    tuned = score_ids(model, enc.ids, pad_id, batch_size=bs, desc="scoring fine-tuned")
-    tuned_val = score_ids(model, val.ids, pad_id, batch_size=bs, desc="validation fine-tuned")
+    tuned = score_stage(model, inputs, cfg, lm.info["identity"], "fine-tuned")
     t = lap("score_finetuned", t)
 
-    records = attack_records(cfg, base, 0, reference=None, texts=texts, n_members=n_mem)
-    records += attack_records(cfg, tuned, cfg.training.epochs, reference=base, texts=texts, n_members=n_mem)
-    records += [
-        {"epoch": 0, "attack": None, "metric": "val_ppl", "value": base_val.perplexity()},
-        {"epoch": cfg.training.epochs, "attack": None, "metric": "val_ppl", "value": tuned_val.perplexity()},
-    ]
+    records = stage_records(cfg, base, 0, reference=None, texts=texts, n_members=n_mem)
+    records += stage_records(cfg, tuned, cfg.training.epochs, reference=base["target"], texts=texts, n_members=n_mem)
     t = lap("attacks", t)
     timings["total"] = round(time.perf_counter() - t_start, 2)
 
@@ -90,9 +79,9 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
         "model": lm.info,
         "data": splits.info
         | {
-            "truncated": enc.n_truncated + val.n_truncated,
+            "truncated": inputs["target"].n_truncated + inputs["validation"].n_truncated,
             "max_tokens": cfg.data.max_tokens,
-            "scored_tokens": int(base.lengths.sum() + base_val.lengths.sum()),
+            "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
         },
         "tuning": tuning_info,
         "training": train_info,
@@ -106,16 +95,82 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
     return results
 
 
-def attack_records(
-    cfg: RunConfig, stats: TokenStats, epoch: int, *, reference: TokenStats | None, texts: list[str], n_members: int
+def passes_needed(cfg: RunConfig) -> set[str]:
+    """The extra scoring passes the configured attacks need (``lowercase``, ``recall``)."""
+    return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall"}
+
+
+def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) -> dict:
+    """Token ids of every pass: the texts, the validation set and, where needed, lower-cased texts and the
+    ReCaLL prefix (the first ``recall_shots`` validation texts: non-members that are never scored as such)."""
+    from memlens.tokens import encode
+
+    out = {
+        "pad_id": int(tok.pad_token_id),
+        "target": encode(tok, texts, cfg.data.max_tokens),
+        "validation": encode(tok, validation, cfg.data.max_tokens),
+    }
+    needed = passes_needed(cfg)
+    if "lowercase" in needed:
+        out["lowercase"] = encode(tok, [t.lower() for t in texts], cfg.data.max_tokens)
+    if "recall" in needed:
+        prefix = " ".join(validation[: cfg.attacks.recall_shots]) + " "
+        out["recall_prefix"] = tok(prefix)["input_ids"]
+    return out
+
+
+def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) -> dict[str, TokenStats]:
+    """Every pass the attacks need, under ``model`` as it is now (cached on disk)."""
+    from memlens.scoring import score_cached
+
+    def score(ids, what: str, **kw) -> TokenStats:
+        return score_cached(
+            model,
+            ids,
+            inputs["pad_id"],
+            identity=identity,
+            batch_size=cfg.scoring.batch_size,
+            use_cache=cfg.scoring.cache,
+            desc=f"{what}, {label}",
+            **kw,
+        )[0]
+
+    out = {
+        "target": score(inputs["target"].ids, "scoring"),
+        "validation": score(inputs["validation"].ids, "validation"),
+    }
+    if "lowercase" in inputs:
+        out["lowercase"] = score(inputs["lowercase"].ids, "lower-cased")
+    if "recall_prefix" in inputs:
+        out["recall"] = score(inputs["target"].ids, "ReCaLL-prefixed", prefix=inputs["recall_prefix"])
+    return out
+
+
+def stage_records(
+    cfg: RunConfig,
+    stats: dict[str, TokenStats],
+    epoch: int,
+    *,
+    reference: TokenStats | None,
+    texts: list[str],
+    n_members: int,
 ) -> list[dict]:
-    """Tidy rows (epoch, attack, metric, value[, ci]) for every configured attack that can run."""
-    inputs = AttackInputs(target=stats, reference=reference, texts=texts)
-    rows: list[dict] = []
-    for name in cfg.attacks.names:
-        if any(getattr(inputs, k) is None for k in ATTACKS[name].needs):
+    """Tidy rows (epoch, attack, metric, value[, ci]) for every configured attack that can run, plus the
+    validation perplexity."""
+    inputs = AttackInputs(
+        target=stats["target"],
+        reference=reference,
+        texts=texts,
+        lowercase=stats.get("lowercase"),
+        recall=stats.get("recall"),
+    )
+    rows: list[dict] = [
+        {"epoch": epoch, "attack": None, "metric": "val_ppl", "value": stats["validation"].perplexity()}
+    ]
+    for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
+        if any(getattr(inputs, n) is None for n in ATTACKS[name].needs):
             continue  # e.g. Reference on the pre-trained model: it would compare the model with itself
-        scores = run_attack(name, inputs)
+        scores = run_attack(name, inputs, k)
         m = evaluate(
             scores[:n_members],
             scores[n_members:],
@@ -124,7 +179,7 @@ def attack_records(
             confidence=cfg.attacks.confidence,
             seed=cfg.attacks.seed,
         )
-        base = {"epoch": epoch, "attack": name}
+        base = {"epoch": epoch, "attack": label}
         rows.append(
             base
             | {
@@ -137,7 +192,7 @@ def attack_records(
                 "n_nan": m["n_nan"],
             }
         )
-        rows += [base | {"metric": k, "value": v} for k, v in m.items() if k.startswith("tpr@")]
+        rows += [base | {"metric": k_, "value": v} for k_, v in m.items() if k_.startswith("tpr@")]
     return rows
 
 

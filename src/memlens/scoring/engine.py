@@ -35,6 +35,32 @@ def score_texts(
     )
 
 
+def score_cached(
+    model,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    *,
+    identity: str = "",
+    use_cache: bool = True,
+    **kw,
+) -> tuple[TokenStats, bool]:
+    """:func:`score_ids` through the on-disk cache; returns ``(stats, hit)``. ``identity`` names the weights'
+    origin (``LoadedModel.info["identity"]``); a fingerprint of the current parameters is added to it."""
+    from memlens.scoring import cache
+
+    if not use_cache:
+        return score_ids(model, ids, pad_id, **kw), False
+    dev = next(model.parameters())
+    extra = f"{dev.dtype}|{dev.device.type}|adapters_off={kw.get('disable_adapters', False)}"
+    key = cache.cache_key(cache.weights_fingerprint(model, identity), ids, prefix=kw.get("prefix", ()), extra=extra)
+    hit = cache.load(key)
+    if hit is not None:
+        return hit, True
+    stats = score_ids(model, ids, pad_id, **kw)
+    cache.store(key, stats)
+    return stats, False
+
+
 def score_ids(
     model,
     ids: Sequence[Sequence[int]],
@@ -42,9 +68,14 @@ def score_ids(
     *,
     batch_size: int = 32,
     disable_adapters: bool = False,
+    prefix: Sequence[int] = (),
     desc: str = "scoring",
 ) -> TokenStats:
-    """Score pre-tokenised sequences (see :func:`score_texts`)."""
+    """Score pre-tokenised sequences (see :func:`score_texts`).
+
+    With ``prefix``, every sequence is scored after those tokens (e.g. ReCaLL's non-member context), yet only
+    the sequence's own tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
+    """
     import contextlib
 
     import torch
@@ -59,10 +90,11 @@ def score_ids(
     try:
         with torch.inference_mode(), adapters_off, progress.bar(desc, int(lengths.sum()), "tokens") as bar:
             for rows in sorted_batches(lengths, batch_size):
-                batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+                batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
                 batch_ids, mask = batch_ids.to(device), mask.to(device)
                 logits = model(input_ids=batch_ids, attention_mask=mask).logits
-                stats = _reduce(logits[:, :-1], batch_ids[:, 1:], mask[:, 1:].bool())
+                p = len(prefix)
+                stats = _reduce(logits[:, p:-1], batch_ids[:, p + 1 :], mask[:, p + 1 :].bool())
                 del logits
                 cols = stats[0].shape[1]
                 for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
@@ -85,11 +117,11 @@ def _reduce(logits, targets, valid):
         sl = slice(s, s + CHUNK_TOKENS)
         logp = torch.log_softmax(flat_logits[sl].float(), dim=-1)
         ll[sl] = logp.gather(-1, flat_targets[sl, None]).squeeze(-1)
-        plogp = logp.exp() * logp
-        m = plogp.sum(-1)
+        prob = logp.exp()
+        m = (prob * logp).sum(-1)
         mu[sl] = m
-        sd[sl] = ((plogp * logp).sum(-1) - m * m).clamp_min(0).sqrt()
-        del logp, plogp
+        sd[sl] = (prob * (logp - m[:, None]).square()).sum(-1).sqrt()  # two-pass: no E[l²] − μ² cancellation
+        del logp, prob
     result = []
     for flat in (ll, mu, sd):
         full = torch.full(valid.shape, float("nan"), dtype=torch.float32, device=logits.device)

@@ -1,0 +1,131 @@
+"""Every attack against a direct, readable computation from the definitions in docs/research.md."""
+
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import phee_texts
+
+from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
+from memlens.attacks.tokens import mean_of_lowest
+from memlens.errors import MemlensError
+from memlens.scoring import score_cached, score_ids, score_texts
+from memlens.tokens import encode
+
+TEXTS = [*phee_texts("test", 7), "Rash.", "Severe HEPATOTOXICITY after Valproate in a 3-year-old."]
+
+
+def token_logprobs(model, ids, prefix=()):
+    """ℓ_i, μ_i, σ_i of one sequence, scored alone, for tokens 1..n-1 (after an optional prefix)."""
+    x = torch.tensor([[*prefix, *ids]])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+    rows = []
+    for pos in range(len(prefix) + 1, x.shape[1]):
+        dist = logp[pos - 1]
+        mu = float((dist.exp() * dist).sum())
+        sd = float((dist.exp() * (dist - mu) ** 2).sum().sqrt())
+        rows.append((float(dist[x[0, pos]]), mu, sd))
+    return rows
+
+
+def readable_min_k(values, k):
+    vals = sorted(values)
+    n = max(1, int(k * len(vals)))
+    return sum(vals[:n]) / n
+
+
+@pytest.fixture()
+def inputs(tiny):
+    tok, model = tiny.tokenizer, tiny.model
+    ids = encode(tok, TEXTS, 64).ids
+    prefix = tok("A prefix of non-member text. ")["input_ids"]
+    target = score_ids(model, ids, tok.pad_token_id, batch_size=4)
+    ref = score_ids(model, ids[::-1], tok.pad_token_id).take(np.arange(len(ids))[::-1])  # any other stats will do
+    lower = score_texts(model, tok, [t.lower() for t in TEXTS], max_tokens=64)
+    recall = score_ids(model, ids, tok.pad_token_id, prefix=prefix)
+    return tiny, ids, prefix, AttackInputs(target, ref, TEXTS, lower, recall)
+
+
+def test_every_attack_matches_its_definition(inputs):
+    tiny, ids, prefix, inp = inputs
+    model, tok = tiny.model, tiny.tokenizer
+    lower_ids = encode(tok, [t.lower() for t in TEXTS], 64).ids
+    for i, seq in enumerate(ids):
+        rows = token_logprobs(model, seq)
+        ll = [r[0] for r in rows]
+        z = [(r[0] - r[1]) / r[2] for r in rows]
+        L = -np.mean(ll)
+        L_ref = -np.nanmean(inp.reference.logprob[i])
+        L_lower = -np.mean([r[0] for r in token_logprobs(model, lower_ids[i])])
+        L_prefixed = -np.mean([r[0] for r in token_logprobs(model, seq, prefix)])
+        expected = {
+            "loss": -L,
+            "reference": L_ref - L,
+            "zlib": -L / len(zlib.compress(TEXTS[i].encode())),
+            "lowercase": L_lower - L,
+            "recall": L_prefixed / L,
+            "min_k@0.2": readable_min_k(ll, 0.2),
+            "min_k@0.5": readable_min_k(ll, 0.5),
+            "min_k_plus@0.2": readable_min_k(z, 0.2),
+            "min_k_plus@0.5": readable_min_k(z, 0.5),
+        }
+        for label, name, k in attack_labels(list(ATTACKS), [0.2, 0.5]):
+            got = run_attack(name, inp, k)[i]
+            assert got == pytest.approx(expected[label], rel=1e-4, abs=1e-5), (label, i)
+
+
+def test_min_k_edge_cases():
+    values = np.array([[-1.0, -5.0, -3.0, np.nan], [-2.0, np.nan, np.nan, np.nan], [np.nan] * 4])
+    lengths = np.array([3, 1, 0])
+    np.testing.assert_allclose(mean_of_lowest(values, lengths, 0.5)[:2], [-5.0, -2.0])  # max(1, floor(1.5)) = 1
+    np.testing.assert_allclose(mean_of_lowest(values, lengths, 1.0)[:2], [-3.0, -2.0])
+    assert np.isnan(mean_of_lowest(values, lengths, 0.5)[2])
+    with pytest.raises(ValueError):
+        mean_of_lowest(values, lengths, 0.0)
+
+
+def test_attacks_are_batch_invariant(tiny):
+    ids = encode(tiny.tokenizer, TEXTS, 64).ids
+    a = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=1)
+    b = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=16)
+    for label, name, k in attack_labels(["loss", "zlib", "min_k", "min_k_plus"], [0.1, 0.3]):
+        np.testing.assert_allclose(
+            run_attack(name, AttackInputs(a, texts=TEXTS), k),
+            run_attack(name, AttackInputs(b, texts=TEXTS), k),
+            atol=1e-5,
+            err_msg=label,
+        )
+
+
+def test_missing_inputs_and_k_are_clear_errors(inputs):
+    _, _, _, inp = inputs
+    with pytest.raises(MemlensError, match="needs reference"):
+        run_attack("reference", AttackInputs(inp.target))
+    with pytest.raises(MemlensError, match="needs parameter k"):
+        run_attack("min_k", inp)
+    with pytest.raises(MemlensError, match="unknown attack"):
+        run_attack("psychic", inp)
+
+
+def test_cache_hits_and_is_invalidated_when_adapter_weights_change(tiny, tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    monkeypatch.setenv("MEMLENS_CACHE", str(tmp_path))
+    ids = encode(tiny.tokenizer, TEXTS, 64).ids
+    pad = tiny.tokenizer.pad_token_id
+    first, hit1 = score_cached(tiny.model, ids, pad, identity="tiny")
+    again, hit2 = score_cached(tiny.model, ids, pad, identity="tiny")
+    assert (hit1, hit2) == (False, True)
+    np.testing.assert_array_equal(first.logprob, again.logprob)
+    model = get_peft_model(tiny.model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    _, hit3 = score_cached(model, ids, pad, identity="tiny")  # new parameter names -> new key
+    _, hit4 = score_cached(model, ids, pad, identity="tiny")
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.01)
+    changed, hit5 = score_cached(model, ids, pad, identity="tiny")
+    assert (hit3, hit4, hit5) == (False, True, False)
+    assert not np.allclose(changed.logprob[np.isfinite(changed.logprob)], again.logprob[np.isfinite(again.logprob)])
+    _, hit6 = score_cached(model, ids[:3], pad, identity="tiny")  # other texts -> new key
+    assert not hit6
