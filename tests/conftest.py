@@ -29,12 +29,15 @@ def write_jsonl(path: Path, texts: list[str], field: str = "text") -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
+    return build_tiny(tmp_path_factory.mktemp("tiny"))
+
+
+def build_tiny(out: Path) -> Path:
     """A 2-layer Llama (hidden 64) and a 512-token byte-level BPE tokenizer, saved as safetensors."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    out = tmp_path_factory.mktemp("tiny")
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()

@@ -57,7 +57,7 @@ def test_run_end_to_end_json(tiny_dir, tmp_path):
         ({"data": {"dir": "/no/such/dir"}}, "data directory not found"),
         ({"model": {"name": "no-such-model"}}, "unknown model 'no-such-model'"),
         ({"model": {"name": "./missing/model"}}, "model path not found"),
-        ({"tuning": {"method": "lora", "targets": ["wq"]}}, "LoRA target 'wq' does not exist.*q_proj"),
+        ({"tuning": {"method": "lora", "targets": ["wq"]}}, "tuning target 'wq' does not exist.*q_proj"),
         ({"training": {"epochs": "three"}}, r"field 'training\.epochs'"),
     ],
 )

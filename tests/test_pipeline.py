@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from memlens.attacks import ATTACKS
 from memlens.config import parse_config
 from memlens.errors import MemlensError
 from memlens.experiments import run
@@ -18,7 +19,15 @@ def auc_of(results, epoch, attack):
 @pytest.fixture(scope="module")
 def memorized(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "memorized"
-    cfg = parse_config(tiny_config(tiny_dir, out, training={"epochs": 25}, data={"n_members": 32, "n_nonmembers": 32}))
+    cfg = parse_config(
+        tiny_config(
+            tiny_dir,
+            out,
+            training={"epochs": 25, "eval_every": 10, "eval_at": [1], "save_checkpoints": True},
+            data={"n_members": 32, "n_nonmembers": 32},
+            attacks={"names": list(ATTACKS), "k": [0.2]},
+        )
+    )
     return cfg, run(cfg), out
 
 
@@ -83,7 +92,7 @@ def test_refuses_non_empty_output_dir_and_leaves_it_alone(tiny_dir, tmp_path):
 def test_failure_midway_writes_nothing(tiny_dir, tmp_path):
     out = tmp_path / "never"
     cfg = parse_config(tiny_config(tiny_dir, out, tuning={"method": "lora", "targets": ["nope"]}))
-    with pytest.raises(MemlensError, match="LoRA target 'nope'"):
+    with pytest.raises(MemlensError, match="tuning target 'nope'"):
         run(cfg)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -93,3 +102,39 @@ def test_lora_run_and_no_output(tiny_dir, tmp_path):
     results = run(cfg, write=False)
     assert results["tuning"]["trainable_share"] < 0.1
     assert not (tmp_path / "x").exists()
+
+
+def test_memorization_is_tracked_per_epoch_for_every_attack(memorized):
+    _cfg, results, out = memorized
+    labels = {"loss", "reference", "zlib", "lowercase", "recall", "min_k@0.2", "min_k_plus@0.2"}
+    aucs = {(r["epoch"], r["attack"]): r["value"] for r in results["records"] if r["metric"] == "auc"}
+    for epoch in (0, 1, 10, 20, 25):
+        expected = labels - {"reference"} if epoch == 0 else labels
+        assert {a for (e, a) in aucs if e == epoch} == expected, epoch
+        assert any(r["epoch"] == epoch and r["metric"] == "val_ppl" for r in results["records"])
+    assert {e for (e, _) in aucs} == {0, 1, 10, 20, 25, None}  # None: the blind baseline
+    assert aucs[(25, "loss")] > aucs[(1, "loss")]  # memorization grows with epochs
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-1", "epoch-10", "epoch-20", "epoch-25"]
+
+
+def test_blind_baseline_and_split_audit_are_reported(memorized):
+    _, results, _ = memorized
+    (blind,) = [r for r in results["records"] if r["attack"] == "blind"]
+    assert 0.2 < blind["value"] < 0.8 and blind["ci_low"] < blind["ci_high"]  # same-distribution split
+    assert all("beats_blind" in r for r in results["records"] if r["metric"] == "auc" and r["attack"] != "blind")
+    post = [r for r in results["records"] if r["epoch"] == 25 and r["attack"] == "loss" and r["metric"] == "auc"]
+    assert post[0]["beats_blind"]
+    assert results["split_audit"]["counts"]["members/nonmembers"] == {"exact": 0, "near": 0}
+
+
+def test_per_text_scores_are_saved_with_ids_only(memorized):
+    import csv
+
+    _, results, out = memorized
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    loss_25 = [r for r in rows if r["epoch"] == "25" and r["attack"] == "loss"]
+    assert len(loss_25) == 64 and sum(int(r["member"]) for r in loss_25) == 32
+    member = [float(r["score"]) for r in loss_25 if r["member"] == "1"]
+    nonmember = [float(r["score"]) for r in loss_25 if r["member"] == "0"]
+    auc = next(r for r in results["records"] if (r["epoch"], r["attack"], r["metric"]) == (25, "loss", "auc"))
+    assert roc_auc(member, nonmember) == pytest.approx(auc["value"], abs=1e-6)

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 from conftest import phee_texts
 
 from memlens.config import TrainingConfig, TuningConfig
@@ -51,7 +52,7 @@ def test_same_seed_gives_same_scores(tiny_dir):
 
 
 def test_unknown_lora_target_lists_valid_names(tiny):
-    with pytest.raises(MemlensError, match=r"LoRA target 'wq' does not exist.*q, k, v, o, gate, up, down.*q_proj"):
+    with pytest.raises(MemlensError, match=r"tuning target 'wq' does not exist.*q, k, v, o, gate, up, down.*q_proj"):
         apply_method(tiny.model, TuningConfig(method="lora", targets=["wq"]))
 
 
@@ -62,3 +63,60 @@ def test_grouped_batches_cover_everything_once_with_little_padding():
     assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
     random_batches = np.array_split(rng.permutation(1000), 63)
     assert padding_fraction(lengths, batches) < 0.5 * padding_fraction(lengths, random_batches)
+
+
+METHOD_LR = {"full": 3e-3, "head": 3e-2, "lora": 1e-2, "ia3": 1e-1, "prefix": 3e-2, "prompt": 1e-1, "ptuning": 3e-2}
+
+
+@pytest.mark.parametrize("method", list(METHOD_LR))
+def test_every_method_trains_and_counts_trainable_parameters_honestly(tiny, method):
+    model, info, report = fit(tiny, TuningConfig(method=method, virtual_tokens=4), epochs=4, lr=METHOD_LR[method])
+    losses = [e["train_loss"] for e in report["epochs"]]
+    assert losses[-1] < losses[0] - 0.01, losses
+    counted = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if hasattr(model, "get_nb_trainable_parameters"):
+        assert info["trainable_parameters"] == model.get_nb_trainable_parameters()[0]
+    assert info["trainable_parameters"] == counted > 0
+    stats = score_texts(model, tiny.tokenizer, TEXTS[:3])
+    assert np.isfinite(stats.nll()).all()
+
+
+def test_head_unties_and_leaves_the_embeddings_unchanged(tiny):
+    emb_before = tiny.model.get_input_embeddings().weight.detach().clone()
+    model, info, _ = fit(tiny, TuningConfig(method="head"), epochs=2, lr=3e-2)
+    assert info["params"]["untied"] is True
+    assert info["trainable_parameters"] == emb_before.numel()  # the untied head: vocab × hidden
+    assert torch.equal(model.get_input_embeddings().weight, emb_before)
+    assert not torch.equal(model.get_output_embeddings().weight, emb_before)
+
+
+@pytest.mark.parametrize("method", ["prompt", "ptuning", "prefix"])
+def test_prompt_methods_score_only_the_real_tokens(tiny, method):
+    model, _, _ = fit(tiny, TuningConfig(method=method, virtual_tokens=6), epochs=1, lr=3e-2)
+    stats = score_texts(model, tiny.tokenizer, TEXTS[:4], max_tokens=48, batch_size=4)
+    for i, ids in enumerate(encode(tiny.tokenizer, TEXTS[:4], 48).ids):
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0]
+        logits = logits[-len(ids) :]  # drop the virtual tokens' positions (prompt/P-tuning prepend them)
+        logp = torch.log_softmax(logits[:-1].double(), -1)
+        ll = logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].numpy()
+        assert stats.lengths[i] == len(ids) - 1
+        np.testing.assert_allclose(stats.logprob[i, : len(ll)], ll, atol=1e-5)
+
+
+def test_lora_layer_subset(tiny):
+    model, info, _ = fit(tiny, TuningConfig(method="lora", targets=["v"], layers="last:1", rank=2), epochs=1)
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == {"1"} and info["params"]["layers"] == [1]
+    with pytest.raises(MemlensError, match=r"tuning.layers \[7\] out of range: the model has layers 0..1"):
+        apply_method(tiny.model, TuningConfig(method="lora", layers=[7]))
+
+
+def test_unsupported_combination_is_a_clean_error(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=32))
+    with pytest.raises(MemlensError, match=r"tuning target 'q' does not exist.*module names.*c_attn"):
+        apply_method(gpt2, TuningConfig(method="lora", targets=["q"]))
+    with pytest.raises(MemlensError, match="tuning target 'k' does not exist"):
+        apply_method(gpt2, TuningConfig(method="ia3"))

@@ -54,19 +54,51 @@ class DataConfig(_Section):
 
 
 class TuningConfig(_Section):
-    """The fine-tuning method and its parameters (LoRA fields are ignored by ``full``)."""
+    """The fine-tuning method and its parameters; each method reads only its own fields.
 
-    method: Literal["lora", "full"] = "lora"
-    targets: list[str] = Field(default_factory=lambda: ["q", "k", "v", "o"])
+    - ``lora``: ``targets`` (q k v o gate up down, groups attn / mlp / all, or module names), ``rank``,
+      ``alpha``, ``dropout``, ``layers`` (indices, or ``"last:N"`` / ``"first:N"``; default all).
+    - ``ia3``: ``targets`` (default k, v, down) and ``layers``.
+    - ``prefix`` / ``prompt`` / ``ptuning``: ``virtual_tokens``; ``prompt`` also ``prompt_init`` (``random`` or
+      ``text``, with ``prompt_init_text``); ``ptuning`` also ``encoder_hidden``.
+    - ``full`` and ``head`` take no parameters.
+    """
+
+    method: Literal["full", "head", "lora", "ia3", "prefix", "prompt", "ptuning"] = "lora"
+    targets: list[str] | None = None
     rank: PositiveInt = 8
     alpha: float = 16.0
     dropout: Fraction = 0.05
+    layers: list[Annotated[int, Field(ge=0)]] | str | None = None
+    virtual_tokens: PositiveInt = 20
+    prompt_init: Literal["random", "text"] = "random"
+    prompt_init_text: str = "Sentences from medical case reports describing drug effects:"
+    encoder_hidden: PositiveInt = 128
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v: list[int] | str | None) -> list[int] | str | None:
+        if isinstance(v, str):
+            side, _, n = v.partition(":")
+            if side not in ("last", "first") or not n.isdigit() or int(n) < 1:
+                raise ValueError("layers must be a list of indices or 'last:N' / 'first:N'")
+        if isinstance(v, list) and not v:
+            raise ValueError("layers must not be empty (leave it out for all layers)")
+        return v
 
 
 class TrainingConfig(_Section):
-    """Optimisation. ``lr = None`` takes the method's default (see ``memlens.tuning.DEFAULT_LR``)."""
+    """Optimisation. ``lr = None`` takes the method's default (see ``memlens.tuning.DEFAULT_LR``).
+
+    Memorization is evaluated at epoch 0 (the pre-trained model), every ``eval_every`` epochs, at each epoch in
+    ``eval_at`` and after the last epoch. ``save_checkpoints`` keeps the trainable weights at each evaluated
+    epoch (small for adapters; for ``full`` it is the whole model).
+    """
 
     epochs: Annotated[int, Field(ge=0)] = 3
+    eval_every: Annotated[int, Field(ge=0)] = 1
+    eval_at: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    save_checkpoints: bool = False
     lr: Annotated[float, Field(gt=0)] | None = None
     batch_size: PositiveInt = 16
     grad_accum: PositiveInt = 1
@@ -89,7 +121,8 @@ class AttackConfig(_Section):
 
     The default attacks all come from the one scoring pass. ``lowercase`` adds a pass over the lower-cased
     texts and ``recall`` a pass over the texts after a prefix of ``recall_shots`` validation texts (never a
-    scored text). ``k``: the fractions of Min-K% and Min-K%++.
+    scored text). ``k``: the fractions of Min-K% and Min-K%++. ``blind``: also fit the model-free baseline
+    (text features + logistic regression) whose AUC every attack must beat to mean anything.
     """
 
     names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
@@ -97,6 +130,7 @@ class AttackConfig(_Section):
     recall_shots: PositiveInt = 5
     fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
     bootstrap: Annotated[int, Field(ge=0)] = 1000
+    blind: bool = True
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     seed: int = 0
 

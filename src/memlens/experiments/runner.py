@@ -26,51 +26,81 @@ from memlens.scoring.stats import TokenStats
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
-    """Run ``cfg``; return the results (the content of ``results.json``) and, if ``write``, save them."""
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
+    """Run ``cfg``; return the results (the content of ``results.json``) and, if ``write``, save them.
+
+    Everything is written into a hidden staging folder beside the output folder and moved into place only
+    when the run has finished, so an interrupted run leaves no half-written results.
+    """
     out_dir = cfg.output_dir()
     if write:
         check_output_dir(out_dir, cfg.output.overwrite)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    try:
+        results = _run(cfg, staging if write else None)
+        if write:
+            publish(staging, out_dir)
+            results["output_dir"] = str(out_dir)
+        return results
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
-    def lap(key: str, t0: float) -> float:
-        timings[key] = round(time.perf_counter() - t0, 2)
-        return time.perf_counter()
 
+def _run(cfg: RunConfig, staging: Path | None) -> dict:
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {"load": 0.0, "score_pretrained": 0.0, "train": 0.0, "score_finetuned": 0.0}
     t = time.perf_counter()
     splits = load_splits(cfg.data)  # data errors surface before the heavy imports
     import torch
 
     from memlens.models import load_model
-    from memlens.tuning import DEFAULT_LR, apply_method, train
+    from memlens.tuning import DEFAULT_LR, METHODS, apply_method, train
 
     lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     model, tok = lm.model, lm.tokenizer
     texts = [x.text for x in splits.members + splits.nonmembers]
     n_mem = len(splits.members)
     inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
-    t = lap("load", t)
+    timings["load"] = _since(t)
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
         f"model {lm.info['spec']} ({lm.info['parameters'] / 1e6:.1f}M parameters) on {lm.info['device']}"
     )
+    t = time.perf_counter()
+    audit, blind = split_checks(cfg, splits)
+    timings["split_checks"] = _since(t)
 
+    t = time.perf_counter()
     base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
-    t = lap("score_pretrained", t)
+    scores = {0: stage_scores(cfg, base, None, texts)}
+    records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
+    timings["score_pretrained"] = _since(t)
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
+    tuning_info["prompt_based"] = METHODS[cfg.tuning.method].prompt_based
     lr = cfg.training.lr or DEFAULT_LR[cfg.tuning.method]
-    train_info = train(model, inputs["target"].ids[:n_mem], inputs["pad_id"], cfg.training, lr=lr)
-    t = lap("train", t)
+    eval_epochs = evaluation_epochs(cfg)
 
-    tuned = score_stage(model, inputs, cfg, lm.info["identity"], "fine-tuned")
-    t = lap("score_finetuned", t)
+    def on_epoch_end(epoch: int) -> None:
+        if epoch not in eval_epochs:
+            return
+        t0 = time.perf_counter()
+        stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
+        scores[epoch] = stage_scores(cfg, stats, base["target"], texts)
+        records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
+        if staging is not None and cfg.training.save_checkpoints:
+            save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
+        timings["score_finetuned"] += _since(t0)
 
-    records = stage_records(cfg, base, 0, reference=None, texts=texts, n_members=n_mem)
-    records += stage_records(cfg, tuned, cfg.training.epochs, reference=base["target"], texts=texts, n_members=n_mem)
-    t = lap("attacks", t)
-    timings["total"] = round(time.perf_counter() - t_start, 2)
+    t = time.perf_counter()
+    train_info = train(
+        model, inputs["target"].ids[:n_mem], inputs["pad_id"], cfg.training, lr=lr, on_epoch_end=on_epoch_end
+    )
+    timings["train"] = round(_since(t) - timings["score_finetuned"], 2)
+    t = time.perf_counter()
+    records += blind_records(records, blind)
+    timings["attacks"] = _since(t)
+    timings["total"] = _since(t_start)
 
     results = {
         "memlens_version": __version__,
@@ -83,16 +113,72 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
             "max_tokens": cfg.data.max_tokens,
             "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
         },
+        "split_audit": audit,
         "tuning": tuning_info,
         "training": train_info,
         "records": records,
         "timings": timings,
         "environment": environment(),
     }
-    if write:
-        save_run(out_dir, cfg, results, model if cfg.output.save_adapter else None)
-        results["output_dir"] = str(out_dir)
+    if staging is not None:
+        ids = [x.id for x in splits.members + splits.nonmembers]
+        write_outputs(staging, cfg, results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
     return results
+
+
+def _since(t0: float) -> float:
+    return round(time.perf_counter() - t0, 2)
+
+
+def evaluation_epochs(cfg: RunConfig) -> set[int]:
+    """Epochs after which memorization is measured (epoch 0, the pre-trained model, is always measured)."""
+    e = cfg.training.epochs
+    every = set(range(cfg.training.eval_every, e + 1, cfg.training.eval_every)) if cfg.training.eval_every else set()
+    return (every | {x for x in cfg.training.eval_at if x <= e} | {e}) - {0}
+
+
+def split_checks(cfg: RunConfig, splits) -> tuple[dict, dict | None]:
+    """The split audit (duplicates within and across sets) and the model-free blind baseline."""
+    from memlens.attacks.blind import blind_baseline
+    from memlens.data.audit import find_duplicates
+
+    sets = {"members": splits.members, "nonmembers": splits.nonmembers, "validation": splits.validation}
+    audit = find_duplicates(sets).to_dict()
+    blind = None
+    if cfg.attacks.blind:
+        try:
+            blind = blind_baseline(
+                [x.text for x in splits.members],
+                [x.text for x in splits.nonmembers],
+                n_boot=cfg.attacks.bootstrap,
+                confidence=cfg.attacks.confidence,
+                seed=cfg.attacks.seed,
+            )
+        except MemlensError as err:  # too few texts to cross-validate: say so, do not stop the run
+            progress.info(f"blind baseline skipped: {err}")
+    return audit, blind
+
+
+def blind_records(records: list[dict], blind: dict | None) -> list[dict]:
+    """The blind baseline's AUC row, and a ``beats_blind`` flag on every attack AUC row."""
+    from memlens.attacks.blind import beats_blind
+
+    if blind is None:
+        return []
+    for r in records:
+        if r["metric"] == "auc" and r["attack"]:
+            r["beats_blind"] = beats_blind(r["value"], blind)
+    row = {
+        "epoch": None,
+        "attack": "blind",
+        "metric": "auc",
+        "value": blind["auc"],
+        "ci_low": blind["auc_ci_low"],
+        "ci_high": blind["auc_ci_high"],
+        "n_members": blind["n_members"],
+        "n_nonmembers": blind["n_nonmembers"],
+    }
+    return [row]
 
 
 def passes_needed(cfg: RunConfig) -> set[str]:
@@ -146,53 +232,28 @@ def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) 
     return out
 
 
-def stage_records(
-    cfg: RunConfig,
-    stats: dict[str, TokenStats],
-    epoch: int,
-    *,
-    reference: TokenStats | None,
-    texts: list[str],
-    n_members: int,
-) -> list[dict]:
-    """Tidy rows (epoch, attack, metric, value[, ci]) for every configured attack that can run, plus the
-    validation perplexity."""
-    inputs = AttackInputs(
-        target=stats["target"],
-        reference=reference,
-        texts=texts,
-        lowercase=stats.get("lowercase"),
-        recall=stats.get("recall"),
-    )
-    rows: list[dict] = [
-        {"epoch": epoch, "attack": None, "metric": "val_ppl", "value": stats["validation"].perplexity()}
-    ]
-    for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
-        if any(getattr(inputs, n) is None for n in ATTACKS[name].needs):
-            continue  # e.g. Reference on the pre-trained model: it would compare the model with itself
-        scores = run_attack(name, inputs, k)
+def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int) -> list[dict]:
+    """Tidy rows (epoch, attack, metric, value[, ci]) from one stage's per-text scores, plus validation PPL."""
+    rows: list[dict] = [{"epoch": epoch, "attack": None, "metric": "val_ppl", "value": val_ppl}]
+    for label, values in scores.items():
+        if label == "nll":
+            continue
         m = evaluate(
-            scores[:n_members],
-            scores[n_members:],
+            values[:n_members],
+            values[n_members:],
             fprs=cfg.attacks.fpr,
             n_boot=cfg.attacks.bootstrap,
             confidence=cfg.attacks.confidence,
             seed=cfg.attacks.seed,
         )
         base = {"epoch": epoch, "attack": label}
+        auc = {k: m.get(k) for k in ("n_members", "n_nonmembers", "n_nan")}
         rows.append(
             base
-            | {
-                "metric": "auc",
-                "value": m["auc"],
-                "ci_low": m.get("auc_ci_low"),
-                "ci_high": m.get("auc_ci_high"),
-                "n_members": m["n_members"],
-                "n_nonmembers": m["n_nonmembers"],
-                "n_nan": m["n_nan"],
-            }
+            | {"metric": "auc", "value": m["auc"], "ci_low": m.get("auc_ci_low"), "ci_high": m.get("auc_ci_high")}
+            | auc
         )
-        rows += [base | {"metric": k_, "value": v} for k_, v in m.items() if k_.startswith("tpr@")]
+        rows += [base | {"metric": k, "value": v} for k, v in m.items() if k.startswith("tpr@")]
     return rows
 
 
@@ -207,22 +268,59 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
         raise MemlensError(f"cannot write to {parent}")
 
 
-def save_run(out_dir: Path, cfg: RunConfig, results: dict, adapter_model=None) -> None:
-    """Write ``results.json``, ``config.toml`` (and the adapter) into a temporary folder, then swap it in."""
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        (tmp / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")
-        (tmp / "config.toml").write_text(cfg.to_toml())
-        if adapter_model is not None:
-            adapter_model.save_pretrained(tmp / "model", safe_serialization=True)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts) -> dict:
+    """Per-text scores of every attack that can run at this stage (label -> array)."""
+    inputs = AttackInputs(
+        target=stats["target"],
+        reference=reference,
+        texts=texts,
+        lowercase=stats.get("lowercase"),
+        recall=stats.get("recall"),
+    )
+    out = {}
+    for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
+        if all(getattr(inputs, n) is not None for n in ATTACKS[name].needs):
+            out[label] = run_attack(name, inputs, k)
+    out["nll"] = stats["target"].nll()
+    return out
+
+
+def save_trainable(model, folder: Path) -> None:
+    """Save what trains: a peft adapter (with its config), else the trainable tensors as safetensors."""
+    if hasattr(model, "peft_config"):
+        model.save_pretrained(folder, safe_serialization=True)
+        return
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, folder / "trainable.safetensors")
+
+
+def write_outputs(
+    staging: Path, cfg: RunConfig, results: dict, ids: list[str], n_members: int, scores: dict, model=None
+) -> None:
+    """``results.json``, ``config.toml``, per-text ``scores.csv`` (ids, never text) and the model if asked."""
+    import csv
+
+    staging.mkdir(parents=True, exist_ok=True)
+    (staging / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")
+    (staging / "config.toml").write_text(cfg.to_toml())
+    with (staging / "scores.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "member", "epoch", "attack", "score"])
+        for epoch, per_attack in scores.items():
+            for label, values in per_attack.items():
+                w.writerows((ids[i], int(i < n_members), epoch, label, f"{v:.7g}") for i, v in enumerate(values))
+    if model is not None:
+        save_trainable(model, staging / "model")
+
+
+def publish(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder into place (replacing an old output folder only now)."""
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(staging, out_dir)
 
 
 def environment() -> dict:

@@ -15,7 +15,7 @@ from memlens import progress
 from memlens.scoring.stats import TokenStats
 from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
 
-CHUNK_TOKENS = 2048  # positions reduced over the vocabulary at once
+CHUNK_TOKENS = 512  # positions reduced over the vocabulary at once (bounds the extra memory to ~3 × 512 × V)
 
 
 def score_texts(
@@ -92,9 +92,10 @@ def score_ids(
             for rows in sorted_batches(lengths, batch_size):
                 batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
                 batch_ids, mask = batch_ids.to(device), mask.to(device)
-                logits = model(input_ids=batch_ids, attention_mask=mask).logits
                 p = len(prefix)
-                stats = _reduce(logits[:, p:-1], batch_ids[:, p + 1 :], mask[:, p + 1 :].bool())
+                # the output head runs only where a text token is predicted (not over the prefix)
+                logits = model(input_ids=batch_ids, attention_mask=mask, logits_to_keep=batch_ids.shape[1] - p).logits
+                stats = _reduce(logits[:, :-1], batch_ids[:, p + 1 :], mask[:, p + 1 :].bool())
                 del logits
                 cols = stats[0].shape[1]
                 for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
@@ -106,21 +107,27 @@ def score_ids(
 
 
 def _reduce(logits, targets, valid):
-    """``(ℓ, μ, σ)`` as ``(B, T)`` float32 numpy arrays, NaN where ``valid`` is False."""
+    """``(ℓ, μ, σ)`` as ``(B, T)`` float32 numpy arrays, NaN where ``valid`` is False.
+
+    Scored positions are gathered ``CHUNK_TOKENS`` at a time, so no second copy of the logits is made.
+    """
     import torch
 
-    flat_logits = logits[valid]  # (n, V): scored positions only
-    flat_targets = targets[valid]
-    n = flat_targets.shape[0]
+    vocab = logits.shape[-1]
+    where = valid.reshape(-1).nonzero().squeeze(-1)
+    flat_logits = logits.reshape(-1, vocab)
+    flat_targets = targets.reshape(-1)[where]
+    n = where.shape[0]
     ll, mu, sd = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
     for s in range(0, n, CHUNK_TOKENS):
         sl = slice(s, s + CHUNK_TOKENS)
-        logp = torch.log_softmax(flat_logits[sl].float(), dim=-1)
+        logp = torch.log_softmax(flat_logits[where[sl]].float(), dim=-1)
         ll[sl] = logp.gather(-1, flat_targets[sl, None]).squeeze(-1)
         prob = logp.exp()
         m = (prob * logp).sum(-1)
         mu[sl] = m
-        sd[sl] = (prob * (logp - m[:, None]).square()).sum(-1).sqrt()  # two-pass: no E[l²] − μ² cancellation
+        logp -= m[:, None]  # in place: (ℓ_v − μ), two-pass variance without E[l²] − μ² cancellation
+        sd[sl] = (prob * logp.square_()).sum(-1).sqrt()
         del logp, prob
     result = []
     for flat in (ll, mu, sd):

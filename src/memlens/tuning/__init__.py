@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memlens.config import TuningConfig
-from memlens.tuning import full, lora
+from memlens.tuning import full, lora, prompt
 
 
 @dataclass(frozen=True)
@@ -19,13 +19,19 @@ class Method:
     apply: Callable
     default_lr: float
     description: str
+    prompt_based: bool = False
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in [
-        Method("lora", lora.apply, 1e-3, "LoRA adapters on chosen linear layers (peft)"),
         Method("full", full.apply, 3e-5, "all weights"),
+        Method("head", full.apply_head, 1e-4, "only the output layer (untied from the embeddings if tied)"),
+        Method("lora", lora.apply, 1e-3, "LoRA adapters on chosen linear layers"),
+        Method("ia3", lora.apply_ia3, 3e-3, "IA³ rescaling vectors"),
+        Method("prefix", prompt.apply_prefix, 1e-2, "prefix tuning: key/value prefixes in every layer", True),
+        Method("prompt", prompt.apply_prompt, 3e-2, "prompt tuning: a soft prompt before the input", True),
+        Method("ptuning", prompt.apply_ptuning, 1e-2, "P-tuning: soft prompts from a small encoder", True),
     ]
 }
 DEFAULT_LR = {name: m.default_lr for name, m in METHODS.items()}

@@ -1,4 +1,4 @@
-"""LoRA (Hu et al. 2021) through ``peft``: low-rank updates on chosen linear layers."""
+"""LoRA (Hu et al. 2021) and IA³ (Liu et al. 2022) through ``peft``: adapters on chosen linear layers."""
 
 from __future__ import annotations
 
@@ -17,16 +17,18 @@ ALIASES = {
     "down": "down_proj",
 }
 GROUPS = {"attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"], "all": list(ALIASES)}
+FEEDFORWARD = {"gate_proj", "up_proj", "down_proj"}  # IA³ scales these layers' inputs, the others' outputs
 
 
 def linear_module_names(model) -> list[str]:
-    """Leaf names of the model's linear layers that LoRA can adapt (the output head excluded)."""
+    """Leaf names of the model's linear layers that adapters can target (the output head excluded)."""
     import torch
+    from transformers.pytorch_utils import Conv1D  # GPT-2-style fused projections
 
-    out_head = model.get_output_embeddings()
-    return sorted(
-        {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not out_head}
-    )
+    head = model.get_output_embeddings()
+    kinds = (torch.nn.Linear, Conv1D)
+    linear = (n for n, m in model.named_modules() if isinstance(m, kinds) and m is not head)
+    return sorted({n.rsplit(".", 1)[-1] for n in linear})
 
 
 def resolve_targets(model, targets: list[str]) -> list[str]:
@@ -38,9 +40,9 @@ def resolve_targets(model, targets: list[str]) -> list[str]:
             name = ALIASES.get(alias, alias)
             if name not in valid:
                 shown = [a for a, n in ALIASES.items() if n in valid]
+                aliases = f"{', '.join(shown + list(GROUPS))} or " if shown else ""
                 raise MemlensError(
-                    f"LoRA target {t!r} does not exist in this model; valid: "
-                    f"{', '.join(shown + [g for g in GROUPS if shown])} or module names {', '.join(valid)}"
+                    f"tuning target {t!r} does not exist in this model; valid: {aliases}module names {', '.join(valid)}"
                 )
             if name not in names:
                 names.append(name)
@@ -49,22 +51,60 @@ def resolve_targets(model, targets: list[str]) -> list[str]:
     return names
 
 
+def resolve_layers(model, layers: list[int] | str | None) -> list[int] | None:
+    """Layer indices from a list or ``"last:N"`` / ``"first:N"``; ``None`` means every layer."""
+    if layers is None:
+        return None
+    n_layers = model.config.get_text_config().num_hidden_layers
+    if isinstance(layers, str):
+        side, _, k = layers.partition(":")
+        k = min(int(k), n_layers)
+        return list(range(n_layers - k, n_layers)) if side == "last" else list(range(k))
+    bad = [i for i in layers if i >= n_layers]
+    if bad:
+        raise MemlensError(f"tuning.layers {bad} out of range: the model has layers 0..{n_layers - 1}")
+    return sorted(set(layers))
+
+
+def _wrap(model, config):
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, config)
+    except (ValueError, TypeError, NotImplementedError, AttributeError) as err:
+        raise MemlensError(f"peft cannot apply {config.peft_type.value} to {type(model).__name__}: {err}") from None
+
+
 def apply(model, cfg: TuningConfig):
     """Wrap ``model`` in a peft LoRA model; only the adapters train."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    modules = resolve_targets(model, cfg.targets)
+    modules = resolve_targets(model, cfg.targets or GROUPS["attn"])
+    layers = resolve_layers(model, cfg.layers)
     lcfg = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
         target_modules=modules,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
         bias="none",
     )
-    return get_peft_model(model, lcfg), {
-        "target_modules": modules,
-        "rank": cfg.rank,
-        "alpha": cfg.alpha,
-        "dropout": cfg.dropout,
-    }
+    params = {"target_modules": modules, "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout}
+    return _wrap(model, lcfg), params | {"layers": layers if layers is not None else "all"}
+
+
+def apply_ia3(model, cfg: TuningConfig):
+    """Wrap ``model`` in a peft IA³ model (learned rescaling vectors)."""
+    from peft import IA3Config
+
+    modules = resolve_targets(model, cfg.targets or ["k", "v", "down"])
+    layers = resolve_layers(model, cfg.layers)
+    # IA3Config has no layers_to_transform: a layer subset becomes a regex over module paths
+    targets = modules if layers is None else rf".*\.layers\.({'|'.join(map(str, layers))})\..*\.({'|'.join(modules)})"
+    icfg = IA3Config(
+        target_modules=targets,
+        feedforward_modules=[m for m in modules if m in FEEDFORWARD],
+        task_type="CAUSAL_LM",
+    )
+    return _wrap(model, icfg), {"target_modules": modules, "layers": layers if layers is not None else "all"}

@@ -1,0 +1,239 @@
+"""Benchmark of the scoring engine: every attack from a few batched passes vs a naive per-sample loop.
+
+    python benchmarks/scoring.py [--n 256] [--naive-n 24] [--batch-size 32]
+
+Prints: the machine's measured matmul peak; tokens/s of the engine computing ALL attacks (target, reference,
+lower-cased and ReCaLL-prefixed passes) and of the naive way (one sample at a time, one forward pass per
+attack, as common tools do); the speed-up and the largest per-sample score difference; achieved FLOP/s of
+one plain pass (2 × parameters × tokens / time) as a share of the peak; peak RSS against 2× the weights plus
+one batch's activations; and that a second run is served by the cache with no forward pass.
+On CUDA the same runs in bf16 against the bf16 matmul peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import resource
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_peak(device: str, dtype) -> float:
+    """Best of several large square matmuls, in FLOP/s."""
+    import torch
+
+    n = 4096 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(3):
+        reps = 20 if device == "cuda" else 4
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return best
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def naive_scores(model, tok, texts: list[str], prefix_text: str, ks: list[float], max_tokens: int) -> dict:
+    """The common way: for each text, for each attack, its own forward pass at batch size 1."""
+    import torch
+
+    def token_logprobs(m, text: str, prefix: str = "", adapters: bool = True):
+        """Log-probs of every position, and ℓ of the text's tokens 1..n-1 (after an optional prefix)."""
+        skip = len(tok(prefix)["input_ids"]) if prefix else 0
+        ids = (tok(prefix)["input_ids"] if prefix else []) + tok(text)["input_ids"][:max_tokens]
+        x = torch.tensor([ids], device=m.device)
+        with torch.inference_mode(), contextlib.nullcontext() if adapters else m.disable_adapter():
+            logp = torch.log_softmax(m(input_ids=x).logits[0, :-1].float(), -1)
+        ll = logp.gather(-1, x[0, 1:, None]).squeeze(-1)
+        return logp[skip:], ll[skip:]
+
+    scores: dict[str, list[float]] = {}
+
+    def add(name: str, value: float) -> None:
+        scores.setdefault(name, []).append(value)
+
+    for text in texts:
+        _, ll = token_logprobs(model, text)
+        add("loss", float(ll.mean()))
+        _, ll = token_logprobs(model, text)
+        _, ll_ref = token_logprobs(model, text, adapters=False)
+        add("reference", float(-ll_ref.mean() + ll.mean()))
+        _, ll = token_logprobs(model, text)
+        add("zlib", float(ll.mean()) / len(zlib.compress(text.encode())))
+        _, ll = token_logprobs(model, text)
+        _, ll_low = token_logprobs(model, text.lower())
+        add("lowercase", float(-ll_low.mean() + ll.mean()))
+        _, ll = token_logprobs(model, text)
+        _, ll_pre = token_logprobs(model, text, prefix=prefix_text)
+        add("recall", float(ll_pre.mean() / ll.mean()))
+        for k in ks:
+            _, ll = token_logprobs(model, text)
+            v = torch.sort(ll).values
+            add(f"min_k@{k:g}", float(v[: max(1, int(k * len(v)))].mean()))
+        for k in ks:
+            logp, ll = token_logprobs(model, text)
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            sd = (p * (logp - mu[:, None]) ** 2).sum(-1).sqrt()
+            z = torch.sort((ll - mu) / sd).values
+            add(f"min_k_plus@{k:g}", float(z[: max(1, int(k * len(z)))].mean()))
+    return {k: np.array(v) for k, v in scores.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data-dir", default=os.environ.get("MEMLENS_DATA_DIR", str(ROOT.parent / "shared/data/phee")))
+    ap.add_argument("--n", type=int, default=256, help="texts scored by the engine")
+    ap.add_argument("--naive-n", type=int, default=24, help="texts scored by the naive loop (it is slow)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    args = ap.parse_args()
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from memlens import progress
+    from memlens.attacks import AttackInputs, attack_labels, run_attack
+    from memlens.data import read_phee
+    from memlens.models import load_model
+    from memlens.scoring import score_cached, score_ids
+    from memlens.tokens import encode
+
+    progress.set_enabled(False)
+    lm = load_model(args.model)
+    device, dtype = lm.info["device"], lm.model.dtype
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"device {device} ({torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU'}), dtype {dtype}"
+    )
+    peak = matmul_peak(device, dtype)
+    print(f"matmul peak ({dtype}): {peak / 1e9:,.0f} GFLOP/s")
+
+    texts = [t.text for t in read_phee(args.data_dir, "train")[: args.n]]
+    prefix_text = " ".join(t.text for t in read_phee(args.data_dir, "dev")[:5]) + " "
+    tok = lm.tokenizer
+    torch.manual_seed(0)
+    model = get_peft_model(lm.model, LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():  # a LoRA that changes the model, so target ≠ reference
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.02)
+    model.eval()
+    pad = tok.pad_token_id
+    ks = [0.1, 0.2, 0.3, 0.4, 0.5]
+    n_params = sum(p.numel() for p in lm.model.parameters())
+
+    # warm-up
+    score_ids(model, encode(tok, texts[:8], args.max_tokens).ids, pad, batch_size=args.batch_size)
+
+    def engine(sample: list[str]) -> tuple[dict, int, float]:
+        t = time.perf_counter()
+        ids = encode(tok, sample, args.max_tokens).ids
+        prefix = tok(prefix_text)["input_ids"]
+        kw = {"batch_size": args.batch_size}
+        target = score_ids(model, ids, pad, **kw)
+        inputs = AttackInputs(
+            target=target,
+            reference=score_ids(model, ids, pad, disable_adapters=True, **kw),
+            texts=sample,
+            lowercase=score_ids(model, encode(tok, [s.lower() for s in sample], args.max_tokens).ids, pad, **kw),
+            recall=score_ids(model, ids, pad, prefix=prefix, **kw),
+        )
+        out = {
+            lab: run_attack(n, inputs, k)
+            for lab, n, k in attack_labels(
+                ["loss", "reference", "zlib", "lowercase", "recall", "min_k", "min_k_plus"], ks
+            )
+        }
+        _sync(device)
+        return out, int(target.lengths.sum()), time.perf_counter() - t
+
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    fast, n_tok, t_fast = engine(texts)
+    rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(
+        f"\nengine, all {len(fast)} attack scores for {len(texts)} texts ({n_tok:,} scored tokens): "
+        f"{t_fast:.1f} s = {n_tok / t_fast:,.0f} text tokens/s"
+    )
+
+    sub = texts[: args.naive_n]
+    fast_sub, n_tok_sub, _ = engine(sub)
+    t = time.perf_counter()
+    slow = naive_scores(model, tok, sub, prefix_text, ks, args.max_tokens)
+    _sync(device)
+    t_slow = time.perf_counter() - t
+    print(
+        f"naive loop, same attacks for {len(sub)} texts ({n_tok_sub:,} tokens): {t_slow:.1f} s = "
+        f"{n_tok_sub / t_slow:,.0f} text tokens/s"
+    )
+    diff = max(float(np.nanmax(np.abs(fast_sub[k] - slow[k]))) for k in slow)
+    print(f"speed-up: {(n_tok / t_fast) / (n_tok_sub / t_slow):.1f}x; largest per-sample score difference: {diff:.2e}")
+
+    # one plain pass: achieved FLOP/s
+    ids = encode(tok, texts, args.max_tokens).ids
+    _sync(device)
+    t = time.perf_counter()
+    plain = score_ids(
+        lm.model.get_base_model() if hasattr(lm.model, "get_base_model") else lm.model,
+        ids,
+        pad,
+        batch_size=args.batch_size,
+    )
+    _sync(device)
+    dt = time.perf_counter() - t
+    all_tokens = sum(len(s) for s in ids)
+    flops = 2 * n_params * all_tokens / dt
+    print(
+        f"\none plain pass: {all_tokens / dt:,.0f} tokens/s, {flops / 1e9:,.0f} GFLOP/s = "
+        f"{100 * flops / peak:.0f}% of the measured matmul peak (2 × {n_params / 1e6:.1f}M params × tokens)"
+    )
+    assert plain.lengths.sum() > 0
+
+    weights_mb = n_params * lm.model.dtype.itemsize / 2**20
+    longest = max(len(s) for s in ids)
+    act_mb = args.batch_size * longest * len(tok) * 4 * 3 / 2**20  # logits + log-probs + probs of one batch
+    print(
+        f"peak RSS during scoring: {rss1:,.0f} MiB (before: {rss0:,.0f} MiB); target ≤ 2 × weights "
+        f"({2 * weights_mb:,.0f} MiB) + one batch's logits ({act_mb:,.0f} MiB) = {2 * weights_mb + act_mb:,.0f} MiB"
+    )
+
+    with tempfile.TemporaryDirectory() as cache:
+        os.environ["MEMLENS_CACHE"] = cache
+        calls = []
+        hook = lm.model.register_forward_hook(lambda *a: calls.append(1))
+        t = time.perf_counter()
+        _, hit1 = score_cached(model, ids, pad, identity=lm.info["identity"], disable_adapters=True)
+        t1 = time.perf_counter() - t
+        n1 = len(calls)
+        t = time.perf_counter()
+        _, hit2 = score_cached(model, ids, pad, identity=lm.info["identity"], disable_adapters=True)
+        t2 = time.perf_counter() - t
+        hook.remove()
+        print(
+            f"\nreference pass through the cache: first {t1:.1f} s ({n1} forward calls, hit={hit1}); "
+            f"second {t2:.2f} s ({len(calls) - n1} forward calls, hit={hit2})"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+import random
+
+import pytest
+from conftest import phee_texts
+
+from memlens.attacks.blind import beats_blind, blind_baseline
+from memlens.errors import MemlensError
+
+KEYS = {"auc", "auc_ci_low", "auc_ci_high", "folds", "n_members", "n_nonmembers"}
+
+
+def support_tickets(n: int, seed: int = 0) -> list[str]:
+    """Templated customer-support tickets: a different domain and style from PHEE's case reports."""
+    rng = random.Random(seed)
+    products = ["wireless router", "coffee maker", "laptop charger", "smart watch", "vacuum cleaner", "desk lamp"]
+    problems = ["arrived damaged", "stopped working after a week", "will not turn on", "is missing a part"]
+    asks = ["send a replacement", "refund my order", "tell me how to reset it", "escalate this to a manager"]
+    return [
+        f"Hi, my {rng.choice(products)} (order #{rng.randint(10000, 99999)}) {rng.choice(problems)}. "
+        f"Could you please {rng.choice(asks)}? Thanks, {rng.choice(['Ann', 'Bo', 'Carla', 'Dev', 'Eli'])}"
+        for _ in range(n)
+    ]
+
+
+def test_random_split_of_one_source_is_at_chance():
+    texts = phee_texts("train", 600)
+    random.Random(0).shuffle(texts)
+    result = blind_baseline(texts[:300], texts[300:], n_boot=500)
+    assert set(result) == KEYS
+    assert (result["folds"], result["n_members"], result["n_nonmembers"]) == (5, 300, 300)
+    assert abs(result["auc"] - 0.5) < 0.1
+    assert result["auc_ci_low"] < 0.5 < result["auc_ci_high"]
+    assert not beats_blind(0.5, result) and beats_blind(0.6, result)  # chance is no finding; 0.6 would be
+
+
+def test_two_sources_are_told_apart():
+    result = blind_baseline(phee_texts("dev", 150), support_tickets(150), folds=3, n_boot=200)
+    assert result["auc"] > 0.9 and result["auc_ci_low"] > 0.8
+    assert not beats_blind(0.9, result)
+    # which set is called "members" only flips the score direction
+    assert blind_baseline(support_tickets(150), phee_texts("dev", 150), folds=3, n_boot=0)["auc"] > 0.9
+
+
+def test_beats_blind_compares_with_the_upper_bound():
+    blind = {"auc": 0.55, "auc_ci_low": 0.5, "auc_ci_high": 0.6}
+    assert beats_blind(0.61, blind)
+    assert not beats_blind(0.6, blind) and not beats_blind(0.58, blind)
+    assert not beats_blind(0.9, blind | {"auc_ci_high": float("nan")})
+
+
+def test_too_few_texts_is_a_user_error():
+    with pytest.raises(MemlensError, match=r"at least `folds` texts per set \(folds=5, members=4, non-members=10\)"):
+        blind_baseline(phee_texts("dev", 4), phee_texts("test", 10))
+    with pytest.raises(MemlensError, match="folds ≥ 2"):
+        blind_baseline(phee_texts("dev", 10), phee_texts("test", 10), folds=1)
