@@ -35,13 +35,14 @@ def summary_table(results: dict) -> Table:
     table.add_column("AUC pre-trained [95% CI]", justify="right")
     table.add_column(f"AUC fine-tuned, epoch {last} [95% CI]", justify="right")
     table.add_column("TPR @ 1% FPR", justify="right")
+    table.add_column("beats blind?", justify="center")
     for a in attacks:
-        table.add_row(
-            a,
-            _auc(_value(records, 0, a, "auc")),
-            _auc(_value(records, last, a, "auc")),
-            _pct(_value(records, last, a, "tpr@fpr=0.01")),
-        )
+        if a == "blind":
+            continue
+        post = _value(records, last, a, "auc")
+        verdict = "—" if post is None or "beats_blind" not in post else ("yes" if post["beats_blind"] else "NO")
+        pct = _pct(_value(records, last, a, "tpr@fpr=0.01"))
+        table.add_row(a, _auc(_value(records, 0, a, "auc")), _auc(post), pct, verdict)
     return table
 
 
@@ -50,7 +51,13 @@ def summary_lines(results: dict) -> list[str]:
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
     ppl0, ppl1 = _value(records, 0, None, "val_ppl"), _value(records, last, None, "val_ppl")
     tm, tr = results["timings"], results["training"]
-    lines = [
+    blind = _value(records, None, "blind", "auc")
+    lines = (
+        []
+        if blind is None
+        else [f"blind baseline (text features only, no model): AUC {_auc(blind)} — an attack must beat its upper bound"]
+    )
+    lines += [
         f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)",
         f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
         f"({100 * t['trainable_share']:.2f}%), method {t['method']}",
@@ -65,7 +72,9 @@ def summary_lines(results: dict) -> list[str]:
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        console.width = max(console.width, 120)  # the table needs ~110 columns; pipes default to 80
     console.print(summary_table(results))
     for line in summary_lines(results):
         console.print(line, highlight=False)
