@@ -7,6 +7,7 @@ its batch, nothing loops over tokens in Python and nothing is copied to the CPU 
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -89,12 +90,24 @@ def score_ids(
     adapters_off = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
     try:
         with torch.inference_mode(), adapters_off, progress.bar(desc, int(lengths.sum()), "tokens") as bar:
+            prefix_cache = _prefix_cache(model, prefix, device)
             for rows in sorted_batches(lengths, batch_size):
-                batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
-                batch_ids, mask = batch_ids.to(device), mask.to(device)
-                p = len(prefix)
-                # the output head runs only where a text token is predicted (not over the prefix)
-                logits = model(input_ids=batch_ids, attention_mask=mask, logits_to_keep=batch_ids.shape[1] - p).logits
+                if prefix_cache is not None:  # the prefix's keys/values were computed once; only the text runs
+                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+                    batch_ids, mask = batch_ids.to(device), mask.to(device)
+                    kv = copy.deepcopy(prefix_cache)
+                    kv.batch_repeat_interleave(len(rows))
+                    full_mask = torch.cat([mask.new_ones(len(rows), len(prefix)), mask], dim=1)
+                    logits = model(input_ids=batch_ids, attention_mask=full_mask, past_key_values=kv).logits
+                    p = 0
+                else:
+                    batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
+                    batch_ids, mask = batch_ids.to(device), mask.to(device)
+                    p = len(prefix)
+                    # the output head runs only where a text token is predicted (not over the prefix)
+                    logits = model(
+                        input_ids=batch_ids, attention_mask=mask, logits_to_keep=batch_ids.shape[1] - p
+                    ).logits
                 stats = _reduce(logits[:, :-1], batch_ids[:, p + 1 :], mask[:, p + 1 :].bool())
                 del logits
                 cols = stats[0].shape[1]
@@ -104,6 +117,19 @@ def score_ids(
     finally:
         model.train(was_training)
     return TokenStats(out["logprob"], out["mu"], out["sigma"], lengths)
+
+
+def _prefix_cache(model, prefix: Sequence[int], device):
+    """Keys/values of a shared prefix, computed once (``None`` when there is no prefix or the model's own
+    prompt learning already uses the key/value cache, as peft's prefix tuning does)."""
+    import torch
+
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if not prefix or (peft_cfg is not None and peft_cfg.is_prompt_learning):
+        return None
+    out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
+    kv = out.past_key_values
+    return kv if hasattr(kv, "batch_repeat_interleave") else None
 
 
 def _reduce(logits, targets, valid):
