@@ -1,0 +1,204 @@
+"""The results store: one SQLite database (WAL mode) per project directory.
+
+Tables:
+- ``sweeps``: one row per sweep name, with the hash of its (expanded) specification;
+- ``trials``: one row per configuration (unique by config hash within a sweep), with its status
+  (``pending`` → ``running`` → ``done`` | ``failed``), error, timings, versions and the full config;
+- ``results``: tidy rows (trial, epoch, attack, metric, value, ci_low, ci_high, beats_blind).
+
+A trial's result rows and its ``done`` status are written in ONE transaction, so a process killed at any
+moment (even ``kill -9``) leaves either a finished trial or none: rerunning resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from memlens.errors import MemlensError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sweeps (
+    name TEXT PRIMARY KEY,
+    spec_hash TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY,
+    sweep TEXT NOT NULL REFERENCES sweeps(name),
+    config_hash TEXT NOT NULL,
+    label TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    error TEXT,
+    started REAL,
+    finished REAL,
+    seconds REAL,
+    info TEXT,
+    UNIQUE (sweep, config_hash)
+);
+CREATE TABLE IF NOT EXISTS results (
+    trial INTEGER NOT NULL REFERENCES trials(id),
+    epoch INTEGER,
+    attack TEXT,
+    metric TEXT NOT NULL,
+    value REAL,
+    ci_low REAL,
+    ci_high REAL,
+    beats_blind INTEGER
+);
+CREATE INDEX IF NOT EXISTS results_trial ON results(trial);
+"""
+DB_NAME = "results.db"
+
+
+class Store:
+    """A project's results database. ``Store(dir)`` creates ``dir/results.db`` if needed."""
+
+    def __init__(self, folder: str | Path, *, create: bool = True) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / DB_NAME
+        if not create and not self.path.is_file():
+            raise MemlensError(f"no results store in {self.folder} (run `memlens sweep` first)")
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise MemlensError(f"cannot create results directory {self.folder}: {err.strerror}") from None
+        if create and not os.access(self.folder, os.W_OK):
+            raise MemlensError(f"results directory {self.folder} is read-only")
+        with self._errors("open"):
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            if create:
+                self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            msg = str(err)
+            if "full" in msg:
+                raise MemlensError(f"results store {self.path}: the disk is full ({what})") from None
+            if "readonly" in msg or "read-only" in msg or "unable to open" in msg:
+                raise MemlensError(f"results store {self.path} cannot be written ({msg})") from None
+            raise MemlensError(f"results store {self.path}: {msg} ({what})") from None
+        except sqlite3.DatabaseError as err:
+            raise MemlensError(f"results store {self.path} is not a memlens database: {err}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._errors("write"):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    # -- sweeps and trials -------------------------------------------------------------------------------
+    def register_sweep(self, name: str, spec: dict, spec_hash: str, trials: list[tuple[str, str, dict]]) -> None:
+        """Record a sweep and its trials ``(config_hash, label, config)``; refuse a changed spec."""
+        with self.transaction() as db:
+            row = db.execute("SELECT spec_hash FROM sweeps WHERE name = ?", (name,)).fetchone()
+            if row and row[0] != spec_hash:
+                raise MemlensError(
+                    f"sweep {name!r} in {self.folder} was created from a different sweep file; results are never "
+                    "mixed: use another --dir, or rename the sweep"
+                )
+            if not row:
+                db.execute("INSERT INTO sweeps VALUES (?, ?, ?, ?)", (name, spec_hash, json.dumps(spec), time.time()))
+            db.executemany(
+                "INSERT OR IGNORE INTO trials (sweep, config_hash, label, config) VALUES (?, ?, ?, ?)",
+                [(name, h, label, json.dumps(cfg, sort_keys=True)) for h, label, cfg in trials],
+            )
+            # a trial left 'running' by a killed process starts again
+            db.execute("UPDATE trials SET status = 'pending' WHERE sweep = ? AND status = 'running'", (name,))
+
+    def pending(self, sweep: str, retry_failed: bool = False) -> list[tuple[int, str, dict]]:
+        states = ("pending", "failed") if retry_failed else ("pending",)
+        marks = ",".join("?" * len(states))
+        rows = self.db.execute(
+            f"SELECT id, label, config FROM trials WHERE sweep = ? AND status IN ({marks}) ORDER BY id",
+            (sweep, *states),
+        ).fetchall()
+        return [(i, label, json.loads(cfg)) for i, label, cfg in rows]
+
+    def start(self, trial: int) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE trials SET status = 'running', started = ?, error = NULL WHERE id = ?", (time.time(), trial)
+            )
+
+    def finish(self, trial: int, records: list[dict], info: dict, seconds: float) -> None:
+        """Store a trial's rows and mark it done, atomically."""
+        rows = [
+            (
+                trial,
+                r.get("epoch"),
+                r.get("attack"),
+                r["metric"],
+                _num(r.get("value")),
+                _num(r.get("ci_low")),
+                _num(r.get("ci_high")),
+                None if r.get("beats_blind") is None else int(r["beats_blind"]),
+            )
+            for r in records
+        ]
+        with self.transaction() as db:
+            db.execute("DELETE FROM results WHERE trial = ?", (trial,))
+            db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.execute(
+                "UPDATE trials SET status = 'done', finished = ?, seconds = ?, info = ? WHERE id = ?",
+                (time.time(), seconds, json.dumps(info, default=str), trial),
+            )
+
+    def fail(self, trial: int, error: str, seconds: float) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE trials SET status = 'failed', error = ?, finished = ?, seconds = ? WHERE id = ?",
+                (error, time.time(), seconds, trial),
+            )
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def counts(self, sweep: str | None = None) -> dict[str, int]:
+        q = "SELECT status, COUNT(*) FROM trials" + (" WHERE sweep = ?" if sweep else "") + " GROUP BY status"
+        return dict(self.db.execute(q, (sweep,) if sweep else ()).fetchall())
+
+    def trials(self):
+        """All trials as a pandas DataFrame (config and info parsed into dicts)."""
+        import pandas as pd
+
+        df = pd.read_sql_query("SELECT * FROM trials ORDER BY id", self.db)
+        for col in ("config", "info"):
+            df[col] = [json.loads(v) if v else {} for v in df[col]]
+        return df
+
+    def results(self):
+        """The tidy results table joined with each trial's sweep, label and status (pandas)."""
+        import pandas as pd
+
+        return pd.read_sql_query(
+            "SELECT t.sweep, t.label, r.* FROM results r JOIN trials t ON t.id = r.trial ORDER BY r.trial, r.epoch",
+            self.db,
+        )
+
+    def trial_dir(self, trial: int) -> Path:
+        """Folder holding a trial's ``results.json``, ``scores.csv`` and ``config.toml``."""
+        return self.folder / "trials" / f"trial-{trial:04d}"
+
+
+def _num(v) -> float | None:
+    return None if v is None else float(v)

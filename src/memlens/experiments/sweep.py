@@ -1,0 +1,206 @@
+"""Sweeps: a base run and axes to vary, expanded into trials and run into the results store.
+
+A sweep file is TOML::
+
+    name = "lora-placement"
+    [base]                       # a run config, as for `memlens run`
+    model.name = "smollm2-135m"
+    [grid]                       # axes -> values; every combination is a trial
+    targets = [["q"], ["k"], ["v"], ["o"]]
+    rank = [1, 2, 4]
+    [[variants]]                 # optional explicit variants (combined with the grid)
+    label = "prompt tuning"
+    method = "prompt"
+
+An axis is a short name (``memlens sweep --axes`` lists them) or any dotted config key
+(``"training.warmup_ratio"``). Trials already finished in the store are skipped; a failed trial is recorded
+with its error and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memlens import progress
+from memlens.config import RunConfig, parse_config, with_overrides
+from memlens.errors import MemlensError
+
+AXES = {
+    "model": "model.name",
+    "dataset": "data.source",
+    "data_dir": "data.dir",
+    "members": "data.n_members",
+    "method": "tuning.method",
+    "targets": "tuning.targets",
+    "rank": "tuning.rank",
+    "alpha": "tuning.alpha",
+    "layers": "tuning.layers",
+    "virtual_tokens": "tuning.virtual_tokens",
+    "epochs": "training.epochs",
+    "lr": "training.lr",
+    "batch_size": "training.batch_size",
+    "seed": "training.seed",
+}
+# rough sustained throughput used only by --dry-run's estimate (measured: benchmarks/README.md)
+FLOPS = {"cpu": 1.0e11, "cuda": 1.5e14}
+
+
+@dataclass
+class Trial:
+    label: str
+    overrides: dict[str, Any]
+    config: RunConfig
+
+    @property
+    def hash(self) -> str:
+        data = self.config.model_dump(mode="json", exclude={"output"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Sweep:
+    name: str
+    base: RunConfig
+    trials: list[Trial]
+    spec: dict
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(json.dumps([t.hash for t in self.trials]).encode()).hexdigest()[:16]
+
+
+def _key(axis: str) -> str:
+    key = AXES.get(axis, axis)
+    if "." not in key:
+        raise MemlensError(f"unknown sweep axis {axis!r}; use one of {', '.join(AXES)} or a dotted config key")
+    section, field = key.split(".", 1)
+    model_fields = RunConfig.model_fields
+    if section not in model_fields or field not in model_fields[section].annotation.model_fields:
+        raise MemlensError(f"unknown sweep axis {axis!r}: {key} is not a config field")
+    return key
+
+
+def _label(overrides: dict[str, Any]) -> str:
+    def show(v: Any) -> str:
+        return "+".join(map(str, v)) if isinstance(v, list) else str(v)
+
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={show(v)}" for k, v in overrides.items()) or "base"
+
+
+def expand(spec: dict, source: str = "sweep") -> Sweep:
+    """Expand a sweep mapping into validated trials (refusing unknown axes and empty grids)."""
+    unknown = set(spec) - {"name", "base", "grid", "variants"}
+    if unknown:
+        raise MemlensError(
+            f"{source}: unknown top-level key(s) {sorted(unknown)} (expected name, base, grid, variants)"
+        )
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise MemlensError(f'{source}: a sweep needs a name = "..."')
+    base = parse_config({"name": name} | spec.get("base", {}), f"{source} [base]")
+    grid = spec.get("grid", {})
+    variants = spec.get("variants", [{}])
+    if not isinstance(grid, dict) or not isinstance(variants, list):
+        raise MemlensError(f"{source}: [grid] must be a table and [[variants]] a list of tables")
+    axes = {_key(a): v for a, v in grid.items()}
+    for a, values in axes.items():
+        if not isinstance(values, list) or not values:
+            raise MemlensError(f"{source}: grid axis {a!r} needs a non-empty list of values")
+    if not variants:
+        raise MemlensError(f"{source}: [[variants]] is empty")
+    trials: list[Trial] = []
+    for variant in variants:
+        variant = dict(variant)
+        vlabel = variant.pop("label", None)
+        vover = {_key(k): v for k, v in variant.items()}
+        for combo in itertools.product(*axes.values()) if axes else [()]:
+            over = vover | dict(zip(axes, combo, strict=True))
+            parts = (vlabel or (_label(vover) if vover else ""), _label(dict(zip(axes, combo, strict=True))))
+            label = " ".join(x for x in parts if x and x != "base")
+            cfg = with_overrides(base, over)
+            trials.append(Trial(label or _label(over), over, cfg))
+    if not trials:
+        raise MemlensError(f"{source}: the grid is empty")
+    seen: dict[str, str] = {}
+    for t in trials:
+        if t.hash in seen:
+            raise MemlensError(f"{source}: trials {seen[t.hash]!r} and {t.label!r} are the same configuration")
+        seen[t.hash] = t.label
+    return Sweep(name, base, trials, spec)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    path = Path(path)
+    if not path.is_file():
+        raise MemlensError(f"sweep file not found: {path}")
+    try:
+        spec = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise MemlensError(f"sweep file {path} is not valid TOML: {err}") from None
+    return expand(spec, str(path))
+
+
+def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
+    """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token."""
+    from memlens.attacks import ATTACKS
+
+    d = cfg.data
+    scored = (d.n_members + d.n_nonmembers) * mean_tokens
+    extra = {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall"}
+    evals = 1 + len(_eval_epochs(cfg))
+    per_eval = 2 * params * (scored * (1 + len(extra)) + d.n_validation * mean_tokens)
+    train = (
+        (6 if cfg.tuning.method in ("full", "head") else 4) * params * d.n_members * mean_tokens * cfg.training.epochs
+    )
+    return (per_eval * evals + train) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
+
+
+def _eval_epochs(cfg: RunConfig) -> set[int]:
+    from memlens.experiments.runner import evaluation_epochs
+
+    return evaluation_epochs(cfg)
+
+
+def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -> dict[str, int]:
+    """Run every unfinished trial of ``sweep`` into the store in ``folder``; return the status counts."""
+    from memlens.experiments.runner import run
+    from memlens.experiments.store import Store
+
+    store = Store(folder)
+    store.register_sweep(
+        sweep.name,
+        sweep.spec,
+        sweep.spec_hash,
+        [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
+    )
+    todo = store.pending(sweep.name, retry_failed)
+    done_before = store.counts(sweep.name).get("done", 0)
+    progress.info(f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, {len(todo)} to run")
+    with progress.bar(f"sweep {sweep.name}", len(todo), "trials") as bar:
+        for trial_id, label, cfg_json in todo:
+            bar.note(label)
+            cfg = parse_config(cfg_json)
+            cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
+            store.start(trial_id)
+            t0 = time.perf_counter()
+            try:
+                results = run(cfg)
+            except (MemlensError, RuntimeError, ValueError, OSError) as err:
+                detail = str(err) if isinstance(err, MemlensError) else traceback.format_exc(limit=3)
+                store.fail(trial_id, f"{type(err).__name__}: {detail}", time.perf_counter() - t0)
+                progress.info(f"trial {label!r} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+            else:
+                info = {k: results[k] for k in ("model", "tuning", "training", "timings", "environment", "data")}
+                store.finish(trial_id, results["records"], info, time.perf_counter() - t0)
+            bar.advance(1)
+    counts = store.counts(sweep.name)
+    store.close()
+    return counts
