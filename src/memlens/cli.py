@@ -17,8 +17,10 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="List and prepare built-in models.", no_args_is_help=True)
 data_app = typer.Typer(help="Get datasets.", no_args_is_help=True)
+results_app = typer.Typer(help="Work with a results store.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 app.add_typer(data_app, name="data")
+app.add_typer(results_app, name="results")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the data (PHEE: train/dev/test.jsonl).")]
 Out = Annotated[Path | None, typer.Option("--out", help="Results folder (default: runs/NAME).")]
@@ -113,6 +115,45 @@ def run_cmd(
         quiet,
         as_json,
     )
+
+
+@app.command("sweep")
+@_guard
+def sweep_cmd(
+    file: Annotated[Path, typer.Argument(help="TOML sweep file: [base] run config, [grid] axes, [[variants]].")],
+    folder: Annotated[Path | None, typer.Option("--dir", help="Project folder with the results store.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and a cost estimate only.")] = False,
+    retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Run every trial of a sweep into a crash-safe results store (a killed sweep resumes where it stopped)."""
+    from memlens import progress
+    from memlens.experiments.sweep import dry_run_table, load_sweep, run_sweep
+
+    progress.set_enabled(not quiet)
+    sweep = load_sweep(file)
+    if dry_run:
+        rows, total = dry_run_table(sweep)
+        for label, overrides, cost in rows:
+            typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
+        typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: FLOPs at ~100 GFLOP/s on CPU)")
+        return
+    counts = run_sweep(sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed)
+    typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+@results_app.command("export")
+@_guard
+def results_export(
+    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or json.")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output file (default: DIR/results.FORMAT).")] = None,
+) -> None:
+    """Write one tidy results table (trial, epoch, attack, metric, value, CI)."""
+    from memlens.experiments.store import Store
+
+    store = Store(folder, create=False)
+    typer.echo(str(store.export(out or folder / f"results.{fmt}", fmt)))
 
 
 @app.command("attacks")

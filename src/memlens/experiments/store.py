@@ -183,7 +183,7 @@ class Store:
 
         df = pd.read_sql_query("SELECT * FROM trials ORDER BY id", self.db)
         for col in ("config", "info"):
-            df[col] = [json.loads(v) if v else {} for v in df[col]]
+            df[col] = [json.loads(v) if isinstance(v, str) and v else {} for v in df[col]]
         return df
 
     def results(self):
@@ -194,6 +194,29 @@ class Store:
             "SELECT t.sweep, t.label, r.* FROM results r JOIN trials t ON t.id = r.trial ORDER BY r.trial, r.epoch",
             self.db,
         )
+
+    def export(self, path: str | Path, fmt: str) -> Path:
+        """Write the tidy results table (one row per trial, epoch, attack, metric) as csv, parquet or json."""
+        path = Path(path)
+        df = self.results()
+        if df.empty:
+            raise MemlensError(f"results store {self.path} holds no finished trial yet")
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            if fmt == "csv":
+                df.to_csv(tmp, index=False)
+            elif fmt == "json":
+                df.to_json(tmp, orient="records", indent=1)
+            elif fmt == "parquet":
+                df.to_parquet(tmp, index=False)
+            else:
+                raise MemlensError(f"unknown export format {fmt!r}: use csv, parquet or json")
+            os.replace(tmp, path)
+        except OSError as err:
+            raise MemlensError(f"cannot write {path}: {err.strerror or err}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     def trial_dir(self, trial: int) -> Path:
         """Folder holding a trial's ``results.json``, ``scores.csv`` and ``config.toml``."""

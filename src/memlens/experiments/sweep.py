@@ -163,6 +163,30 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     return (per_eval * evals + train) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
 
 
+def approx_parameters(spec: str) -> float | None:
+    """Parameter count for the cost estimate, without loading the model (None when unknown)."""
+    from memlens.models.builtin import BUILTIN_MODELS
+
+    if spec in BUILTIN_MODELS:
+        return BUILTIN_MODELS[spec].parameters
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.glob("*.safetensors")) / 4 or None  # fp32 bytes → parameters
+    return None
+
+
+def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
+    """Rows (label, overrides, estimated cost) and the total estimated seconds."""
+    rows, total = [], 0.0
+    for t in sweep.trials:
+        params = approx_parameters(t.config.model.name)
+        secs = estimate_seconds(t.config, params) if params else None
+        total += secs or 0.0
+        cost = f"~{secs / 60:.1f} min" if secs is not None else "unknown model size"
+        rows.append((t.label, json.dumps(t.overrides), cost))
+    return rows, total
+
+
 def _eval_epochs(cfg: RunConfig) -> set[int]:
     from memlens.experiments.runner import evaluation_epochs
 

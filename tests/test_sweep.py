@@ -1,0 +1,170 @@
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import tomli_w
+from conftest import tiny_config
+from typer.testing import CliRunner
+
+from memlens.cli import app
+from memlens.errors import MemlensError
+from memlens.experiments.store import Store
+from memlens.experiments.sweep import expand, run_sweep
+
+
+def base_config(tiny_dir, **sections) -> dict:
+    cfg = tiny_config(tiny_dir, "unused", **sections)
+    for k in ("name", "output"):
+        cfg.pop(k)
+    return cfg
+
+
+def test_grid_and_variants_expand_to_validated_trials(tiny_dir):
+    spec = {
+        "name": "s",
+        "base": base_config(tiny_dir),
+        "grid": {"rank": [1, 2, 4], "targets": [["q"], ["v", "o"]]},
+        "variants": [{"method": "lora"}, {"label": "ia3", "method": "ia3", "tuning.targets": ["k"]}],
+    }
+    sweep = expand(spec)
+    assert len(sweep.trials) == 2 * 3 * 2
+    labels = [t.label for t in sweep.trials]
+    assert labels[0] == "method=lora rank=1 targets=q" and labels[-1] == "ia3 rank=4 targets=v+o"
+    assert sweep.trials[-1].config.tuning.targets == ["v", "o"] and sweep.trials[-1].config.tuning.method == "ia3"
+    assert len({t.hash for t in sweep.trials}) == len(sweep.trials)
+
+
+@pytest.mark.parametrize(
+    ("spec", "pattern"),
+    [
+        ({"grid": {"colour": [1]}}, "unknown sweep axis 'colour'"),
+        ({"grid": {"tuning.nope": [1]}}, "unknown sweep axis 'tuning.nope'"),
+        ({"grid": {"rank": []}}, "needs a non-empty list"),
+        ({"variants": []}, r"\[\[variants\]\] is empty"),
+        ({"grid": {"rank": ["x"]}}, r"field 'tuning\.rank'"),
+        ({"grid": {"seed": [0, 0]}}, "are the same configuration"),
+        ({"extra": 1}, "unknown top-level key"),
+    ],
+)
+def test_bad_sweeps(tiny_dir, spec, pattern):
+    with pytest.raises(MemlensError, match=pattern):
+        expand({"name": "s", "base": base_config(tiny_dir)} | spec)
+
+
+@pytest.fixture(scope="module")
+def sweep_file(tiny_dir, tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "sweep.toml"
+    spec = {
+        "name": "killme",
+        "base": base_config(tiny_dir, training={"epochs": 6, "eval_every": 2}),
+        "grid": {"seed": [0, 1, 2, 3, 4, 5]},
+    }
+    path.write_text(tomli_w.dumps(spec))
+    return path
+
+
+def counts(folder) -> tuple[dict, int, int]:
+    db = sqlite3.connect(folder / "results.db")
+    status = dict(db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
+    rows = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+    distinct = db.execute(
+        "SELECT COUNT(*) FROM (SELECT DISTINCT trial, epoch, attack, metric FROM results)"
+    ).fetchone()[0]
+    return status, rows, distinct
+
+
+def test_killed_sweep_resumes_without_duplicates(sweep_file, tmp_path):
+    folder = tmp_path / "proj"
+    cmd = [sys.executable, "-m", "memlens", "sweep", str(sweep_file), "--dir", str(folder), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if (folder / "results.db").exists():
+            try:
+                if counts(folder)[0].get("done", 0) >= 2:
+                    break
+            except sqlite3.OperationalError:
+                pass
+        assert proc.poll() is None, proc.stderr.read().decode()
+    os.killpg(proc.pid, signal.SIGKILL)  # kill -9 mid-sweep, likely inside a trial
+    proc.wait()
+    status, rows, distinct = counts(folder)
+    assert 2 <= status.get("done", 0) < 6 and rows == distinct
+    per_trial = rows // status["done"]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    status, rows, distinct = counts(folder)
+    assert status == {"done": 6} and rows == distinct == 6 * per_trial
+    # a third run finds nothing to do and changes nothing
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "6 done" and counts(folder)[1] == rows
+
+
+def test_export_round_trip_and_changed_sweep_is_refused(sweep_file, tiny_dir, tmp_path):
+    folder = tmp_path / "proj"
+    spec = {"name": "small", "base": base_config(tiny_dir), "grid": {"seed": [0, 1]}}
+    assert run_sweep(expand(spec), folder) == {"done": 2}
+    store = Store(folder)
+    frames = {}
+    for fmt in ("csv", "json", "parquet"):
+        path = store.export(tmp_path / f"r.{fmt}", fmt)
+        frames[fmt] = {"csv": pd.read_csv, "json": pd.read_json, "parquet": pd.read_parquet}[fmt](path)
+    ref = store.results()
+    for fmt, df in frames.items():
+        assert len(df) == len(ref) and list(df.columns) == list(ref.columns), fmt
+        pd.testing.assert_series_equal(df["value"], ref["value"], check_names=False, atol=1e-12)
+    with pytest.raises(MemlensError, match="unknown export format"):
+        store.export(tmp_path / "r.xlsx", "xlsx")
+    changed = spec | {"grid": {"seed": [0, 1, 2]}}
+    with pytest.raises(MemlensError, match="created from a different sweep file"):
+        run_sweep(expand(changed), folder)
+    assert store.counts() == {"done": 2}
+
+
+def test_failed_trial_is_recorded_and_sweep_goes_on(tiny_dir, tmp_path):
+    spec = {
+        "name": "f",
+        "base": base_config(tiny_dir),
+        "variants": [{"method": "lora", "targets": ["nope"]}, {"method": "full"}],
+    }
+    assert run_sweep(expand(spec), tmp_path) == {"done": 1, "failed": 1}
+    trials = Store(tmp_path).trials()
+    assert "tuning target 'nope'" in trials.loc[trials.status == "failed", "error"].item()
+
+
+def test_store_errors_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(MemlensError, match="cannot create results directory"):
+        Store(tmp_path / "file" / "sub")
+    with pytest.raises(MemlensError, match="no results store"):
+        Store(tmp_path / "empty", create=False)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.db").write_text("not a database at all, just text" * 50)
+    with pytest.raises(MemlensError, match="not a memlens database"):
+        Store(tmp_path / "bad")
+    store = Store(tmp_path / "ok")
+
+    class Full:
+        def execute(self, *a):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    store.db = Full()
+    with pytest.raises(MemlensError, match="the disk is full"):
+        store.start(1)
+
+
+def test_cli_dry_run_and_export(sweep_file, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(sweep_file), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "6 trials" in result.stdout and "seed=5" in result.stdout
+    assert not (tmp_path / "runs").exists()
+    bad = runner.invoke(app, ["results", "export", "--dir", str(tmp_path / "none")])
+    assert bad.exit_code == 2 and "no results store" in bad.stderr
+    assert json.loads(json.dumps({"ok": True}))
