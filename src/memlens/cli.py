@@ -142,6 +142,50 @@ def sweep_cmd(
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
+@app.command("reproduce")
+@_guard
+def reproduce_cmd(
+    preset: Annotated[str, typer.Argument(help="savine2025 or hou2025.")],
+    scale: Annotated[str, typer.Option(help="tiny (CPU, ~20 min), small (CPU, hours) or full (GPU).")] = "tiny",
+    folder: Annotated[Path | None, typer.Option("--dir", help="Project folder (default runs/PRESET-SCALE).")] = None,
+    data_dir: DataDir = None,
+    quiet: Quiet = False,
+) -> None:
+    """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
+    import shlex
+
+    from memlens import progress
+    from memlens.experiments.presets import preset_spec, write_findings
+    from memlens.experiments.sweep import expand, run_sweep
+
+    progress.set_enabled(not quiet)
+    spec = preset_spec(preset, scale)
+    if data_dir is not None:
+        spec["base"]["data"]["dir"] = str(data_dir)
+    folder = folder or Path("runs") / spec["name"]
+    counts = run_sweep(expand(spec, f"preset {preset}"), folder)
+    typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    command = "memlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    typer.echo(str(write_findings(preset, folder, command)))
+    _render(folder)
+
+
+def _render(folder: Path) -> None:
+    from memlens.report import render_report
+
+    html, md = render_report(folder)
+    typer.echo(f"{html}\n{md}")
+
+
+@app.command("report")
+@_guard
+def report_cmd(
+    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store.")],
+) -> None:
+    """Render a self-contained HTML report and a Markdown summary from a results store."""
+    _render(folder)
+
+
 @results_app.command("export")
 @_guard
 def results_export(

@@ -1,0 +1,43 @@
+import pytest
+from conftest import PHEE
+
+from memlens.errors import MemlensError
+from memlens.experiments.presets import findings_markdown, preset_spec
+from memlens.experiments.store import Store
+from memlens.experiments.sweep import expand, run_sweep
+
+
+def shrink(spec: dict, tiny_dir) -> dict:
+    """The preset's design on the tiny model and a handful of texts (the structure is what is tested)."""
+    spec["base"]["model"] = {"name": str(tiny_dir), "device": "cpu"}
+    spec["base"]["data"] |= {"dir": str(PHEE), "n_members": 24, "n_nonmembers": 24, "n_validation": 12}
+    spec["base"]["training"] |= {"epochs": 3, "batch_size": 8, "lr": 3e-3}
+    spec["base"]["attacks"]["bootstrap"] = 100
+    return spec
+
+
+@pytest.mark.parametrize("name", ["savine2025", "hou2025"])
+def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
+    spec = shrink(preset_spec(name, "tiny"), tiny_dir)
+    sweep = expand(spec)
+    assert len(sweep.trials) == {"savine2025": 15, "hou2025": 8}[name]
+    if name == "savine2025":
+        sweep.trials = [t for t in sweep.trials if "rank=2" not in t.label]  # keep it quick
+    counts = run_sweep(sweep, tmp_path)
+    assert counts == {"done": len(sweep.trials)}, Store(tmp_path).trials()[["label", "error"]]
+    md = findings_markdown(name, Store(tmp_path), "memlens reproduce ...")
+    assert md.startswith(f"# {name}: published findings vs memlens")
+    first = "W_V and W_O memorize more" if name == "savine2025" else "parameter-based methods memorize more"
+    row = next(line for line in md.splitlines() if first in line)
+    assert any(v in row for v in ("**holds**", "**does not hold**", "**inconclusive")), row
+    if name == "savine2025":
+        assert "R² =" in md and "r=1:" in md
+    else:
+        assert "attention < MLP < both" in md and "AUC change after epoch 1" in md
+
+
+def test_unknown_preset_or_scale():
+    with pytest.raises(MemlensError, match="unknown preset"):
+        preset_spec("smith2024", "tiny")
+    with pytest.raises(MemlensError, match="unknown scale"):
+        preset_spec("hou2025", "huge")
