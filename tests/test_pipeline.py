@@ -138,3 +138,31 @@ def test_per_text_scores_are_saved_with_ids_only(memorized):
     nonmember = [float(r["score"]) for r in loss_25 if r["member"] == "0"]
     auc = next(r for r in results["records"] if (r["epoch"], r["attack"], r["metric"]) == (25, "loss", "auc"))
     assert roc_auc(member, nonmember) == pytest.approx(auc["value"], abs=1e-6)
+
+
+def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
+    cfg = parse_config(
+        tiny_config(
+            tiny_dir,
+            tmp_path / "ex",
+            training={"epochs": 40, "eval_every": 0, "batch_size": 4},
+            data={"n_members": 8, "n_nonmembers": 8, "n_validation": 8},
+            extraction={"enabled": True, "n_texts": 8, "temperatures": [0.5], "num_samples": 2},
+            canaries={"enabled": True, "kind": "digits", "n": 2, "repetitions": [1, 16], "n_candidates": 200},
+        )
+    )
+    results = run(cfg)
+    rows = {(r["attack"], r["metric"]): r["value"] for r in results["records"] if r["epoch"] == 40}
+    share_m = rows[("extraction greedy", "extraction_ngram_share_members")]
+    share_n = rows[("extraction greedy", "extraction_ngram_share_nonmembers")]
+    assert share_m > share_n  # a memorizing model continues members better than non-members
+    assert ("extraction T=0.5", "extraction_exact_match_rate_members") in rows
+    assert rows[("canary x16", "canary_exposure")] > rows[("canary controls", "canary_exposure")]
+    assert rows[("canary x16", "canary_extraction_rate")] >= rows[("canary x1", "canary_extraction_rate")]
+    assert set(results["extraction"]["summaries"]) == {
+        "greedy/members",
+        "greedy/nonmembers",
+        "T=0.5/members",
+        "T=0.5/nonmembers",
+    }
+    assert "secret code" not in (tmp_path / "ex" / "results.json").read_text()

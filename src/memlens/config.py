@@ -147,6 +147,36 @@ class AttackConfig(_Section):
         return names
 
 
+class ExtractionConfig(_Section):
+    """Prefix-prompted extraction after fine-tuning: ``n_texts`` members (and as many non-members, the baseline)
+    are split at ``prefix`` (a token count, or a fraction: 0.5 = the midpoint) and the model continues them
+    for the true suffix's length. ``temperatures``: also sample at each (``num_samples`` per prefix, best kept
+    by ``select``)."""
+
+    enabled: bool = False
+    n_texts: Annotated[int, Field(ge=1)] = 100
+    prefix: Annotated[float, Field(gt=0)] = 0.5
+    greedy: bool = True
+    temperatures: list[Annotated[float, Field(gt=0)]] = Field(default_factory=list)
+    num_samples: PositiveInt = 1
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    top_k: Annotated[int, Field(ge=0)] = 0
+    select: Literal["ngram_share", "token_accuracy", "rouge_l", "bleu", "exact_match"] = "ngram_share"
+    batch_size: PositiveInt = 16
+
+
+class CanaryConfig(_Section):
+    """Planted canaries: ``n`` synthetic records per repetition count are added to the training texts (never
+    to the member set that is attacked); as many held-out controls come from the same generator."""
+
+    enabled: bool = False
+    kind: Literal["patient", "digits"] = "patient"
+    n: PositiveInt = 2
+    repetitions: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
+    n_candidates: PositiveInt = 1000
+    seed: int = 0
+
+
 class OutputConfig(_Section):
     """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
     refused unless ``overwrite``."""
@@ -166,6 +196,8 @@ class RunConfig(_Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     attacks: AttackConfig = Field(default_factory=AttackConfig)
+    extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
+    canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     def output_dir(self) -> Path:

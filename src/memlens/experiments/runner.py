@@ -92,14 +92,25 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
         timings["score_finetuned"] += _since(t0)
 
+    canary_set, train_ids = None, inputs["target"].ids[:n_mem]
+    if cfg.canaries.enabled:
+        from memlens.extraction import insert, make_canaries
+        from memlens.tokens import encode
+
+        c = cfg.canaries
+        canary_set = make_canaries(c.n, seed=c.seed, kind=c.kind, repetitions=tuple(c.repetitions))
+        planted = insert(splits.members, canary_set, seed=c.seed)
+        train_ids = encode(tok, [x.text for x in planted], cfg.data.max_tokens).ids
     t = time.perf_counter()
-    train_info = train(
-        model, inputs["target"].ids[:n_mem], inputs["pad_id"], cfg.training, lr=lr, on_epoch_end=on_epoch_end
-    )
+    train_info = train(model, train_ids, inputs["pad_id"], cfg.training, lr=lr, on_epoch_end=on_epoch_end)
     timings["train"] = round(_since(t) - timings["score_finetuned"], 2)
     t = time.perf_counter()
     records += blind_records(records, blind)
     timings["attacks"] = _since(t)
+    t = time.perf_counter()
+    extraction = extraction_records(cfg, model, tok, splits, canary_set)
+    records += extraction.pop("records")
+    timings["extraction"] = _since(t)
     timings["total"] = _since(t_start)
 
     results = {
@@ -114,6 +125,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
         },
         "split_audit": audit,
+        "extraction": extraction,
         "tuning": tuning_info,
         "training": train_info,
         "records": records,
@@ -124,6 +136,76 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         ids = [x.id for x in splits.members + splits.nonmembers]
         write_outputs(staging, cfg, results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
     return results
+
+
+def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
+    """Extraction on members vs non-members (greedy and each temperature) and the canary report, as tidy rows
+    (attack = decoding or ``canary xN``, metric = ``extraction_*`` / ``canary_*``) plus summaries."""
+    from dataclasses import replace
+
+    out: dict = {"records": []}
+    epoch, e = cfg.training.epochs, cfg.extraction
+    if e.enabled:
+        from memlens.extraction import GREEDY, Decoding, extract
+
+        rng = np.random.default_rng(cfg.data.seed)
+        pick = {n: [x.text for x in _subset(getattr(splits, n), e.n_texts, rng)] for n in ("members", "nonmembers")}
+        sampling = Decoding("sample", top_p=e.top_p, top_k=e.top_k, num_samples=e.num_samples)
+        decodings = ([("greedy", GREEDY)] if e.greedy else []) + [
+            (f"T={t:g}", replace(sampling, temperature=t)) for t in e.temperatures
+        ]
+        summaries = {}
+        for label, dec in decodings:
+            for name, texts in pick.items():
+                res = extract(
+                    model,
+                    tok,
+                    texts,
+                    prefix=e.prefix if e.prefix < 1 else int(e.prefix),
+                    decoding=dec,
+                    max_tokens=cfg.data.max_tokens,
+                    select=e.select,
+                    batch_size=e.batch_size,
+                    seed=cfg.training.seed,
+                )
+                summaries[f"{label}/{name}"] = res.summary
+                out["records"] += [
+                    {"epoch": epoch, "attack": f"extraction {label}", "metric": f"extraction_{m}_{name}", "value": v}
+                    for m, v in res.summary.items()
+                    if isinstance(v, float) and m != "seconds"
+                ]
+        out["summaries"] = summaries
+    if canary_set is not None:
+        from memlens.extraction import canary_report
+
+        rows = canary_report(
+            model,
+            tok,
+            canary_set,
+            n_candidates=cfg.canaries.n_candidates,
+            seed=cfg.canaries.seed,
+            n_boot=cfg.attacks.bootstrap,
+        )
+        for r in rows:
+            who = f"canary x{r['repetitions']}" if r["repetitions"] else "canary controls"
+            out["records"] += [
+                {
+                    "epoch": epoch,
+                    "attack": who,
+                    "metric": "canary_auc",
+                    "value": r["auc"],
+                    "ci_low": r["auc_ci_low"],
+                    "ci_high": r["auc_ci_high"],
+                },
+                {"epoch": epoch, "attack": who, "metric": "canary_extraction_rate", "value": r["extraction_rate"]},
+                {"epoch": epoch, "attack": who, "metric": "canary_exposure", "value": r["mean_exposure"]},
+            ]
+        out["canaries"] = rows
+    return out
+
+
+def _subset(texts: list, n: int, rng: np.random.Generator) -> list:
+    return texts if n >= len(texts) else [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
 
 
 def _since(t0: float) -> float:
