@@ -66,6 +66,7 @@ def summary_lines(results: dict) -> list[str]:
         f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
         f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
     ]
+    lines += _extraction_lines(records, last)
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
@@ -78,3 +79,24 @@ def print_summary(results: dict, console: Console | None = None) -> None:
     console.print(summary_table(results))
     for line in summary_lines(results):
         console.print(line, highlight=False)
+
+
+def _extraction_lines(records: list[dict], last: int) -> list[str]:
+    """One line per decoding (members vs non-members) and per canary repetition count."""
+    vals = {(r["attack"], r["metric"]): r["value"] for r in records if r["epoch"] == last}
+    lines = []
+    for attack in dict.fromkeys(a for a, _ in vals if a and a.startswith("extraction ")):
+        m, n = (vals.get((attack, f"extraction_{k}")) for k in ("ngram_share_members", "ngram_share_nonmembers"))
+        em, en = (
+            vals.get((attack, f"extraction_{k}")) for k in ("exact_match_rate_members", "exact_match_rate_nonmembers")
+        )
+        if None not in (m, n, em, en):
+            lines.append(
+                f"{attack} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
+                f"exact suffix {100 * em:.1f}% vs {100 * en:.1f}%"
+            )
+    for attack in dict.fromkeys(a for a, _ in vals if a and a.startswith("canary")):
+        auc, rate, expo = (vals.get((attack, f"canary_{k}")) for k in ("auc", "extraction_rate", "exposure"))
+        auc_s = "" if auc is None or auc != auc else f"AUC vs controls {auc:.3f}, "
+        lines.append(f"{attack}: {auc_s}secret extracted {100 * (rate or 0):.0f}%, exposure {expo or 0:.1f} bits")
+    return lines
