@@ -35,9 +35,20 @@ def run_trainer(model, tok, ids: list[list[int]], batch_size: int, lr: float, se
     data = [{"input_ids": s} for s in ids]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, per_device_train_batch_size=batch_size, num_train_epochs=1, learning_rate=lr,
-            lr_scheduler_type="linear", warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=1.0, seed=seed,
-            logging_strategy="no", save_strategy="no", report_to=[], use_cpu=not _cuda(), dataloader_num_workers=0,
+            output_dir=out,
+            per_device_train_batch_size=batch_size,
+            num_train_epochs=1,
+            learning_rate=lr,
+            lr_scheduler_type="linear",
+            warmup_ratio=0.0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            seed=seed,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not _cuda(),
+            dataloader_num_workers=0,
             disable_tqdm=True,
         )
         collator = DataCollatorForLanguageModeling(tok, mlm=False)
@@ -75,9 +86,11 @@ def main() -> None:
 
     progress.set_enabled(False)
     texts = [t.text for t in read_phee(args.data_dir, "train")[: args.n]]
-    print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"{'CUDA ' + torch.cuda.get_device_name(0) if _cuda() else 'CPU'}; model {args.model}; "
-          f"{len(texts)} PHEE texts, batch {args.batch_size}, 1 epoch")
+    print(
+        f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{'CUDA ' + torch.cuda.get_device_name(0) if _cuda() else 'CPU'}; model {args.model}; "
+        f"{len(texts)} PHEE texts, batch {args.batch_size}, 1 epoch"
+    )
     for method in args.methods:
         tuning = TuningConfig(method=method, rank=8, alpha=16, targets=["q", "v"], dropout=0.05)
         lr = 1e-3 if method == "lora" else 3e-5
@@ -92,12 +105,15 @@ def main() -> None:
                 seconds, pad = run_trainer(model, lm.tokenizer, ids, args.batch_size, lr, 0)
             else:
                 t = time.perf_counter()
-                rep = train(model, ids, lm.tokenizer.pad_token_id, TrainingConfig(epochs=1, batch_size=args.batch_size),
-                            lr=lr)
+                rep = train(
+                    model, ids, lm.tokenizer.pad_token_id, TrainingConfig(epochs=1, batch_size=args.batch_size), lr=lr
+                )
                 seconds, pad = time.perf_counter() - t, rep["padding_fraction"]
             results[who] = real / seconds
-            print(f"  {method:5s} {who:8s}: {seconds:6.1f} s, {real / seconds:7.1f} tokens/s, "
-                  f"padding {100 * pad:4.1f}%, trainable {info['trainable_parameters']:,}")
+            print(
+                f"  {method:5s} {who:8s}: {seconds:6.1f} s, {real / seconds:7.1f} tokens/s, "
+                f"padding {100 * pad:4.1f}%, trainable {info['trainable_parameters']:,}"
+            )
             del model, lm
         print(f"  {method:5s} memlens / Trainer: {results['memlens'] / results['Trainer']:.2f}x")
     assert np.isfinite(list(results.values())).all()

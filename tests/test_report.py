@@ -1,0 +1,249 @@
+"""The HTML/Markdown sweep report: built from a real store of tiny-model trials, checked for structure,
+self-containment, escaping and privacy, and rendered in headless Chromium."""
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import phee_texts, tiny_config
+
+from memlens.errors import MemlensError
+from memlens.experiments.store import Store
+from memlens.experiments.sweep import expand, run_sweep
+from memlens.report import plots
+from memlens.report.html import load_report_data, render_markdown, render_report
+
+EVIL = "<script>alert(1)</script>"
+SECRET = "Patient Zq-4417 developed violet hiccups after 12 mg of zorblatamine twice daily."
+N_FIGURES = 9
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
+
+
+def write_texts(path: Path, prefix: str, texts: list[str]) -> str:
+    path.write_text("".join(json.dumps({"id": f"{prefix}{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tiny_dir, tmp_path_factory) -> tuple[Path, list[str]]:
+    """A store with three finished LoRA trials (ranks 2/4/8, targets q+v or o, 2–3 epochs evaluated every
+    epoch, extraction and canaries; one labelled with a script tag) and one failed trial whose error holds a
+    script tag. A planted sentence is among the members."""
+    tmp = tmp_path_factory.mktemp("report")
+    members = [SECRET, *phee_texts("train", 23)]
+    data = {
+        "source": "files",
+        "members": write_texts(tmp / "members.jsonl", "m", members),
+        "nonmembers": write_texts(tmp / "nonmembers.jsonl", "n", phee_texts("test", 24)),
+        "validation": write_texts(tmp / "validation.jsonl", "v", phee_texts("dev", 16)),
+        "n_members": 0,
+        "n_nonmembers": 0,
+        "n_validation": 0,
+    }
+    base = tiny_config(
+        tiny_dir,
+        tmp / "unused",
+        data=data,
+        tuning={"method": "lora"},
+        training={"epochs": 2, "eval_every": 1},
+        scoring={"cache": False},
+        extraction={"enabled": True, "n_texts": 4},
+        canaries={"enabled": True, "kind": "digits", "n": 1, "repetitions": [1, 8], "n_candidates": 100},
+    )
+    base.pop("name"), base.pop("output")
+    spec = {
+        "name": "report-test",
+        "base": base,
+        "variants": [
+            {"targets": ["q", "v"], "rank": 2},
+            {"targets": ["q", "v"], "rank": 8},
+            {"label": EVIL, "targets": ["o"], "rank": 4, "epochs": 3},
+            {"label": "broken", "targets": ["no_such_proj"]},
+        ],
+    }
+    folder = tmp / "store"
+    assert run_sweep(expand(spec), folder) == {"done": 3, "failed": 1}
+    store = Store(folder)
+    failed = int(store.trials().query("status == 'failed'")["id"].iloc[0])
+    store.fail(failed, f"ValueError: bad target {EVIL}\nsecond line & more", 0.5)
+    store.close()
+    return folder, members + phee_texts("test", 24)
+
+
+@pytest.fixture(scope="module")
+def report(sweep_dir, tmp_path_factory) -> tuple[str, str, Path]:
+    html_path, md_path = render_report(sweep_dir[0], tmp_path_factory.mktemp("out"))
+    return html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8"), html_path
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes, and the text of every heading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.headings: list[str] = []
+        self._heading: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag in ("h1", "h2", "h3"):
+            self._heading = []
+
+    def handle_endtag(self, tag):
+        if tag in ("h1", "h2", "h3") and self._heading is not None:
+            self.headings.append("".join(self._heading).strip())
+            self._heading = None
+
+    def handle_data(self, data):
+        if self._heading is not None:
+            self._heading.append(data)
+
+
+def parse(page: str) -> Tags:
+    parser = Tags()
+    parser.feed(page)
+    parser.close()
+    return parser
+
+
+def test_page_structure(report):
+    page, _, _ = report
+    tags = parse(page)
+    names = [t for t, _ in tags.tags]
+    assert names.count("svg") >= N_FIGURES
+    assert names.count("table") >= 2 + 3  # trials, headline, one per finished trial
+    for heading in ("Trials", "Membership inference at the final epoch", "Failed trials", "Figures"):
+        assert heading in tags.headings
+    for heading in ("Extraction: members / non-members", "Canaries", "Canaries and repetitions"):
+        assert heading in tags.headings
+    for figure in ("Privacy–utility frontier", "Memorization per epoch", "ROC curves at the final epoch"):
+        assert figure in tags.headings
+    assert "Not drawn" not in page
+    ids = [a["id"] for _, a in tags.tags if "id" in a]
+    assert len(ids) == len(set(ids)), "element ids must be unique across the inline SVGs"
+
+
+def test_page_is_self_contained(report):
+    page, _, _ = report
+    tags = parse(page)
+    assert not {"script", "link", "img", "iframe", "object", "embed"} & {t for t, _ in tags.tags}
+    for tag, attrs in tags.tags:
+        for name, value in attrs.items():
+            assert not name.startswith("on"), (tag, name)
+            if value and not name.startswith("xmlns"):
+                assert not re.search(r"https?://|//|javascript:", value), (tag, name, value)
+    outside_xmlns = re.sub(r'\bxmlns(:\w+)?="[^"]*"', "", page)
+    assert "http://" not in outside_xmlns and "https://" not in outside_xmlns
+    assert "@import" not in page and not re.search(r"url\((?!#)", page)
+
+
+def test_text_from_the_store_is_escaped(report):
+    page, md, _ = report
+    assert EVIL not in page and EVIL not in md
+    assert html.escape(EVIL) in page
+    assert html.escape(f"ValueError: bad target {EVIL}") in page
+    assert "second line &amp; more" in page
+    assert not [t for t, _ in parse(page).tags if t == "script"]
+
+
+def test_no_text_of_the_data_in_the_report(report, sweep_dir):
+    page, md, _ = report
+    _, texts = sweep_dir
+    for out in (page, md):
+        assert "zorblatamine" not in out.lower() and "violet hiccups" not in out
+        assert not [t for t in texts if len(t) > 30 and (t in out or html.escape(t) in out)]
+
+
+def test_markdown_summary(report):
+    _, md, _ = report
+    assert md.startswith("# memlens report · report-test\n")
+    lines = md.splitlines()
+    header = next(line for line in lines if line.startswith("| trial | epoch | reference AUC"))
+    table = lines[lines.index(header) : lines.index(header) + 5]
+    assert len(table) == 5 and all(line.startswith("| ") for line in table)  # header, rule, 3 trials
+    assert re.search(r"\| targets=q\+v rank=8 \| 2 \| 0\.\d{3} \\\[0\.\d{3}, 0\.\d{3}\\\] \|", md)
+    assert (
+        "## Failed trials" in md
+        and "ValueError: bad target &lt;script&gt;alert(1)&lt;/script&gt; … second line &amp; more" in md
+    )
+    assert "| targets=q+v rank=2 | canary x8 |" in md and "Not drawn" not in md
+
+
+def test_show_text_and_files(sweep_dir, report):
+    _, _, html_path = report
+    data = load_report_data(sweep_dir[0])
+    assert r"show\_text was requested" in render_markdown(data, [], show_text=True)
+    assert "requested" not in render_markdown(data, [])
+    assert sorted(p.name for p in html_path.parent.iterdir()) == ["report.html", "report.md"]  # no temp files
+
+
+def test_headless_chromium_renders_the_page(report, tmp_path):
+    _, _, html_path = report
+    chromium = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+    if chromium is None:
+        pytest.fail("Chromium is needed for this test: install it with `sudo apt-get install -y chromium` (Debian)")
+    flags = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    url = html_path.resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert dom.count("<svg") >= N_FIGURES
+    assert "Privacy–utility frontier" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,3000", url], capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_bad_stores_are_refused(tmp_path, sweep_dir):
+    with pytest.raises(MemlensError, match="no results store"):
+        render_report(tmp_path / "empty")
+    store = Store(tmp_path / "pending")
+    store.register_sweep("s", {}, "h", [("c", "a trial", {"tuning": {"method": "lora"}})])
+    store.close()
+    with pytest.raises(MemlensError, match=r"no finished trial .*\(1 pending\)"):
+        render_report(tmp_path / "pending")
+    with pytest.raises(MemlensError, match="attack 'nope' is not in the results store"):
+        render_report(sweep_dir[0], tmp_path / "out", attack="nope")
+
+
+def test_every_plot_copes_with_missing_data():
+    results = pd.DataFrame(columns=["label", "trial", "epoch", "attack", "metric", "value", "ci_low", "ci_high"])
+    scores = pd.DataFrame(columns=["id", "member", "epoch", "attack", "score", "label"])
+    final = pd.DataFrame(columns=["label", "auc", "ci_low", "ci_high", "val_ppl", "rank", "targets", "group"])
+    assert plots.auc_vs_epoch(results) is None
+    assert plots.val_ppl_vs_epoch(results) is None
+    assert plots.extraction_vs_repetitions(results.assign(repetitions=[])) is None
+    assert plots.roc_curves(scores) is None
+    assert plots.score_histograms(scores) is None
+    assert plots.perplexity_vs_memorization(scores) is None
+    assert plots.auc_vs_rank(final) is None
+    assert plots.auc_by_targets(final) is None
+    assert plots.privacy_utility_frontier(final) is None
+    one_rank = pd.DataFrame({"label": ["a", "b"], "auc": [0.6, 0.7], "ci_low": 0.5, "ci_high": 0.8, "rank": [8, 8]})
+    assert plots.auc_vs_rank(one_rank) is None
+
+
+def test_repetitions_and_pareto_front():
+    attacks = ["canary controls", "canary x1", "canary x16", "extraction greedy", None]
+    rows = pd.DataFrame({"attack": attacks, "metric": ["canary_auc"] * 3 + ["extraction_bleu_members", "val_ppl"]})
+    assert plots.repetitions(rows).tolist()[:3] == [0, 1, 16] and plots.repetitions(rows)[3:].isna().all()
+    explicit = pd.DataFrame({"label": "a", "metric": "extraction_rate", "repetitions": [1, 10], "value": [0.1, 0.5]})
+    svg = plots.extraction_vs_repetitions(explicit.assign(attack="extraction greedy"))
+    assert svg.startswith("<svg") and "extraction_rate" in svg
+    auc, ppl = np.array([0.6, 0.7, 0.65, 0.9]), np.array([20.0, 10.0, 30.0, 9.0])
+    assert plots.pareto_front(auc, ppl).tolist() == [True, True, False, True]
