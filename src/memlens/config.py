@@ -235,18 +235,22 @@ def parse_config(data: dict[str, Any], source: str = "") -> RunConfig:
         raise MemlensError(_describe(err, source)) from None
 
 
-def load_config(path: str | Path) -> RunConfig:
-    """Read and validate a TOML run config."""
+def read_toml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Read a TOML file; a missing, non-UTF-8 or malformed file is one clear error."""
     path = Path(path)
     if not path.is_file():
-        raise MemlensError(f"config file not found: {path}")
+        raise MemlensError(f"{what} file not found: {path}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
-        raise MemlensError(f"config file {path} is not valid TOML: {err}") from None
+        raise MemlensError(f"{what} file {path} is not valid TOML: {err}") from None
     except UnicodeDecodeError:
-        raise MemlensError(f"config file {path} is not UTF-8 text") from None
-    return parse_config(data, str(path))
+        raise MemlensError(f"{what} file {path} is not UTF-8 text") from None
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a TOML run config."""
+    return parse_config(read_toml(path), str(path))
 
 
 def builtin_config(name: str) -> RunConfig:

@@ -23,14 +23,13 @@ import hashlib
 import itertools
 import json
 import time
-import tomllib
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from memlens import progress
-from memlens.config import RunConfig, parse_config, with_overrides
+from memlens.config import RunConfig, parse_config, read_toml, with_overrides
 from memlens.errors import MemlensError
 
 AXES = {
@@ -138,14 +137,7 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
 
 
 def load_sweep(path: str | Path) -> Sweep:
-    path = Path(path)
-    if not path.is_file():
-        raise MemlensError(f"sweep file not found: {path}")
-    try:
-        spec = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as err:
-        raise MemlensError(f"sweep file {path} is not valid TOML: {err}") from None
-    return expand(spec, str(path))
+    return expand(read_toml(path, "sweep"), str(path))
 
 
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
