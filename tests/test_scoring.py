@@ -3,7 +3,7 @@ import pytest
 import torch
 from conftest import phee_texts
 
-from memlens.scoring import TokenStats, score_texts
+from memlens.scoring import TokenStats, score_ids, score_texts
 from memlens.tokens import encode
 
 TEXTS = [*phee_texts("dev", 9), "Short.", "A", "Rash after amoxicillin, twice, in a 3-year-old boy."]
@@ -39,6 +39,16 @@ def test_batched_equals_unbatched_with_mixed_lengths(tiny):
     for i, (ll, _, _) in enumerate(ref):
         expected = -ll.mean() if len(ll) else np.nan
         np.testing.assert_allclose(nll[i], expected, atol=1e-5)
+
+
+def test_left_padding_equals_unbatched(tiny):
+    ids = encode(tiny.tokenizer, TEXTS, 40).ids
+    left = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=5, padding_side="left")
+    for i, (ll, _, sd) in enumerate(unbatched_reference(tiny.model, tiny.tokenizer, TEXTS, 40)):
+        np.testing.assert_allclose(left.logprob[i, : len(ll)], ll, atol=1e-5)
+        np.testing.assert_allclose(left.sigma[i, : len(ll)], sd, atol=1e-4)
+    with pytest.raises(ValueError, match="padding_side"):
+        score_ids(tiny.model, ids, 0, padding_side="left", prefix=[1, 2])
 
 
 def test_batch_size_does_not_change_scores(tiny):

@@ -70,17 +70,22 @@ def score_ids(
     batch_size: int = 32,
     disable_adapters: bool = False,
     prefix: Sequence[int] = (),
+    padding_side: str = "right",
     desc: str = "scoring",
 ) -> TokenStats:
     """Score pre-tokenised sequences (see :func:`score_texts`).
 
     With ``prefix``, every sequence is scored after those tokens (e.g. ReCaLL's non-member context), yet only
     the sequence's own tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
+    ``padding_side = "left"`` pads on the left with explicit position ids (same results; for models or
+    pipelines that need it); it does not combine with ``prefix``.
     """
     import contextlib
 
     import torch
 
+    if padding_side not in ("right", "left") or (padding_side == "left" and prefix):
+        raise ValueError(f"padding_side must be 'right' or 'left' (left without a prefix), got {padding_side!r}")
     lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
     width = int(lengths.max()) if len(lengths) else 0
     out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
@@ -100,6 +105,12 @@ def score_ids(
                     full_mask = torch.cat([mask.new_ones(len(rows), len(prefix)), mask], dim=1)
                     logits = model(input_ids=batch_ids, attention_mask=full_mask, past_key_values=kv).logits
                     p = 0
+                elif padding_side == "left":
+                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id, side="left")
+                    batch_ids, mask = batch_ids.to(device), mask.to(device)
+                    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+                    logits = model(input_ids=batch_ids, attention_mask=mask, position_ids=positions).logits
+                    p = 0
                 else:
                     batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
                     batch_ids, mask = batch_ids.to(device), mask.to(device)
@@ -108,7 +119,8 @@ def score_ids(
                     logits = model(
                         input_ids=batch_ids, attention_mask=mask, logits_to_keep=batch_ids.shape[1] - p
                     ).logits
-                stats = _reduce(logits[:, :-1], batch_ids[:, p + 1 :], mask[:, p + 1 :].bool())
+                valid = mask[:, p + 1 :].bool() & mask[:, p:-1].bool()  # a real token predicted from a real one
+                stats = _reduce(logits[:, :-1], batch_ids[:, p + 1 :], valid)
                 del logits
                 cols = stats[0].shape[1]
                 for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
@@ -155,9 +167,11 @@ def _reduce(logits, targets, valid):
         logp -= m[:, None]  # in place: (ℓ_v − μ), two-pass variance without E[l²] − μ² cancellation
         sd[sl] = (prob * logp.square_()).sum(-1).sqrt()
         del logp, prob
+    # scored tokens go to the left of each output row (column j = token j+1), whichever side was padded
+    aligned = torch.arange(valid.shape[1], device=valid.device) < valid.sum(1, keepdim=True)
     result = []
     for flat in (ll, mu, sd):
         full = torch.full(valid.shape, float("nan"), dtype=torch.float32, device=logits.device)
-        full[valid] = flat
+        full[aligned] = flat
         result.append(full.cpu().numpy())
     return result
