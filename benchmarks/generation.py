@@ -11,23 +11,16 @@ on the first ``--single-n`` texts, for the batching speed-up.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import parser
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data-dir", default=os.environ.get("MEMLENS_DATA_DIR", str(ROOT.parent / "shared/data/phee")))
-    ap.add_argument("--n", type=int, default=32, help="texts to extract")
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences generated at once (prompts × samples)")
+    ap = parser(__doc__, n=32, batch_size=16)
     ap.add_argument("--samples", type=int, default=4, help="samples per prefix when sampling")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--single-n", type=int, default=8, help="texts for the one-at-a-time baseline (0 = skip)")
     args = ap.parse_args()
 

@@ -12,7 +12,6 @@ On CUDA the same runs in bf16 against the bf16 matmul peak.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import resource
@@ -20,11 +19,9 @@ import sys
 import tempfile
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import parser
 
 
 def matmul_peak(device: str, dtype) -> float:
@@ -100,13 +97,8 @@ def naive_scores(model, tok, texts: list[str], prefix_text: str, ks: list[float]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data-dir", default=os.environ.get("MEMLENS_DATA_DIR", str(ROOT.parent / "shared/data/phee")))
-    ap.add_argument("--n", type=int, default=256, help="texts scored by the engine")
+    ap = parser(__doc__, n=256, batch_size=32)
     ap.add_argument("--naive-n", type=int, default=24, help="texts scored by the naive loop (it is slow)")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-tokens", type=int, default=128)
     args = ap.parse_args()
 
     import torch

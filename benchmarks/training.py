@@ -10,16 +10,13 @@ batch to its longest text.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
+from common import parser
 
 
 def padded_share(batches: list[list[int]]) -> float:
@@ -40,7 +37,7 @@ def run_trainer(model, tok, ids: list[list[int]], batch_size: int, lr: float, se
             num_train_epochs=1,
             learning_rate=lr,
             lr_scheduler_type="linear",
-            warmup_ratio=0.0,
+            warmup_steps=0,
             weight_decay=0.0,
             max_grad_norm=1.0,
             seed=seed,
@@ -66,12 +63,7 @@ def _cuda() -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--data-dir", default=os.environ.get("MEMLENS_DATA_DIR", str(ROOT.parent / "shared/data/phee")))
-    ap.add_argument("--n", type=int, default=192)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap = parser(__doc__, n=192, batch_size=16)
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     args = ap.parse_args()
 
