@@ -50,7 +50,6 @@ def _guard(fn):
 
 def _execute(cfg, overrides: dict, quiet: bool, as_json: bool) -> None:
     import json
-    import warnings
 
     from memlens import progress
     from memlens.config import with_overrides
@@ -58,7 +57,6 @@ def _execute(cfg, overrides: dict, quiet: bool, as_json: bool) -> None:
     from memlens.report import print_summary
 
     progress.set_enabled(not quiet)
-    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices are not for users
     cfg = with_overrides(cfg, overrides)
     results = run(cfg)
     if as_json:
@@ -245,6 +243,9 @@ def data_download(
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices are not for users
     app(prog_name="memlens")
 
 
