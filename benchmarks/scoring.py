@@ -97,7 +97,7 @@ def naive_scores(model, tok, texts: list[str], prefix_text: str, ks: list[float]
 
 
 def main() -> None:
-    ap = parser(__doc__, n=256, batch_size=32)
+    ap = parser(__doc__, n=256, batch_size=16)
     ap.add_argument("--naive-n", type=int, default=24, help="texts scored by the naive loop (it is slow)")
     args = ap.parse_args()
 

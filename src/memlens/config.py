@@ -112,7 +112,7 @@ class TrainingConfig(_Section):
 class ScoringConfig(_Section):
     """The batched scoring pass. ``cache``: reuse statistics of the same weights on the same tokens from disk."""
 
-    batch_size: PositiveInt = 32
+    batch_size: PositiveInt = 16
     cache: bool = True
 
 

@@ -16,7 +16,7 @@ from memlens import progress
 from memlens.scoring.stats import TokenStats
 from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
 
-CHUNK_TOKENS = 512  # positions reduced over the vocabulary at once (bounds the extra memory to ~3 × 512 × V)
+CHUNK_TOKENS = 64  # positions reduced over the vocabulary at once: small enough to stay in cache (measured fastest)
 
 
 def score_texts(
@@ -25,7 +25,7 @@ def score_texts(
     texts: Sequence[str],
     *,
     max_tokens: int = 128,
-    batch_size: int = 32,
+    batch_size: int = 16,
     disable_adapters: bool = False,
     desc: str = "scoring",
 ) -> TokenStats:
@@ -67,7 +67,7 @@ def score_ids(
     ids: Sequence[Sequence[int]],
     pad_id: int,
     *,
-    batch_size: int = 32,
+    batch_size: int = 16,
     disable_adapters: bool = False,
     prefix: Sequence[int] = (),
     padding_side: str = "right",
