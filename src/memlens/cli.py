@@ -42,7 +42,7 @@ def _guard(fn):
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            typer.echo("interrupted: nothing was written", err=True)
+            typer.echo("interrupted: unfinished work was not written (finished sweep trials are kept)", err=True)
             raise typer.Exit(130) from None
 
     return wrapper
