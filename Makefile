@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 MEMLENS_DATA_DIR ?= $(abspath ../shared/data/phee)
 export MEMLENS_DATA_DIR
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint chromium
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -21,7 +21,12 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(VENV)/bin/memlens demo
 
-test: setup
+# the report test renders the HTML page in headless Chromium (Debian package `chromium`)
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "install Chromium for the report test: apt-get install chromium"; exit 1; }
+
+test: setup chromium
 	$(PY) -m pytest -q
 
 lint: setup
