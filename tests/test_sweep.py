@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import sqlite3
@@ -159,12 +158,12 @@ def test_store_errors_are_one_line(tmp_path, monkeypatch):
         store.start(1)
 
 
-def test_cli_dry_run_and_export(sweep_file, tmp_path):
+def test_cli_dry_run_and_export(sweep_file, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default project folder would be runs/killme here
     runner = CliRunner()
     result = runner.invoke(app, ["sweep", str(sweep_file), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "6 trials" in result.stdout and "seed=5" in result.stdout
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists()  # a dry run creates no store
     bad = runner.invoke(app, ["results", "export", "--dir", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no results store" in bad.stderr
-    assert json.loads(json.dumps({"ok": True}))
