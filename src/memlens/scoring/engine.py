@@ -1,14 +1,22 @@
 """The scoring pass: one batched forward pass per model gives every per-token statistic.
 
-Texts are sorted by length and cut into batches (little padding, right-padded with EOS and masked).
-Only the scored positions' logits are reduced, in chunks, to (ℓ, μ, σ); no batch×seq×vocab tensor outlives
-its batch, nothing loops over tokens in Python and nothing is copied to the CPU but three floats a token.
+Texts are packed several to a row of the batch (position ids restart at every text, so ``transformers``
+builds a block-diagonal causal mask and no text sees another): almost no compute goes to padding. Where a
+pass cannot be packed (a shared prefix, a prompt-learning adapter, left padding) texts are sorted by length,
+padded with EOS and masked. The output head runs only where a text token is predicted and, for a plain
+linear head, one vocabulary slice at a time, with the softmax statistics (ℓ, μ, σ) merged across slices:
+no batch×seq×vocab tensor ever exists, nothing loops over tokens in Python and nothing is copied to the CPU
+but three floats a token.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import copy
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,7 +24,11 @@ from memlens import progress
 from memlens.scoring.stats import TokenStats
 from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
 
-CHUNK_TOKENS = 64  # positions reduced over the vocabulary at once: small enough to stay in cache (measured fastest)
+CHUNK_TOKENS = 64  # positions reduced over the full vocabulary at once where the head is not sliced (cache-sized)
+VOCAB_SLICE = 2048  # vocabulary entries per slice of the output head (fastest measured on a 2-core CPU)
+PACK_WIDTH = 128  # tokens per packed row (at least the longest text)
+# architectures whose logits are exactly ``lm_head(hidden)``, so the head can be sliced; others use their own head
+SLICEABLE_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "gemma2", "gpt2", "phi3", "olmo2"}
 
 
 def score_texts(
@@ -71,6 +83,7 @@ def score_ids(
     disable_adapters: bool = False,
     prefix: Sequence[int] = (),
     padding_side: str = "right",
+    pack: bool = True,
     desc: str = "scoring",
 ) -> TokenStats:
     """Score pre-tokenised sequences (see :func:`score_texts`).
@@ -78,10 +91,10 @@ def score_ids(
     With ``prefix``, every sequence is scored after those tokens (e.g. ReCaLL's non-member context), yet only
     the sequence's own tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
     ``padding_side = "left"`` pads on the left with explicit position ids (same results; for models or
-    pipelines that need it); it does not combine with ``prefix``.
+    pipelines that need it); it does not combine with ``prefix``. ``pack = False`` pads every text to its
+    batch's longest instead of packing (same results; slower). ``batch_size`` is in texts; packed batches
+    hold about as many tokens as ``batch_size`` average texts.
     """
-    import contextlib
-
     import torch
 
     if padding_side not in ("right", "left") or (padding_side == "left" and prefix):
@@ -90,88 +103,252 @@ def score_ids(
     width = int(lengths.max()) if len(lengths) else 0
     out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
     device = next(model.parameters()).device
+    prompt_learning = _is_prompt_learning(model)
     was_training = model.training
     model.eval()
     adapters_off = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
     try:
         with torch.inference_mode(), adapters_off, progress.bar(desc, int(lengths.sum()), "tokens") as bar:
-            prefix_cache = _prefix_cache(model, prefix, device)
-            for rows in sorted_batches(lengths, batch_size):
-                if prefix_cache is not None:  # the prefix's keys/values were computed once; only the text runs
-                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
-                    batch_ids, mask = batch_ids.to(device), mask.to(device)
-                    kv = copy.deepcopy(prefix_cache)
-                    kv.batch_repeat_interleave(len(rows))
-                    full_mask = torch.cat([mask.new_ones(len(rows), len(prefix)), mask], dim=1)
-                    logits = model(input_ids=batch_ids, attention_mask=full_mask, past_key_values=kv).logits
-                    p = 0
-                elif padding_side == "left":
-                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id, side="left")
-                    batch_ids, mask = batch_ids.to(device), mask.to(device)
-                    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-                    logits = model(input_ids=batch_ids, attention_mask=mask, position_ids=positions).logits
-                    p = 0
-                else:
-                    batch_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
-                    batch_ids, mask = batch_ids.to(device), mask.to(device)
-                    p = len(prefix)
-                    # the output head runs only where a text token is predicted (not over the prefix)
-                    logits = model(
-                        input_ids=batch_ids, attention_mask=mask, logits_to_keep=batch_ids.shape[1] - p
-                    ).logits
-                valid = mask[:, p + 1 :].bool() & mask[:, p:-1].bool()  # a real token predicted from a real one
-                stats = _reduce(logits[:, :-1], batch_ids[:, p + 1 :], valid)
-                del logits
-                cols = stats[0].shape[1]
-                for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
-                    out[key][rows, :cols] = value
-                bar.advance(int(lengths[rows].sum()))
+            prefix_cache = None if prompt_learning else _prefix_cache(model, prefix, device)
+            if prefix_cache is not None:
+                batches = _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, len(prefix))
+            elif padding_side == "left":
+                batches = _left_padded_batches(ids, lengths, pad_id, batch_size)
+            elif pack and not prefix and not prompt_learning:
+                batches = _packed_batches(ids, lengths, pad_id, batch_size)
+            else:
+                batches = _padded_batches(ids, lengths, pad_id, batch_size, prefix)
+            with _deferred_head(model) as head:
+                for batch in batches:
+                    inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
+                    hidden = model(**inputs).logits  # hidden states where the head is deferred, else logits
+                    where = torch.as_tensor(batch.rows * hidden.shape[1] + batch.cols, device=device)
+                    targets = torch.as_tensor(batch.targets, device=device)
+                    stats = head(hidden.reshape(-1, hidden.shape[-1]), where, targets)
+                    del hidden
+                    for key, value in zip(("logprob", "mu", "sigma"), stats, strict=True):
+                        out[key][batch.texts, batch.positions] = value.float().cpu().numpy()
+                    bar.advance(len(batch.texts))
     finally:
         model.train(was_training)
     return TokenStats(out["logprob"], out["mu"], out["sigma"], lengths)
 
 
-def _prefix_cache(model, prefix: Sequence[int], device):
-    """Keys/values of a shared prefix, computed once (``None`` when there is no prefix or the model's own
-    prompt learning already uses the key/value cache, as peft's prefix tuning does)."""
+@dataclass
+class _Batch:
+    """One model call and where its scored tokens go.
+
+    Token ``positions[k] + 1`` of text ``texts[k]`` is predicted by the model's output at
+    ``(rows[k], cols[k])``; its id is ``targets[k]``.
+    """
+
+    inputs: dict
+    texts: np.ndarray
+    positions: np.ndarray
+    rows: np.ndarray
+    cols: np.ndarray
+    targets: np.ndarray
+
+
+def _batch(inputs: dict, placed: list[tuple[int, int, int, Sequence[int]]]) -> _Batch:
+    """A :class:`_Batch` from ``(text index, row, column of its first prediction, token ids)`` per text."""
+    counts = [max(len(s) - 1, 0) for *_, s in placed]
+    steps = np.concatenate([np.arange(n) for n in counts]) if placed else np.zeros(0, np.int64)
+    texts, rows, starts = (np.repeat([p[k] for p in placed], counts).astype(np.int64) for k in range(3))
+    targets = np.fromiter((t for *_, s in placed for t in s[1:]), dtype=np.int64, count=len(steps))
+    return _Batch(inputs, texts, steps, rows, starts + steps, targets)
+
+
+def _packed_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
+    """Texts packed into rows (best-fit decreasing), position ids restarting at every text; a row's unused
+    tail is one more dummy 'text' of EOS tokens that nothing reads."""
     import torch
 
+    scored = np.flatnonzero(lengths > 0)
+    width = max(PACK_WIDTH, int(lengths.max()) + 1) if len(scored) else PACK_WIDTH
+    rows = _pack(lengths[scored] + 1, width)
+    per_batch = max(1, round(batch_size * float(lengths[scored].mean() + 1) / width)) if len(scored) else 1
+    for start in range(0, len(rows), per_batch):
+        group = [[int(scored[i]) for i in row] for row in rows[start : start + per_batch]]
+        used = max(sum(len(ids[i]) for i in row) for row in group)
+        input_ids = torch.full((len(group), used), pad_id, dtype=torch.long)
+        position_ids = torch.zeros((len(group), used), dtype=torch.long)
+        placed = []
+        for r, row in enumerate(group):
+            col = 0
+            for i in row:
+                n = len(ids[i])
+                input_ids[r, col : col + n] = torch.as_tensor(ids[i])
+                position_ids[r, col : col + n] = torch.arange(n)
+                placed.append((i, r, col, ids[i]))
+                col += n
+            position_ids[r, col:] = torch.arange(used - col)
+        yield _batch({"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}, placed)
+
+
+def _pack(sizes: np.ndarray, width: int) -> list[list[int]]:
+    """Indices of ``sizes`` grouped into bins of ``width`` (best-fit decreasing), fullest bins first."""
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin), sorted
+    for i in np.argsort(-sizes, kind="stable"):
+        size = int(sizes[i])
+        k = bisect.bisect_left(free, (size, -1))
+        if k < len(free):
+            room, b = free.pop(k)
+            bins[b].append(int(i))
+        else:
+            room, b = width, len(bins)
+            bins.append([int(i)])
+        if room - size >= 2:  # a text needs two tokens to have one scored
+            bisect.insort(free, (room - size, b))
+    return bins
+
+
+def _padded_batches(ids, lengths, pad_id, batch_size, prefix) -> Iterator[_Batch]:
+    """Right-padded batches of similar length; a prefix is prepended to every row (the output head runs
+    only on the text's positions, which also drops a prompt-learning adapter's virtual tokens)."""
+    for rows in sorted_batches(lengths, batch_size):
+        input_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "logits_to_keep": input_ids.shape[1] - len(prefix)}
+        yield _batch(inputs, [(int(i), r, 0, ids[i]) for r, i in enumerate(rows)])
+
+
+def _left_padded_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
+    for rows in sorted_batches(lengths, batch_size):
+        input_ids, mask = pad_batch([ids[i] for i in rows], pad_id, side="left")
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
+        w = input_ids.shape[1]
+        yield _batch(inputs, [(int(i), r, w - len(ids[i]), ids[i]) for r, i in enumerate(rows)])
+
+
+def _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, n_prefix) -> Iterator[_Batch]:
+    """Right-padded batches that run after the prefix's keys/values (computed once, copied per batch)."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cache_arg = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    for rows in sorted_batches(lengths, batch_size):
+        input_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+        kv = copy.deepcopy(prefix_cache)
+        kv.batch_repeat_interleave(len(rows))
+        full_mask = torch.cat([mask.new_ones(len(rows), n_prefix), mask], dim=1)
+        inputs = {"input_ids": input_ids, "attention_mask": full_mask, cache_arg: kv}
+        yield _batch(inputs, [(int(i), r, 0, ids[i]) for r, i in enumerate(rows)])
+
+
+def _is_prompt_learning(model) -> bool:
     peft_cfg = getattr(model, "active_peft_config", None)
-    if not prefix or (peft_cfg is not None and peft_cfg.is_prompt_learning):
+    return bool(peft_cfg is not None and peft_cfg.is_prompt_learning)
+
+
+def _prefix_cache(model, prefix: Sequence[int], device):
+    """Keys/values of a shared prefix, computed once (``None`` when there is no prefix or the cache type
+    cannot be repeated over a batch)."""
+    import torch
+
+    if not prefix:
         return None
     out = model(input_ids=torch.tensor([list(prefix)], device=device), use_cache=True, logits_to_keep=1)
-    kv = out.past_key_values
+    kv = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return kv if hasattr(kv, "batch_repeat_interleave") else None
 
 
-def _reduce(logits, targets, valid):
-    """``(ℓ, μ, σ)`` as ``(B, T)`` float32 numpy arrays, NaN where ``valid`` is False.
+Reducer = Callable[..., tuple]
 
-    Scored positions are gathered ``CHUNK_TOKENS`` at a time, so no second copy of the logits is made.
+
+@contextlib.contextmanager
+def _deferred_head(model) -> Iterator[Reducer]:
+    """Yield ``reduce(outputs, where, targets) -> (ℓ, μ, σ)`` for the flattened model outputs.
+
+    For an architecture whose logits are exactly ``lm_head(hidden)`` with a plain linear head, the head is
+    bypassed during the model call (it returns hidden states) and applied here, to the scored positions
+    only and one vocabulary slice at a time; otherwise the model's own logits are reduced.
     """
+    import functools
+
     import torch
 
-    vocab = logits.shape[-1]
-    where = valid.reshape(-1).nonzero().squeeze(-1)
-    flat_logits = logits.reshape(-1, vocab)
-    flat_targets = targets.reshape(-1)[where]
+    head, cfg = model.get_output_embeddings(), model.config
+    sliceable = (
+        type(head) is torch.nn.Linear
+        and getattr(cfg, "model_type", None) in SLICEABLE_HEADS
+        and getattr(cfg, "final_logit_softcapping", None) is None
+    )
+    if not sliceable:
+        yield _reduce_logits
+        return
+    own = head.__dict__.get("forward")  # e.g. an accelerate hook; restored afterwards
+    head.forward = _identity
+    try:
+        yield functools.partial(_reduce_sliced, weight=head.weight, bias=head.bias)
+    finally:
+        if own is None:
+            del head.forward
+        else:
+            head.forward = own
+
+
+def _identity(hidden):
+    return hidden
+
+
+def _reduce_logits(logits, where, targets):
+    """``(ℓ, μ, σ)`` of the rows ``where`` of flattened logits, ``CHUNK_TOKENS`` positions at a time."""
+    import torch
+
     n = where.shape[0]
     ll, mu, sd = (torch.empty(n, dtype=torch.float32, device=logits.device) for _ in range(3))
     for s in range(0, n, CHUNK_TOKENS):
         sl = slice(s, s + CHUNK_TOKENS)
-        logp = torch.log_softmax(flat_logits[where[sl]].float(), dim=-1)
-        ll[sl] = logp.gather(-1, flat_targets[sl, None]).squeeze(-1)
+        logp = torch.log_softmax(logits[where[sl]].float(), dim=-1)
+        ll[sl] = logp.gather(-1, targets[sl, None]).squeeze(-1)
         prob = logp.exp()
         m = (prob * logp).sum(-1)
         mu[sl] = m
         logp -= m[:, None]  # in place: (ℓ_v − μ), two-pass variance without E[l²] − μ² cancellation
         sd[sl] = (prob * logp.square_()).sum(-1).sqrt()
         del logp, prob
-    # scored tokens go to the left of each output row (column j = token j+1), whichever side was padded
-    aligned = torch.arange(valid.shape[1], device=valid.device) < valid.sum(1, keepdim=True)
-    result = []
-    for flat in (ll, mu, sd):
-        full = torch.full(valid.shape, float("nan"), dtype=torch.float32, device=logits.device)
-        full[aligned] = flat
-        result.append(full.cpu().numpy())
-    return result
+    return ll, mu, sd
+
+
+def _reduce_sliced(hidden, where, targets, *, weight, bias):
+    """``(ℓ, μ, σ)`` from hidden states and a linear head applied one vocabulary slice at a time.
+
+    Per slice: its max, softmax weight, weighted mean of the logits and weighted sum of squared deviations
+    (two passes over the slice, which stays in cache); slices are merged with the pairwise update of Chan
+    et al., rescaled to a common max. Then log Z = max + log Σ, μ = E_p[z] − log Z, σ² = Var_p[z].
+    """
+    import torch
+
+    rows, vocab = (8192, 16384) if hidden.device.type == "cuda" else (1024, VOCAB_SLICE)
+    h_all = hidden[where]
+    n = where.shape[0]
+    ll, mu, sd = (torch.empty(n, dtype=torch.float32, device=hidden.device) for _ in range(3))
+    for s in range(0, n, rows):
+        h, t = h_all[s : s + rows], targets[s : s + rows]
+        top = torch.full((h.shape[0],), float("-inf"), device=h.device)
+        mass, mean, m2, target_logit = (torch.zeros(h.shape[0], device=h.device) for _ in range(4))
+        for a in range(0, weight.shape[0], vocab):
+            z = torch.nn.functional.linear(h, weight[a : a + vocab], None if bias is None else bias[a : a + vocab])
+            z = z.float()
+            hit = (t >= a) & (t < a + z.shape[1])
+            got = z.gather(1, (t - a).clamp(0, z.shape[1] - 1)[:, None]).squeeze(1)
+            target_logit = torch.where(hit, got, target_logit)
+            top_c = z.amax(-1)
+            e = torch.exp(z - top_c[:, None])
+            mass_c = e.sum(-1)
+            mean_c = (e * z).sum(-1) / mass_c
+            m2_c = (e * z.sub_(mean_c[:, None]).square_()).sum(-1)
+            new_top = torch.maximum(top, top_c)
+            old_scale, c_scale = torch.exp(top - new_top), torch.exp(top_c - new_top)
+            w_old, w_c = mass * old_scale, mass_c * c_scale
+            total = w_old + w_c
+            delta = mean_c - mean
+            mean = mean + delta * (w_c / total)
+            m2 = m2 * old_scale + m2_c * c_scale + delta.square() * (w_old * w_c / total)
+            mass, top = total, new_top
+        log_z = top + mass.log()
+        sl = slice(s, s + h.shape[0])
+        ll[sl], mu[sl], sd[sl] = target_logit - log_z, mean - log_z, (m2 / mass).sqrt()
+    return ll, mu, sd
