@@ -92,3 +92,67 @@ def test_disabled_adapters_score_like_the_base_model(tiny):
     off = score_texts(peft_model, tiny.tokenizer, TEXTS[:6], disable_adapters=True)
     assert np.abs(adapted.nll() - base.nll()).max() > 1e-3
     np.testing.assert_allclose(off.nll(), base.nll(), atol=1e-6)
+
+
+def test_packing_shares_rows_and_changes_nothing(tiny):
+    from memlens.scoring import engine
+
+    ids = encode(tiny.tokenizer, TEXTS, 40).ids
+    lengths = np.array([len(s) - 1 for s in ids])
+    batches = list(engine._packed_batches(ids, lengths, tiny.tokenizer.pad_token_id, batch_size=4))
+    restarts = [int((b.inputs["position_ids"][:, 1:] == 0).sum()) for b in batches]
+    assert sum(restarts) > 0  # some row holds more than one text
+    assert sorted(np.concatenate([np.unique(b.texts) for b in batches]).tolist()) == np.flatnonzero(lengths).tolist()
+    padded_batches = engine._padded_batches(ids, lengths, tiny.tokenizer.pad_token_id, 4, ())
+    slots = [sum(b.inputs["input_ids"].numel() for b in bs) for bs in (batches, padded_batches)]
+    assert slots[0] < slots[1]  # fewer token slots: less padding
+    packed = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=4)
+    padded = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=4, pack=False)
+    for key in ("logprob", "mu", "sigma"):
+        np.testing.assert_allclose(getattr(packed, key), getattr(padded, key), atol=1e-5)
+
+
+def test_pack_fills_bins_best_fit():
+    from memlens.scoring.engine import _pack
+
+    sizes = np.array([60, 50, 40, 30, 20, 10, 3, 2])
+    bins = _pack(sizes, 64)
+    assert sorted(i for b in bins for i in b) == list(range(len(sizes)))
+    assert all(sizes[b].sum() <= 64 for b in bins)
+    assert len(bins) == 4  # ⌈215 / 64⌉: no bin wasted
+
+
+@pytest.mark.parametrize("scale", [1.0, 60.0])  # ordinary and very peaked next-token distributions
+def test_sliced_head_matches_full_softmax(monkeypatch, scale):
+    from memlens.scoring import engine
+
+    monkeypatch.setattr(engine, "VOCAB_SLICE", 7)  # many slices and a ragged last one
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(30, 16, generator=g), torch.randn(50, 16, generator=g) * scale / 4
+    bias, targets, where = torch.randn(50, generator=g), torch.randint(0, 50, (20,), generator=g), torch.arange(5, 25)
+    ll, mu, sd = engine._reduce_sliced(hidden, where, targets, weight=weight, bias=bias)
+    logp = torch.log_softmax((hidden[where] @ weight.T + bias).double(), -1)
+    p = logp.exp()
+    exp_mu = (p * logp).sum(-1)
+    np.testing.assert_allclose(ll, logp[torch.arange(20), targets], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mu, exp_mu, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sd, (p * (logp - exp_mu[:, None]) ** 2).sum(-1).sqrt(), rtol=1e-4, atol=1e-5)
+
+
+def test_output_head_is_restored_and_other_heads_use_their_own_logits(tiny, monkeypatch):
+    from memlens.scoring import engine
+
+    head = tiny.model.get_output_embeddings()
+    ids = encode(tiny.tokenizer, TEXTS[:5], 40).ids
+    with pytest.raises(IndexError):  # a token id outside the vocabulary fails inside the model call...
+        score_ids(tiny.model, [*ids, [1, 10**6]], tiny.tokenizer.pad_token_id)
+    assert "forward" not in head.__dict__  # ...and the head is the model's own again
+    sliced = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id)
+    tiny.model.config.final_logit_softcapping = 30.0  # a model whose logits are more than lm_head(hidden)
+    spy = []
+    real = engine._reduce_logits
+    monkeypatch.setattr(engine, "_reduce_logits", lambda *a: spy.append(1) or real(*a))
+    own = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id)
+    assert spy  # the model's own logits were reduced
+    for key in ("logprob", "mu", "sigma"):
+        np.testing.assert_allclose(getattr(own, key), getattr(sliced, key), atol=1e-5)
