@@ -102,6 +102,15 @@ def naive_scores(
     return {k: np.array(v) for k, v in scores.items()}
 
 
+def _rss_now() -> float:
+    """Resident memory now, in MiB (Linux; elsewhere the peak so far)."""
+    try:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _naive_passes(texts: list[str], tok, prefix_text: str) -> float:
     """Tokens the naive loop runs through the model per scored token: 16 passes over the text, one over
     the lower-cased text and one over prefix + text."""
@@ -131,6 +140,7 @@ def main() -> None:
     from memlens.tokens import encode
 
     progress.set_enabled(False)
+    rss_libs = _rss_now()  # Python, torch, transformers, peft: what any process using them holds
     lm = load_model(args.model)
     device, dtype = lm.info["device"], lm.model.dtype
     print(
@@ -260,10 +270,12 @@ def main() -> None:
     weights_mb = n_params * lm.model.dtype.itemsize / 2**20
     longest = max(len(s) for s in ids)
     logits_mb = args.batch_size * longest * len(tok) * 4 / 2**20
+    working = rss1 - rss_libs - weights_mb
     print(
-        f"peak RSS during scoring: {rss1:,.0f} MiB (before: {rss0:,.0f} MiB, weights {weights_mb:,.0f} MiB); "
-        f"target ≤ 2 × weights + one batch's activations = {2 * weights_mb:,.0f} MiB + activations "
-        f"(one batch's full logits alone would be {logits_mb:,.0f} MiB; the engine never builds them)"
+        f"peak RSS: {rss1:,.0f} MiB (peak before the engine ran: {rss0:,.0f} MiB) = libraries {rss_libs:,.0f} MiB + "
+        f"weights {weights_mb:,.0f} MiB + {working:,.0f} MiB of everything else; target ≤ 2 × weights + one "
+        f"batch's activations, i.e. everything else ≤ {weights_mb:,.0f} MiB + activations (one batch's full "
+        f"logits alone would be {logits_mb:,.0f} MiB; the engine never builds them)"
     )
 
     with tempfile.TemporaryDirectory() as cache:
