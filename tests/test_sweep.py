@@ -167,3 +167,16 @@ def test_cli_dry_run_and_export(sweep_file, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()  # a dry run creates no store
     bad = runner.invoke(app, ["results", "export", "--dir", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no results store" in bad.stderr
+
+
+def test_a_sweep_already_running_is_refused(tiny_dir, tmp_path):
+    import fcntl
+
+    spec = {"name": "busy", "base": base_config(tiny_dir), "grid": {"seed": [0]}}
+    store = Store(tmp_path)
+    with (tmp_path / ".sweep-busy.lock").open("a") as other:  # as another process running it would hold it
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(MemlensError, match="sweep 'busy' is already running"):
+            run_sweep(expand(spec), tmp_path)
+        assert store.counts() == {}  # nothing was registered or reset
+    assert run_sweep(expand(spec), tmp_path) == {"done": 1}  # the lock died with its holder

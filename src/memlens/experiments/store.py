@@ -12,6 +12,7 @@ moment (even ``kill -9``) leaves either a finished trial or none: rerunning resu
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sqlite3
@@ -82,6 +83,24 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    @contextmanager
+    def running(self, sweep: str) -> Iterator[None]:
+        """Hold the sweep's lock while it runs: a second process running the same sweep on the same store
+        would take the first one's 'running' trials for abandoned ones. The lock dies with its process."""
+        path = self.folder / f".sweep-{sweep}.lock"
+        with path.open("a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise MemlensError(
+                    f"sweep {sweep!r} is already running on {self.folder} in another process; "
+                    "wait for it to finish or use another results directory"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:

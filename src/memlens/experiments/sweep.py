@@ -191,32 +191,34 @@ def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -
     from memlens.experiments.store import Store
 
     store = Store(folder)
-    store.register_sweep(
-        sweep.name,
-        sweep.spec,
-        sweep.spec_hash,
-        [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
-    )
-    todo = store.pending(sweep.name, retry_failed)
-    done_before = store.counts(sweep.name).get("done", 0)
-    progress.info(f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, {len(todo)} to run")
-    with progress.bar(f"sweep {sweep.name}", len(todo), "trials") as bar:
-        for trial_id, label, cfg_json in todo:
-            bar.note(label)
-            cfg = parse_config(cfg_json)
-            cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
-            store.start(trial_id)
-            t0 = time.perf_counter()
-            try:
-                results = run(cfg)
-            except (MemlensError, RuntimeError, ValueError, OSError) as err:
-                detail = str(err) if isinstance(err, MemlensError) else traceback.format_exc(limit=3)
-                store.fail(trial_id, f"{type(err).__name__}: {detail}", time.perf_counter() - t0)
-                progress.info(f"trial {label!r} failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
-            else:
-                info = {k: results[k] for k in ("model", "tuning", "training", "timings", "environment", "data")}
-                store.finish(trial_id, results["records"], info, time.perf_counter() - t0)
-            bar.advance(1)
+    with store.running(sweep.name):
+        store.register_sweep(
+            sweep.name,
+            sweep.spec,
+            sweep.spec_hash,
+            [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
+        )
+        todo = store.pending(sweep.name, retry_failed)
+        done_before = store.counts(sweep.name).get("done", 0)
+        progress.info(f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, {len(todo)} to run")
+        with progress.bar(f"sweep {sweep.name}", len(todo), "trials") as bar:
+            for trial_id, label, cfg_json in todo:
+                bar.note(label)
+                cfg = parse_config(cfg_json)
+                cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
+                store.start(trial_id)
+                t0 = time.perf_counter()
+                try:
+                    results = run(cfg)
+                except (MemlensError, RuntimeError, ValueError, OSError) as err:
+                    detail = str(err) if isinstance(err, MemlensError) else traceback.format_exc(limit=3)
+                    store.fail(trial_id, f"{type(err).__name__}: {detail}", time.perf_counter() - t0)
+                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                    progress.info(f"trial {label!r} failed: {first}")
+                else:
+                    info = {k: results[k] for k in ("model", "tuning", "training", "timings", "environment", "data")}
+                    store.finish(trial_id, results["records"], info, time.perf_counter() - t0)
+                bar.advance(1)
     counts = store.counts(sweep.name)
     store.close()
     return counts
