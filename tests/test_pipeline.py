@@ -166,3 +166,29 @@ def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
         "T=0.5/nonmembers",
     }
     assert "secret code" not in (tmp_path / "ex" / "results.json").read_text()
+
+
+def test_a_given_reference_model(tiny, tiny_dir, tmp_path):
+    import torch
+
+    def run_with(reference_model=None):
+        cfg = tiny_config(tiny_dir, tmp_path, attacks={"reference_model": reference_model})
+        return run(parse_config(cfg), write=False)
+
+    base, same = run_with(), run_with(str(tiny_dir))
+    assert same["reference_model"]["parameters"] == base["model"]["parameters"] and base["reference_model"] is None
+    assert auc_of(same, 1, "reference")["value"] == pytest.approx(auc_of(base, 1, "reference")["value"], abs=1e-9)
+    assert auc_of(same, 0, "reference")["value"] == 0.5  # R = M before fine-tuning: every score ties
+    other_dir = tmp_path / "other"  # another model: the tiny one with its weights perturbed
+    with torch.no_grad():
+        for p in tiny.model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tiny.model.save_pretrained(other_dir, safe_serialization=True)
+    tiny.tokenizer.save_pretrained(other_dir)
+    other = run_with(str(other_dir))
+    assert auc_of(other, 0, "reference")["value"] != 0.5
+    assert auc_of(other, 1, "reference")["value"] != auc_of(base, 1, "reference")["value"]
+    out = tmp_path / "d"
+    with pytest.raises(MemlensError, match="no-such-model"):
+        run(parse_config(tiny_config(tiny_dir, out, attacks={"reference_model": str(tmp_path / "no-such-model")})))
+    assert not out.exists()

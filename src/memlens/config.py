@@ -123,11 +123,15 @@ class AttackConfig(_Section):
     texts and ``recall`` a pass over the texts after a prefix of ``recall_shots`` validation texts (never a
     scored text). ``k``: the fractions of Min-K% and Min-K%++. ``blind``: also fit the model-free baseline
     (text features + logistic regression) whose AUC every attack must beat to mean anything.
+    ``reference_model``: the Reference attack's R — by default the pre-trained model itself (its epoch-0
+    statistics); or any other causal LM (built-in name, local folder, ``.gguf`` file or hub id), loaded once
+    before fine-tuning, scored on its own tokenization of the texts (cached) and released.
     """
 
     names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
     k: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     recall_shots: PositiveInt = 5
+    reference_model: str | None = None
     fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
     bootstrap: Annotated[int, Field(ge=0)] = 1000
     blind: bool = True

@@ -1,7 +1,8 @@
 """One run, end to end: data → pre-trained scores → fine-tune → fine-tuned scores → attacks → results.
 
 The pre-trained model is scored once, before fine-tuning. Those statistics are both the "before" attack
-results and the reference model of the Reference attack, so no second copy of the model is ever held.
+results and, by default, the reference model of the Reference attack, so no second copy of the model is ever
+held (a different reference model, when configured, is scored before fine-tuning and released).
 """
 
 from __future__ import annotations
@@ -71,7 +72,10 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
 
     t = time.perf_counter()
     base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
-    scores = {0: stage_scores(cfg, base, None, texts)}
+    reference, reference_info = base["target"], None
+    if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
+        reference, reference_info = reference_model_stats(cfg, texts)
+    scores = {0: stage_scores(cfg, base, reference if reference_info else None, texts)}
     records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
     timings["score_pretrained"] = _since(t)
 
@@ -86,7 +90,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             return
         t0 = time.perf_counter()
         stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
-        scores[epoch] = stage_scores(cfg, stats, base["target"], texts)
+        scores[epoch] = stage_scores(cfg, stats, reference, texts)
         records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
         if staging is not None and cfg.training.save_checkpoints:
             save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
@@ -118,6 +122,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "name": cfg.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": lm.info,
+        "reference_model": reference_info,
         "data": splits.info
         | {
             "truncated": inputs["target"].n_truncated + inputs["validation"].n_truncated,
@@ -312,6 +317,26 @@ def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) 
     if "recall_prefix" in inputs:
         out["recall"] = score(inputs["target"].ids, "ReCaLL-prefixed", prefix=inputs["recall_prefix"])
     return out
+
+
+def reference_model_stats(cfg: RunConfig, texts: list[str]) -> tuple[TokenStats, dict]:
+    """Statistics of ``texts`` under ``cfg.attacks.reference_model`` (its own tokenizer), and its info; the
+    model is released before fine-tuning starts."""
+    from memlens.models import load_model
+    from memlens.scoring import score_cached
+    from memlens.tokens import encode, ensure_pad_token
+
+    ref = load_model(cfg.attacks.reference_model, device=cfg.model.device, dtype=cfg.model.dtype)
+    stats, _ = score_cached(
+        ref.model,
+        encode(ref.tokenizer, texts, cfg.data.max_tokens).ids,
+        ensure_pad_token(ref.tokenizer),
+        identity=ref.info["identity"],
+        batch_size=cfg.scoring.batch_size,
+        use_cache=cfg.scoring.cache,
+        desc="scoring, reference model",
+    )
+    return stats, ref.info
 
 
 def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int) -> list[dict]:

@@ -57,6 +57,9 @@ def summary_lines(results: dict) -> list[str]:
         if blind is None
         else [f"blind baseline (text features only, no model): AUC {_auc(blind)} — an attack must beat its upper bound"]
     )
+    ref = results.get("reference_model")
+    if ref:
+        lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
     lines += [
         f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)",
         f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
