@@ -17,7 +17,7 @@ def loss(inputs: AttackInputs) -> np.ndarray:
 @register(
     "reference",
     needs=["reference"],
-    description="Reference (Carlini et al. 2021): L(x, R) − L(x, M), R = the pre-trained model",
+    description="Reference (Carlini et al. 2021): L(x, R) − L(x, M), R = the pre-trained or a given model",
 )
 def reference(inputs: AttackInputs) -> np.ndarray:
     return inputs.reference.nll() - inputs.target.nll()
