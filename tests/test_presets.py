@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 from conftest import PHEE
 
@@ -7,20 +9,23 @@ from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
 
 
-def shrink(spec: dict, tiny_dir) -> dict:
+def shrink(spec: dict, tiny_dir, larger=None) -> dict:
     """The preset's design on the tiny model and a handful of texts (the structure is what is tested)."""
     spec["base"]["model"] = {"name": str(tiny_dir), "device": "cpu"}
     spec["base"]["data"] |= {"dir": str(PHEE), "n_members": 24, "n_nonmembers": 24, "n_validation": 12}
     spec["base"]["training"] |= {"epochs": 3, "batch_size": 8, "lr": 3e-3}
     spec["base"]["attacks"]["bootstrap"] = 100
+    for variant in spec.get("variants", []):
+        if "model" in variant:  # the larger model of a size comparison: a copy of the tiny one (structure only)
+            variant["model"] = str(larger)
     return spec
 
 
 @pytest.mark.parametrize("name", ["savine2025", "hou2025"])
 def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
-    spec = shrink(preset_spec(name, "tiny"), tiny_dir)
+    spec = shrink(preset_spec(name, "tiny"), tiny_dir, shutil.copytree(tiny_dir, tmp_path / "tiny-copy"))
     sweep = expand(spec)
-    assert len(sweep.trials) == {"savine2025": 15, "hou2025": 8}[name]
+    assert len(sweep.trials) == {"savine2025": 15, "hou2025": 9}[name]
     if name == "savine2025":
         sweep.trials = [t for t in sweep.trials if "rank=2" not in t.label]  # keep it quick
     counts = run_sweep(sweep, tmp_path)
@@ -34,6 +39,8 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         assert "R² =" in md and "r=1:" in md
     else:
         assert "attention < MLP < both" in md and "AUC change after epoch 1" in md
+        size = next(line for line in md.splitlines() if "larger models memorize more" in line)
+        assert "Gemma-3-270M" in size and "not measured" not in size, size
 
 
 def test_unknown_preset_or_scale():

@@ -20,7 +20,7 @@ class AttackInputs:
     """What an attack may read, all for the same texts in the same order.
 
     - ``target``: the attacked model's statistics of the texts;
-    - ``reference``: a reference model's (the pre-trained model) statistics of the same texts;
+    - ``reference``: a reference model's statistics of the same texts (by default the pre-trained model's);
     - ``texts``: the raw texts (zlib);
     - ``lowercase``: the target model's statistics of the lower-cased texts;
     - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL).

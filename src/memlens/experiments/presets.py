@@ -59,15 +59,22 @@ def savine2025(scale: str) -> dict:
     }
 
 
+SIZE_MODEL = "gemma3-270m"  # the larger model of finding (3); a built-in name (pip-installable, Gemma terms)
+SIZE_LABEL = f"{SIZE_MODEL} lora all"
+
+
 def hou2025(scale: str) -> dict:
-    """Study A: every method, memorization per epoch, LoRA placement."""
+    """Study A: every method, memorization per epoch, LoRA placement, and model size (LoRA on all matrices
+    of Gemma-3-270M beside SmolLM2-135M; without Gemma installed that trial fails with the install command
+    and the finding reads "not measured")."""
     base = _base(scale, eval_every=1)
     base["tuning"] = {"method": "lora", "rank": 8, "alpha": 16, "virtual_tokens": 20}
     if scale == "full":
         base["training"]["epochs"] = 15
     methods = [{"label": m, "method": m} for m in ("head", "prefix", "prompt", "ptuning", "full")]
     placement = [{"label": f"lora {t}", "method": "lora", "targets": [t]} for t in ("attn", "mlp", "all")]
-    return {"name": f"hou2025-{scale}", "base": base, "variants": methods + placement}
+    size = [{"label": SIZE_LABEL, "method": "lora", "targets": ["all"], "model": SIZE_MODEL}]
+    return {"name": f"hou2025-{scale}", "base": base, "variants": methods + placement + size}
 
 
 PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
@@ -190,6 +197,7 @@ def _r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def hou_findings(store) -> list[Finding]:
     auc = _final_auc(store, "loss")
+    larger = auc.pop(SIZE_LABEL, None)
     param = [v for k, v in auc.items() if k in ("head", "full") or k.startswith("lora")]
     prompt = [v for k, v in auc.items() if k in ("prefix", "prompt", "ptuning")]
     out = [
@@ -204,7 +212,7 @@ def hou_findings(store) -> list[Finding]:
     df = store.results()
     curve = df[(df.attack == "loss") & (df.metric == "auc") & df.epoch.notna()]
     grows, flat = [], []
-    for label, g in curve.groupby("label"):
+    for label, g in curve[curve.label != SIZE_LABEL].groupby("label"):
         g = g.sort_values("epoch")
         if len(g) >= 3:
             (grows if label in ("head", "full") or label.startswith("lora") else flat).append(
@@ -231,14 +239,17 @@ def hou_findings(store) -> list[Finding]:
                 "(5) LoRA placement: attention < MLP < both", "Wikitext LOSS: .552 < .579 < .616", measured, verdict
             )
         )
-    out.append(
-        Finding(
-            "(3) larger models memorize more (parameter-based)",
-            "GPT-2 117M → LLaMA2-7B",
-            "needs a second model size (Gemma-3-270M when installed)",
-            "not measured",
+    claim, published = "(3) larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B"
+    if larger is not None and "lora all" in auc:
+        size = _compare(claim, published, [larger], [auc["lora all"]], ("Gemma-3-270M", "SmolLM2-135M"))
+        size.measured += (
+            f" (LoRA on all matrices: {_fmt(larger)} vs {_fmt(auc['lora all'])}; two model families, base vs"
+            " instruct, so size is not the only difference)"
         )
-    )
+        out.append(size)
+    else:
+        missing = f"needs the {SIZE_MODEL} trial (see `memlens models list`)"
+        out.append(Finding(claim, published, missing, "not measured"))
     return out
 
 
