@@ -84,12 +84,19 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
+    def lock_path(self, sweep: str) -> Path:
+        """The lock file of ``sweep`` (its name made file-safe, plus a hash so distinct names never share one)."""
+        import hashlib
+        import re
+
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", sweep)[:64]
+        return self.folder / f".sweep-{safe}-{hashlib.sha1(sweep.encode()).hexdigest()[:8]}.lock"
+
     @contextmanager
     def running(self, sweep: str) -> Iterator[None]:
         """Hold the sweep's lock while it runs: a second process running the same sweep on the same store
         would take the first one's 'running' trials for abandoned ones. The lock dies with its process."""
-        path = self.folder / f".sweep-{sweep}.lock"
-        with path.open("a") as fh:
+        with self.lock_path(sweep).open("a") as fh:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

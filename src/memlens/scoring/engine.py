@@ -28,7 +28,7 @@ CHUNK_TOKENS = 64  # positions reduced over the full vocabulary at once where th
 VOCAB_SLICE = 2048  # vocabulary entries per slice of the output head (fastest measured on a 2-core CPU)
 PACK_WIDTH = 128  # tokens per packed row (at least the longest text)
 # architectures whose logits are exactly ``lm_head(hidden)``, so the head can be sliced; others use their own head
-SLICEABLE_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma3", "gemma2", "gpt2", "phi3", "olmo2"}
+SLICEABLE_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gpt2"}
 
 
 def score_texts(
@@ -155,7 +155,7 @@ def _batch(inputs: dict, placed: list[tuple[int, int, int, Sequence[int]]]) -> _
     counts = [max(len(s) - 1, 0) for *_, s in placed]
     steps = np.concatenate([np.arange(n) for n in counts]) if placed else np.zeros(0, np.int64)
     texts, rows, starts = (np.repeat([p[k] for p in placed], counts).astype(np.int64) for k in range(3))
-    targets = np.fromiter((t for *_, s in placed for t in s[1:]), dtype=np.int64, count=len(steps))
+    targets = np.concatenate([np.asarray(s[1:], dtype=np.int64) for *_, s in placed]) if placed else steps
     return _Batch(inputs, texts, steps, rows, starts + steps, targets)
 
 
@@ -165,9 +165,11 @@ def _packed_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
     import torch
 
     scored = np.flatnonzero(lengths > 0)
-    width = max(PACK_WIDTH, int(lengths.max()) + 1) if len(scored) else PACK_WIDTH
+    if not len(scored):
+        return
+    width = max(PACK_WIDTH, int(lengths.max()) + 1)
     rows = _pack(lengths[scored] + 1, width)
-    per_batch = max(1, round(batch_size * float(lengths[scored].mean() + 1) / width)) if len(scored) else 1
+    per_batch = max(1, round(batch_size * float(lengths[scored].mean() + 1) / width))
     for start in range(0, len(rows), per_batch):
         group = [[int(scored[i]) for i in row] for row in rows[start : start + per_batch]]
         used = max(sum(len(ids[i]) for i in row) for row in group)
