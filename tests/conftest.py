@@ -16,6 +16,12 @@ os.environ.setdefault("MEMLENS_DATA_DIR", str(PHEE))
 progress.set_enabled(False)
 
 
+@pytest.fixture(autouse=True)
+def _quiet_progress():
+    """Every test starts with progress output off (a command run without --quiet turns it on)."""
+    progress.set_enabled(False)
+
+
 def phee_texts(split: str = "train", n: int | None = None) -> list[str]:
     with (PHEE / f"{split}.jsonl").open() as fh:
         texts = [json.loads(line)["context"] for line in fh]

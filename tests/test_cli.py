@@ -3,32 +3,8 @@ import subprocess
 import sys
 
 import pytest
-import tomli_w
 from conftest import tiny_config, write_jsonl
-from typer.testing import CliRunner
-
-from memlens.cli import app
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def write_config(path, cfg):
-    path.write_text(tomli_w.dumps(cfg))
-    return path
-
-
-def assert_one_line_error(result, pattern):
-    import re
-
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert re.search(pattern, lines[0]), lines[0]
-    assert "Traceback" not in result.output
+from helpers import assert_one_line_error, invoke, write_config
 
 
 def test_help_does_not_import_torch():

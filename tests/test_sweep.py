@@ -139,7 +139,7 @@ def test_failed_trial_is_recorded_and_sweep_goes_on(tiny_dir, tmp_path):
 
 def test_store_errors_are_one_line(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(MemlensError, match="cannot create results directory"):
+    with pytest.raises(MemlensError, match="cannot create results folder"):
         Store(tmp_path / "file" / "sub")
     with pytest.raises(MemlensError, match="no results store"):
         Store(tmp_path / "empty", create=False)
@@ -172,11 +172,11 @@ def test_cli_dry_run_and_export(sweep_file, tmp_path, monkeypatch):
 def test_a_sweep_already_running_is_refused(tiny_dir, tmp_path):
     import fcntl
 
-    spec = {"name": "busy/1", "base": base_config(tiny_dir), "grid": {"seed": [0]}}  # any name, even with a '/'
+    spec = {"name": "busy [1]", "base": base_config(tiny_dir), "grid": {"seed": [0]}}  # any name, brackets included
     store = Store(tmp_path)
-    with store.lock_path("busy/1").open("a") as other:  # as another process running it would hold it
+    with store.lock_path("busy [1]").open("a") as other:  # as another process running it would hold it
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with pytest.raises(MemlensError, match="sweep 'busy/1' is already running"):
+        with pytest.raises(MemlensError, match=r"sweep 'busy \[1\]' is already running"):
             run_sweep(expand(spec), tmp_path)
         assert store.counts() == {}  # nothing was registered or reset
     assert run_sweep(expand(spec), tmp_path) == {"done": 1}  # the lock died with its holder

@@ -39,7 +39,8 @@ def _guard(fn):
         try:
             return fn(*args, **kwargs)
         except MemlensError as err:
-            typer.echo(f"error: {err}", err=True)
+            one_line = str(err).replace("\r", "\\r").replace("\n", "\\n")  # a path or field may hold one
+            typer.echo(f"error: {one_line}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: unfinished work was not written (finished sweep trials are kept)", err=True)
@@ -168,20 +169,21 @@ def reproduce_cmd(
     _render(folder)
 
 
-def _render(folder: Path) -> None:
+def _render(folder: Path, out: Path | None = None) -> None:
     from memlens.report import render_report
 
-    html, md = render_report(folder)
+    html, md = render_report(folder, out)
     typer.echo(f"{html}\n{md}")
 
 
 @app.command("report")
 @_guard
 def report_cmd(
-    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store.")],
+    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store (read only).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Where to write the report (default: DIR/report).")] = None,
 ) -> None:
     """Render a self-contained HTML report and a Markdown summary from a results store."""
-    _render(folder)
+    _render(folder, out)
 
 
 @results_app.command("export")

@@ -17,10 +17,12 @@ from memlens.errors import MemlensError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+PathField = Annotated[Path, Field(strict=False)]  # TOML has no path type: a string is a path
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: "3" is not an int, 16.0 is not a count, "no" is not a bool (an int is still a float)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class ModelConfig(_Section):
@@ -40,10 +42,10 @@ class DataConfig(_Section):
     """
 
     source: Literal["phee", "files"] = "phee"
-    dir: Path | None = None
-    members: Path | None = None
-    nonmembers: Path | None = None
-    validation: Path | None = None
+    dir: PathField | None = None
+    members: PathField | None = None
+    nonmembers: PathField | None = None
+    validation: PathField | None = None
     text_field: str | None = None
     n_members: Annotated[int, Field(ge=0)] = 200
     n_nonmembers: Annotated[int, Field(ge=0)] = 200
@@ -74,6 +76,13 @@ class TuningConfig(_Section):
     prompt_init: Literal["random", "text"] = "random"
     prompt_init_text: str = "Sentences from medical case reports describing drug effects:"
     encoder_hidden: PositiveInt = 128
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("targets must not be empty (leave it out for the method's default)")
+        return v
 
     @field_validator("layers")
     @classmethod
@@ -185,9 +194,16 @@ class OutputConfig(_Section):
     """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
     refused unless ``overwrite``."""
 
-    dir: Path = Path("runs/{name}")
+    dir: PathField = Path("runs/{name}")
     overwrite: bool = False
     save_adapter: bool = False
+
+    @field_validator("dir", mode="before")
+    @classmethod
+    def _dir(cls, v: Any) -> Any:
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("dir must not be empty")
+        return v
 
 
 class RunConfig(_Section):
@@ -203,6 +219,16 @@ class RunConfig(_Section):
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from memlens.files import safe_label
+
+        try:
+            return safe_label(v, "run name")
+        except MemlensError as err:
+            raise ValueError(str(err)) from None
 
     def output_dir(self) -> Path:
         """``output.dir`` with ``{name}`` and ``{time}`` (UTC, YYYYmmdd-HHMMSS) filled in."""

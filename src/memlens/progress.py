@@ -1,4 +1,7 @@
-"""Progress bars and status lines on stderr (rich), silenced with ``MEMLENS_QUIET=1`` or ``quiet()``."""
+"""Progress bars and status lines on stderr (rich), silenced with ``MEMLENS_QUIET=1`` or ``set_enabled(False)``.
+
+Messages are plain text: user-provided strings (labels, paths, errors) are escaped, never read as markup.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +11,24 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
-_enabled = os.environ.get("MEMLENS_QUIET", "") in ("", "0")
+
+
+def quiet_by_env() -> bool:
+    """Whether ``MEMLENS_QUIET`` asks for no progress output."""
+    return os.environ.get("MEMLENS_QUIET", "") not in ("", "0")
+
+
+_enabled = not quiet_by_env()
 
 
 def set_enabled(on: bool) -> None:
-    """Turn progress output on or off for this process."""
+    """Turn progress output on or off for this process (``MEMLENS_QUIET=1`` keeps it off)."""
     global _enabled
-    _enabled = on
+    _enabled = on and not quiet_by_env()
 
 
 def enabled() -> bool:
@@ -27,7 +38,7 @@ def enabled() -> bool:
 def info(message: str) -> None:
     """One status line (e.g. "fine-tuning done in 40 s")."""
     if _enabled:
-        console.print(f"[dim]memlens:[/] {message}")
+        console.print(f"[dim]memlens:[/] {escape(message)}")
 
 
 @contextmanager
@@ -56,7 +67,7 @@ def bar(description: str, total: int, unit: str = "") -> Iterator:
         TimeRemainingColumn(),
     ]
     with Progress(*cols, console=console, transient=False) as prog:
-        task = prog.add_task(description, total=total, note="")
+        task = prog.add_task(escape(description), total=total, note="")
         yield _Bar(prog, task)
 
 
@@ -76,7 +87,7 @@ class _Bar:
         self._prog.advance(self._task, n)
 
     def note(self, text: str) -> None:
-        self._prog.update(self._task, note=text)
+        self._prog.update(self._task, note=escape(text))
 
 
 class _NoBar:

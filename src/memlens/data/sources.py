@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import csv
-import hashlib
+import io
 import json
-import os
 import shutil
-import tempfile
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from memlens.errors import MemlensError
+from memlens.files import atomic_path, describe_os_error, sha256
 
 
 @dataclass(frozen=True)
@@ -37,33 +34,37 @@ PHEE_TEXT_FIELD = "context"
 def read_jsonl(path: Path, text_field: str = "text") -> list[Text]:
     """Read one JSON object per line; blank lines are skipped, anything else malformed is an error."""
     out: list[Text] = []
-    lineno = 0
-    with _open_text(path) as fh, _utf8(path, lambda: lineno + 1):
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise MemlensError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise MemlensError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            out.append(_record(obj, text_field, path, lineno))
+    for lineno, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise MemlensError(f"{path}:{lineno}: malformed JSON ({err.msg})") from None
+        except ValueError as err:  # e.g. an integer of more than 4,300 digits
+            raise MemlensError(f"{path}:{lineno}: unreadable JSON ({_first_line(err)})") from None
+        except RecursionError:
+            raise MemlensError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise MemlensError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+        out.append(_record(obj, text_field, path, lineno))
     return out
 
 
 def read_csv(path: Path, text_field: str = "text") -> list[Text]:
-    """Read a CSV file with a header row."""
-    with _open_text(path) as fh, _utf8(path, lambda: reader.line_num + 1):
-        reader = csv.DictReader(fh)
+    """Read a CSV file whose first line names the columns. Errors give positions, never the file's text."""
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    try:
         if reader.fieldnames is None:
             return []
         if text_field not in reader.fieldnames:
-            raise MemlensError(f"{path}: no column {text_field!r} (columns: {', '.join(reader.fieldnames)})")
-        try:
-            return [_record(row, text_field, path, i + 2) for i, row in enumerate(reader)]
-        except csv.Error as err:
-            raise MemlensError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
+            raise MemlensError(
+                f"{path}: the header (line 1) has no column {text_field!r} ({len(reader.fieldnames)} columns); the "
+                "first line must name the columns (set data.text_field to the text column's name)"
+            )
+        return [_record(row, text_field, path, reader.line_num) for row in reader]
+    except csv.Error as err:
+        raise MemlensError(f"{path}:{reader.line_num or 1}: malformed CSV ({err})") from None
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[Text]:
@@ -94,29 +95,31 @@ def download_phee(dest: str | Path, url: str = PHEE_URL) -> Path:
     Each file is written only once its checksum matches, so ``dest`` never holds a partial or altered file.
     """
     dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MemlensError(f"cannot create {dest}: {describe_os_error(err)}") from None
     for split, (file, sha) in PHEE_FILES.items():
         target = dest / file
-        if target.is_file() and _sha256(target) == sha:
+        if target.is_file() and sha256(target) == sha:
             continue
-        with tempfile.NamedTemporaryFile(dir=dest, delete=False, suffix=".part") as tmp:
+        with atomic_path(target) as tmp:
             try:
-                with urllib.request.urlopen(url.format(split=split), timeout=60) as resp:
-                    shutil.copyfileobj(resp, tmp)
+                with urllib.request.urlopen(url.format(split=split), timeout=60) as resp, tmp.open("wb") as fh:
+                    shutil.copyfileobj(resp, fh)
             except OSError as err:
-                os.unlink(tmp.name)
                 raise MemlensError(f"could not download PHEE {split}: {err}") from None
-        got = _sha256(Path(tmp.name))
-        if got != sha:
-            os.unlink(tmp.name)
-            raise MemlensError(f"PHEE {split}: sha256 mismatch (expected {sha}, got {got}); nothing written")
-        os.replace(tmp.name, target)
+            got = sha256(tmp)
+            if got != sha:
+                raise MemlensError(f"PHEE {split}: sha256 mismatch (expected {sha}, got {got}); nothing written")
     return dest
 
 
 def _record(obj: dict, text_field: str, path: Path, lineno: int) -> Text:
     if text_field not in obj:
-        raise MemlensError(f"{path}:{lineno}: no field {text_field!r} (fields: {', '.join(map(str, obj))})")
+        names = [repr(str(k)[:40]) for k in obj]
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise MemlensError(f"{path}:{lineno}: no field {text_field!r} (fields: {shown})")
     text = obj[text_field]
     if not isinstance(text, str):
         raise MemlensError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string")
@@ -124,23 +127,20 @@ def _record(obj: dict, text_field: str, path: Path, lineno: int) -> Text:
     return Text(id=str(rid) if rid not in (None, "") else f"{path.name}:{lineno}", text=text)
 
 
-def _open_text(path: Path):
+def _read_text(path: Path) -> str:
+    """The whole file as text (UTF-8, a leading BOM dropped); a byte that is not UTF-8 is reported at its line."""
     if not path.is_file():
         raise MemlensError(f"data file not found: {path}")
-    return path.open(encoding="utf-8", newline="")
-
-
-@contextmanager
-def _utf8(path: Path, where: Callable[[], int]) -> Iterator[None]:
     try:
-        yield
-    except UnicodeDecodeError:
-        raise MemlensError(f"{path}:{where()}: not UTF-8 text") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise MemlensError(f"cannot read data file {path}: {describe_os_error(err)}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise MemlensError(f"{path}:{line}: not UTF-8 text (byte {data[err.start]:#04x})") from None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip() or type(err).__name__).splitlines()[0]

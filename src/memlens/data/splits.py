@@ -70,13 +70,15 @@ def load_splits(cfg: DataConfig) -> Splits:
         text_field = cfg.text_field or "text"
         raw = {k: read_texts(getattr(cfg, k), text_field) for k in ("members", "nonmembers", "validation")}
         where = ", ".join(str(getattr(cfg, k)) for k in raw)
+    if cfg.source == "phee" and cfg.text_field not in (None, PHEE_TEXT_FIELD):
+        raise MemlensError(f"PHEE texts are in field {PHEE_TEXT_FIELD!r}; leave data.text_field unset")
+    dropped = {}
     for name, texts in raw.items():
-        if cfg.source == "phee" and cfg.text_field not in (None, PHEE_TEXT_FIELD):
-            raise MemlensError(f"PHEE texts are in field {PHEE_TEXT_FIELD!r}; leave data.text_field unset")
         kept = [t for t in texts if t.text.strip()]
         if not kept:
             raise MemlensError(f"the {name} set is empty ({where})")
-        raw[name] = kept
+        raw[name], dropped[name] = kept, len(texts) - len(kept)
+    renamed = sum(unique_ids(texts) for texts in raw.values())
 
     shared = overlap(raw["members"], raw["nonmembers"])
     if shared and not cfg.allow_overlap:
@@ -93,8 +95,31 @@ def load_splits(cfg: DataConfig) -> Splits:
         "available": {k: len(v) for k, v in raw.items()},
         "used": {k: len(v) for k, v in picked.items()},
         "member_nonmember_overlap": len(shared),
+        "dropped_empty": dropped,
+        "renamed_duplicate_ids": renamed,
     }
     return Splits(picked["members"], picked["nonmembers"], picked["validation"], info)
+
+
+def unique_ids(texts: list[Text]) -> int:
+    """Make the ids of one set unique in place: the 2nd, 3rd, ... text with an id becomes ``ID#2``, ``ID#3``,
+    ... (skipping names already taken). Returns how many were renamed. (A member and a non-member may share
+    an id: ``scores.csv`` tells them apart by its ``member`` column.)"""
+    taken = {t.id for t in texts}
+    seen: set[str] = set()
+    renamed = 0
+    for i, t in enumerate(texts):
+        if t.id not in seen:
+            seen.add(t.id)
+            continue
+        n = 2
+        while f"{t.id}#{n}" in taken:
+            n += 1
+        texts[i] = Text(f"{t.id}#{n}", t.text)
+        taken.add(texts[i].id)
+        seen.add(texts[i].id)
+        renamed += 1
+    return renamed
 
 
 def _norm(text: str) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.errors import MemlensError
+from memlens.files import write_text
 
 SCALES = {
     #        members, non-members, validation, epochs, batch
@@ -278,6 +279,4 @@ def write_findings(name: str, folder: Path, command: str) -> Path:
     from memlens.experiments.store import Store
 
     store = Store(folder, create=False)
-    path = folder / "findings.md"
-    path.write_text(findings_markdown(name, store, command))
-    return path
+    return write_text(folder / "findings.md", findings_markdown(name, store, command))

@@ -7,10 +7,6 @@ held (a different reference model, when configured, is scored before fine-tuning
 
 from __future__ import annotations
 
-import json
-import os
-import platform
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,28 +18,31 @@ from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.errors import MemlensError
+from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
 from memlens.metrics import evaluate
+from memlens.report.table import data_lines
 from memlens.scoring.stats import TokenStats
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
     """Run ``cfg``; return the results (the content of ``results.json``) and, if ``write``, save them.
 
-    Everything is written into a hidden staging folder beside the output folder and moved into place only
-    when the run has finished, so an interrupted run leaves no half-written results.
+    The output folder is checked and its staging folder created before any work (see
+    :mod:`memlens.experiments.outputs`); results are moved into place only when the run has finished, so an
+    interrupted run leaves no half-written results and no folders it created.
     """
     out_dir = cfg.output_dir()
-    if write:
-        check_output_dir(out_dir, cfg.output.overwrite)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp{os.getpid()}")
+    output = Output.open(out_dir, cfg.output.overwrite) if write else None
     try:
-        results = _run(cfg, staging if write else None)
-        if write:
-            publish(staging, out_dir)
+        results = _run(cfg, output.staging if output else None)
+        if output is not None:
+            output.publish()
             results["output_dir"] = str(out_dir)
         return results
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        if output is not None:
+            output.discard()
+        raise
 
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:
@@ -54,10 +53,11 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     import torch
 
     from memlens.models import load_model
-    from memlens.tuning import DEFAULT_LR, METHODS, apply_method, train
+    from memlens.tuning import DEFAULT_LR, METHODS, apply_method, check_method, train
 
     lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
     model, tok = lm.model, lm.tokenizer
+    check_method(model, cfg.tuning)  # a target the architecture lacks fails now, not after scoring
     texts = [x.text for x in splits.members + splits.nonmembers]
     n_mem = len(splits.members)
     inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
@@ -66,6 +66,8 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
         f"model {lm.info['spec']} ({lm.info['parameters'] / 1e6:.1f}M parameters) on {lm.info['device']}"
     )
+    for line in data_lines(splits.info):
+        progress.info(line)
     t = time.perf_counter()
     audit, blind = split_checks(cfg, splits)
     timings["split_checks"] = _since(t)
@@ -83,10 +85,9 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     model, tuning_info = apply_method(model, cfg.tuning)
     tuning_info["prompt_based"] = METHODS[cfg.tuning.method].prompt_based
     lr = cfg.training.lr or DEFAULT_LR[cfg.tuning.method]
-    eval_epochs = evaluation_epochs(cfg)
 
     def on_epoch_end(epoch: int) -> None:
-        if epoch not in eval_epochs:
+        if not is_evaluated(cfg, epoch):
             return
         t0 = time.perf_counter()
         stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
@@ -139,7 +140,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     }
     if staging is not None:
         ids = [x.id for x in splits.members + splits.nonmembers]
-        write_outputs(staging, cfg, results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
+        write_outputs(staging, cfg.to_toml(), results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
     return results
 
 
@@ -217,11 +218,20 @@ def _since(t0: float) -> float:
     return round(time.perf_counter() - t0, 2)
 
 
-def evaluation_epochs(cfg: RunConfig) -> set[int]:
-    """Epochs after which memorization is measured (epoch 0, the pre-trained model, is always measured)."""
-    e = cfg.training.epochs
-    every = set(range(cfg.training.eval_every, e + 1, cfg.training.eval_every)) if cfg.training.eval_every else set()
-    return (every | {x for x in cfg.training.eval_at if x <= e} | {e}) - {0}
+def is_evaluated(cfg: RunConfig, epoch: int) -> bool:
+    """Whether memorization is measured after ``epoch`` (every ``eval_every``, each of ``eval_at``, the last).
+    Epoch 0, the pre-trained model, is always measured and not counted here."""
+    t = cfg.training
+    every = t.eval_every > 0 and epoch % t.eval_every == 0
+    return 0 < epoch <= t.epochs and (every or epoch in t.eval_at or epoch == t.epochs)
+
+
+def count_evaluations(cfg: RunConfig) -> int:
+    """How many epochs :func:`is_evaluated` selects, computed without listing them (``epochs`` may be huge)."""
+    t = cfg.training
+    every = t.epochs // t.eval_every if t.eval_every else 0
+    extra = {x for x in [*t.eval_at, t.epochs] if 0 < x <= t.epochs and not (t.eval_every and x % t.eval_every == 0)}
+    return every + len(extra)
 
 
 def split_checks(cfg: RunConfig, splits) -> tuple[dict, dict | None]:
@@ -364,17 +374,6 @@ def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_me
     return rows
 
 
-def check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MemlensError(f"output path {out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise MemlensError(f"output directory {out_dir} is not empty (choose another --out or pass --overwrite)")
-    parent = out_dir.resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise MemlensError(f"cannot write to {parent}")
-
-
 def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts) -> dict:
     """Per-text scores of every attack that can run at this stage (label -> array)."""
     inputs = AttackInputs(
@@ -390,71 +389,3 @@ def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenS
             out[label] = run_attack(name, inputs, k)
     out["nll"] = stats["target"].nll()
     return out
-
-
-def save_trainable(model, folder: Path) -> None:
-    """Save what trains: a peft adapter (with its config), else the trainable tensors as safetensors."""
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(folder, safe_serialization=True)
-        return
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
-    save_file(tensors, folder / "trainable.safetensors")
-
-
-def write_outputs(
-    staging: Path, cfg: RunConfig, results: dict, ids: list[str], n_members: int, scores: dict, model=None
-) -> None:
-    """``results.json``, ``config.toml``, per-text ``scores.csv`` (ids, never text) and the model if asked."""
-    import csv
-
-    staging.mkdir(parents=True, exist_ok=True)
-    (staging / "results.json").write_text(json.dumps(_finite(results), indent=2) + "\n")
-    (staging / "config.toml").write_text(cfg.to_toml())
-    with (staging / "scores.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["id", "member", "epoch", "attack", "score"])
-        for epoch, per_attack in scores.items():
-            for label, values in per_attack.items():
-                w.writerows((ids[i], int(i < n_members), epoch, label, f"{v:.7g}") for i, v in enumerate(values))
-    if model is not None:
-        save_trainable(model, staging / "model")
-
-
-def publish(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder into place (replacing an old output folder only now)."""
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(staging, out_dir)
-
-
-def environment() -> dict:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "numpy": np.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def _finite(obj):
-    """JSON has no NaN: write it as null."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _finite(obj.item())
-    return obj

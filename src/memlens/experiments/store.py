@@ -12,9 +12,7 @@ moment (even ``kill -9``) leaves either a finished trial or none: rerunning resu
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -22,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from memlens.errors import MemlensError
+from memlens.files import atomic_path, describe_os_error, lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -65,21 +64,37 @@ class Store:
     def __init__(self, folder: str | Path, *, create: bool = True) -> None:
         self.folder = Path(folder)
         self.path = self.folder / DB_NAME
-        if not create and not self.path.is_file():
-            raise MemlensError(f"no results store in {self.folder} (run `memlens sweep` first)")
+        if not create:
+            self._open_read_only()
+            return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise MemlensError(f"cannot create results directory {self.folder}: {err.strerror}") from None
-        if create and not os.access(self.folder, os.W_OK):
-            raise MemlensError(f"results directory {self.folder} is read-only")
+            raise MemlensError(f"cannot create results folder {self.folder}: {describe_os_error(err)}") from None
         with self._errors("open"):
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            if create:
-                self.db.executescript(SCHEMA)
+            self.db.executescript(SCHEMA)
+
+    def _open_read_only(self) -> None:
+        """Open an existing store for reading only: no write access to it or its folder is needed."""
+        from urllib.parse import quote
+
+        if not self.path.is_file():
+            raise MemlensError(f"no results store in {self.folder} (run `memlens sweep` first)")
+        uri = f"file:{quote(str(self.path.resolve()))}"
+        with self._errors("open"):
+            try:
+                self.db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            except sqlite3.OperationalError:  # WAL needs its -shm file, which a read-only folder cannot hold
+                self.db = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+                tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"sweeps", "trials", "results"} <= tables:
+            self.db.close()
+            raise MemlensError(f"{self.path} is not a memlens results store (it has no trials or results tables)")
 
     def close(self) -> None:
         self.db.close()
@@ -92,22 +107,14 @@ class Store:
         safe = re.sub(r"[^A-Za-z0-9._-]", "_", sweep)[:64]
         return self.folder / f".sweep-{safe}-{hashlib.sha1(sweep.encode()).hexdigest()[:8]}.lock"
 
-    @contextmanager
-    def running(self, sweep: str) -> Iterator[None]:
+    def running(self, sweep: str):
         """Hold the sweep's lock while it runs: a second process running the same sweep on the same store
         would take the first one's 'running' trials for abandoned ones. The lock dies with its process."""
-        with self.lock_path(sweep).open("a") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise MemlensError(
-                    f"sweep {sweep!r} is already running on {self.folder} in another process; "
-                    "wait for it to finish or use another results directory"
-                ) from None
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        busy = (
+            f"sweep {sweep!r} is already running on {self.folder} in another process; "
+            "wait for it to finish or use another results folder"
+        )
+        return lock(self.lock_path(sweep), wait=False, busy=busy)
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
@@ -227,21 +234,18 @@ class Store:
         df = self.results()
         if df.empty:
             raise MemlensError(f"results store {self.path} holds no finished trial yet")
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        if fmt not in ("csv", "json", "parquet"):
+            raise MemlensError(f"unknown export format {fmt!r}: use csv, parquet or json")
         try:
-            if fmt == "csv":
-                df.to_csv(tmp, index=False)
-            elif fmt == "json":
-                df.to_json(tmp, orient="records", indent=1)
-            elif fmt == "parquet":
-                df.to_parquet(tmp, index=False)
-            else:
-                raise MemlensError(f"unknown export format {fmt!r}: use csv, parquet or json")
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                if fmt == "csv":
+                    df.to_csv(tmp, index=False)
+                elif fmt == "json":
+                    df.to_json(tmp, orient="records", indent=1)
+                else:
+                    df.to_parquet(tmp, index=False)
         except OSError as err:
-            raise MemlensError(f"cannot write {path}: {err.strerror or err}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+            raise MemlensError(f"cannot write {path}: {describe_os_error(err)}") from None
         return path
 
     def trial_dir(self, trial: int) -> Path:

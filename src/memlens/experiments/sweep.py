@@ -12,7 +12,7 @@ A sweep file is TOML::
     label = "prompt tuning"
     method = "prompt"
 
-An axis is a short name (``memlens sweep --axes`` lists them) or any dotted config key
+An axis is a short name (the keys of :data:`AXES`) or any dotted config key
 (``"training.warmup_ratio"``). Trials already finished in the store are skipped; a failed trial is recorded
 with its error and the sweep goes on.
 """
@@ -31,6 +31,7 @@ from typing import Any
 from memlens import progress
 from memlens.config import RunConfig, parse_config, read_toml, with_overrides
 from memlens.errors import MemlensError
+from memlens.files import safe_label
 
 AXES = {
     "model": "model.name",
@@ -104,6 +105,7 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     name = spec.get("name")
     if not isinstance(name, str) or not name:
         raise MemlensError(f'{source}: a sweep needs a name = "..."')
+    safe_label(name, f"{source}: sweep name")
     base = parse_config({"name": name} | spec.get("base", {}), f"{source} [base]")
     grid = spec.get("grid", {})
     variants = spec.get("variants", [{}])
@@ -142,12 +144,12 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
     """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token."""
-    from memlens.attacks import ATTACKS
-
     d = cfg.data
     scored = (d.n_members + d.n_nonmembers) * mean_tokens
-    extra = {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall"}
-    evals = 1 + len(_eval_epochs(cfg))
+    from memlens.experiments.runner import count_evaluations, passes_needed
+
+    extra = passes_needed(cfg)
+    evals = 1 + count_evaluations(cfg)
     per_eval = 2 * params * (scored * (1 + len(extra)) + d.n_validation * mean_tokens)
     train = (
         (6 if cfg.tuning.method in ("full", "head") else 4) * params * d.n_members * mean_tokens * cfg.training.epochs
@@ -177,12 +179,6 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
         cost = f"~{secs / 60:.1f} min" if secs is not None else "unknown model size"
         rows.append((t.label, json.dumps(t.overrides), cost))
     return rows, total
-
-
-def _eval_epochs(cfg: RunConfig) -> set[int]:
-    from memlens.experiments.runner import evaluation_epochs
-
-    return evaluation_epochs(cfg)
 
 
 def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -> dict[str, int]:

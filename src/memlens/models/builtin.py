@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from memlens.errors import MemlensError
+from memlens.files import atomic_path, lock
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,18 @@ class BuiltinModel:
         if target.is_file():
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".part{os.getpid()}")
-        h = hashlib.sha256()
-        with tmp.open("wb") as out:
-            for f in files:
-                data = f.read_bytes()
-                h.update(data)
-                out.write(data)
-        if self.sha256 and h.hexdigest() != self.sha256:
-            tmp.unlink()
-            raise MemlensError(f"assembled {self.name} GGUF has sha256 {h.hexdigest()}, expected {self.sha256}")
-        os.replace(tmp, target)
+        with lock(target.with_suffix(".lock")):
+            if target.is_file():  # assembled by another process while we waited
+                return target
+            with atomic_path(target) as tmp:
+                h = hashlib.sha256()
+                with tmp.open("wb") as out:
+                    for f in files:
+                        data = f.read_bytes()
+                        h.update(data)
+                        out.write(data)
+                if self.sha256 and h.hexdigest() != self.sha256:
+                    raise MemlensError(f"assembled {self.name} GGUF has sha256 {h.hexdigest()}, expected {self.sha256}")
         return target
 
 

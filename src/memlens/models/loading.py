@@ -12,19 +12,18 @@ fp32 on CPU, bf16 on CUDA, unless asked otherwise. Padding reuses EOS; no token 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import json
 import os
-import shutil
-from contextlib import contextmanager
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memlens import progress
 from memlens.errors import MemlensError
+from memlens.files import atomic_path, cache_dir, lock, remove_stale, sha256
 from memlens.models.builtin import BUILTIN_MODELS
 
 
@@ -35,11 +34,6 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     info: dict = field(default_factory=dict)
-
-
-def cache_dir() -> Path:
-    """Root of memlens's cache (``$MEMLENS_CACHE`` or ``~/.cache/memlens``)."""
-    return Path(os.environ.get("MEMLENS_CACHE") or Path.home() / ".cache" / "memlens").expanduser()
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -91,15 +85,20 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
         kind = "local"
     except _NotLocal:
         source, kind = spec, "hub"
-    kw = {"trust_remote_code": False}
+    kw: dict[str, Any] = {"trust_remote_code": False}
+    online = kind == "hub" and hub_reachable()
+    if kind == "hub" and not online:
+        kw["local_files_only"] = True  # no network: the local hub cache only, no retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True, **kw)
     except (OSError, ValueError) as err:
         if kind == "hub":
+            where = "from the Hugging Face hub" if online else "(the Hugging Face hub cannot be reached from here, "
+            where += "" if online else "and the local hub cache does not hold it)"
             raise MemlensError(
-                f"could not load model {spec!r} from the Hugging Face hub ({_first_line(err)}); "
-                f"built-in models: {', '.join(BUILTIN_MODELS)}"
+                f"could not load model {spec!r} {where}: {_first_line(err)}; built-in models: "
+                f"{', '.join(BUILTIN_MODELS)}"
             ) from None
         raise MemlensError(f"could not load model from {source}: {_first_line(err)}") from None
     from memlens.tokens import ensure_pad_token
@@ -121,16 +120,37 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
     return LoadedModel(model, tokenizer, info)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds (``False`` at once
+    under ``HF_HUB_OFFLINE=1``; assumed ``True`` behind an HTTPS proxy, which this check cannot see past)."""
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _from_gguf(gguf: Path, label: str) -> Path:
-    """Dequantise a GGUF file into a cached safetensors directory (once; safe across processes)."""
-    digest = _sha256(gguf)
+    """Dequantise a GGUF file into a cached safetensors directory (once; safe across processes).
+
+    The conversion is written to a temp folder that is removed on any failure, Ctrl-C included; temp
+    folders of conversions that were killed are removed by the next one."""
+    digest = sha256(gguf)
     target = cache_dir() / "models" / f"{label.removesuffix('.gguf')}-{digest[:16]}"
     if (target / "memlens.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_suffix(".lock")):
+    with lock(target.with_suffix(".lock")):
         if (target / "memlens.json").is_file():  # another process finished while we waited
             return target
+        remove_stale(target.parent)
         if importlib.util.find_spec("gguf") is None:
             raise MemlensError("reading .gguf models needs the `gguf` package: pip install gguf")
         _quiet_transformers()
@@ -138,36 +158,21 @@ def _from_gguf(gguf: Path, label: str) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
         progress.info(f"converting {gguf.name} to safetensors once (cached in {target.parent})")
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                gguf.parent,
-                gguf_file=gguf.name,
-                quantization_config=GgufConfig(dequantize=True),
-                dtype=torch.float32,
-            )
-            model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "memlens.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
-            os.replace(tmp, target)
-        except Exception as err:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(err, (OSError, ValueError, KeyError, RuntimeError)):
-                raise MemlensError(f"could not convert {gguf}: {_first_line(err)}") from None
-            raise
+            with atomic_path(target) as tmp:
+                tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    gguf.parent,
+                    gguf_file=gguf.name,
+                    quantization_config=GgufConfig(dequantize=True),
+                    dtype=torch.float32,
+                )
+                model.save_pretrained(tmp, safe_serialization=True)
+                tok.save_pretrained(tmp)
+                (tmp / "memlens.json").write_text(json.dumps({"gguf": str(gguf), "sha256": digest}))
+        except Exception as err:  # a damaged or unsupported file fails in many ways (struct.error, KeyError ...)
+            raise MemlensError(f"could not convert {gguf} (not a usable GGUF model?): {_first_line(err)}") from None
     return target
-
-
-@contextmanager
-def _locked(path: Path):
-    with path.open("w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _identity(source: str | Path) -> str:
@@ -182,14 +187,6 @@ def _identity(source: str | Path) -> str:
             if f.is_file():
                 h.update(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _quiet_transformers() -> None:

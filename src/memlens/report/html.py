@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from memlens.errors import MemlensError
+from memlens.files import describe_os_error, write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -116,30 +116,14 @@ def render_report(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise MemlensError(f"cannot create report directory {out}: {err.strerror}") from None
+        raise MemlensError(f"cannot create report folder {out}: {describe_os_error(err)}") from None
     plots = make_plots(data)
     html_path, md_path = out / "report.html", out / "report.md"
-    write_atomic(html_path, render_html(data, plots, show_text))
-    write_atomic(md_path, render_markdown(data, plots, show_text))
+    write_text(html_path, render_html(data, plots, show_text))
+    write_text(md_path, render_markdown(data, plots, show_text))
     return html_path, md_path
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and move it into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        raise MemlensError(f"cannot write {path}: {err.strerror}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-# -- loading --------------------------------------------------------------------------------------------------
 def load_report_data(store_dir: str | Path, attack: str = "reference") -> ReportData:
     """Read the store; refuse one without a finished trial or without ``attack``."""
     from memlens.experiments.store import Store

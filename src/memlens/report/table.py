@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -30,7 +31,7 @@ def summary_table(results: dict) -> Table:
     records = results["records"]
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
     attacks = list(dict.fromkeys(r["attack"] for r in records if r["attack"]))
-    table = Table(title=f"membership inference · {results['name']}", title_justify="left")
+    table = Table(title=f"membership inference · {escape(results['name'])}", title_justify="left")
     table.add_column("attack")
     table.add_column("AUC pre-trained [95% CI]", justify="right")
     table.add_column(f"AUC fine-tuned, epoch {last} [95% CI]", justify="right")
@@ -42,7 +43,7 @@ def summary_table(results: dict) -> Table:
         post = _value(records, last, a, "auc")
         verdict = "—" if post is None or "beats_blind" not in post else ("yes" if post["beats_blind"] else "NO")
         pct = _pct(_value(records, last, a, "tpr@fpr=0.01"))
-        table.add_row(a, _auc(_value(records, 0, a, "auc")), _auc(post), pct, verdict)
+        table.add_row(escape(a), _auc(_value(records, 0, a, "auc")), _auc(post), pct, verdict)
     return table
 
 
@@ -69,9 +70,22 @@ def summary_lines(results: dict) -> list[str]:
         f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
         f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
     ]
-    lines += _extraction_lines(records, last)
+    lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
+    return lines
+
+
+def data_lines(data: dict) -> list[str]:
+    """What reading the data changed: empty texts dropped, duplicate ids renamed, texts truncated."""
+    lines = []
+    dropped = {k: v for k, v in data.get("dropped_empty", {}).items() if v}
+    if dropped:
+        lines.append("empty texts dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
+    if data.get("renamed_duplicate_ids"):
+        lines.append(f"duplicate ids renamed (ID#2, ID#3, ...): {data['renamed_duplicate_ids']}")
+    if data.get("truncated"):
+        lines.append(f"texts truncated to {data['max_tokens']} tokens: {data['truncated']}")
     return lines
 
 
@@ -81,7 +95,7 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         console.width = max(console.width, 120)  # the table needs ~110 columns; pipes default to 80
     console.print(summary_table(results))
     for line in summary_lines(results):
-        console.print(line, highlight=False)
+        console.print(line, highlight=False, markup=False)
 
 
 def _extraction_lines(records: list[dict], last: int) -> list[str]:

@@ -9,12 +9,13 @@ Files are ``.npz`` (no pickles) written atomically under ``$MEMLENS_CACHE/scores
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from memlens import progress
+from memlens.files import atomic_path, cache_dir, remove_stale
 from memlens.scoring.stats import TokenStats
 
 SAMPLE = 1024  # values hashed per parameter tensor, evenly strided, plus its exact float64 sum
@@ -44,24 +45,33 @@ def cache_key(fingerprint: str, ids: Sequence[Sequence[int]], *, prefix: Sequenc
 
 
 def scores_dir() -> Path:
-    from memlens.models.loading import cache_dir
-
     return cache_dir() / "scores"
 
 
 def load(key: str) -> TokenStats | None:
+    """The cached statistics, or ``None``; a damaged entry (empty, truncated, not an npz) is deleted with a
+    warning so that it is recomputed, never trusted."""
     path = scores_dir() / f"{key}.npz"
     if not path.is_file():
         return None
     try:
         return TokenStats.load(path)
-    except (OSError, ValueError, KeyError):  # a damaged entry is recomputed, never trusted
+    except Exception as err:  # BadZipFile, EOFError, ValueError, KeyError, OSError ...: any unreadable entry
+        progress.info(f"warning: score cache entry {path.name} is damaged ({type(err).__name__}); recomputing it")
+        path.unlink(missing_ok=True)
         return None
 
 
 def store(key: str, stats: TokenStats) -> None:
+    """Write an entry atomically (a reader never sees a part of one)."""
     folder = scores_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{key}.{os.getpid()}.npz"
-    stats.save(tmp)
-    os.replace(tmp, folder / f"{key}.npz")
+    global _swept
+    if not _swept:  # once per process: temp files of writers that were killed
+        remove_stale(folder)
+        _swept = True
+    with atomic_path(folder / f"{key}.npz") as tmp:
+        stats.save(tmp)
+
+
+_swept = False

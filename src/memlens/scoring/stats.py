@@ -66,8 +66,9 @@ class TokenStats:
         )
 
     def save(self, path: str | Path) -> None:
-        """Write as ``.npz`` (no pickles)."""
-        np.savez(path, logprob=self.logprob, mu=self.mu, sigma=self.sigma, lengths=self.lengths)
+        """Write as ``.npz`` (no pickles) to exactly ``path`` (numpy would add ``.npz`` to a name)."""
+        with Path(path).open("wb") as fh:
+            np.savez(fh, logprob=self.logprob, mu=self.mu, sigma=self.sigma, lengths=self.lengths)
 
     @staticmethod
     def load(path: str | Path) -> TokenStats:

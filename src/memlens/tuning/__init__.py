@@ -37,6 +37,13 @@ METHODS: dict[str, Method] = {
 DEFAULT_LR = {name: m.default_lr for name, m in METHODS.items()}
 
 
+def check_method(model, cfg: TuningConfig) -> None:
+    """Refuse, before any work, targets or layers ``model`` does not have (the model is not changed)."""
+    if cfg.method in ("lora", "ia3"):
+        lora.resolve_targets(model, cfg.targets or lora.DEFAULT_TARGETS[cfg.method])
+        lora.resolve_layers(model, cfg.layers)
+
+
 def apply_method(model, cfg: TuningConfig):
     """Prepare ``model`` for fine-tuning with ``cfg.method``; return ``(model, info)``.
 
@@ -56,4 +63,4 @@ def apply_method(model, cfg: TuningConfig):
 
 from memlens.tuning.train import train  # noqa: E402
 
-__all__ = ["DEFAULT_LR", "METHODS", "Method", "apply_method", "train"]
+__all__ = ["DEFAULT_LR", "METHODS", "Method", "apply_method", "check_method", "train"]

@@ -17,6 +17,7 @@ ALIASES = {
     "down": "down_proj",
 }
 GROUPS = {"attn": ["q", "k", "v", "o"], "mlp": ["gate", "up", "down"], "all": list(ALIASES)}
+DEFAULT_TARGETS = {"lora": GROUPS["attn"], "ia3": ["k", "v", "down"]}
 FEEDFORWARD = {"gate_proj", "up_proj", "down_proj"}  # IA³ scales these layers' inputs, the others' outputs
 
 
@@ -79,7 +80,7 @@ def apply(model, cfg: TuningConfig):
     """Wrap ``model`` in a peft LoRA model; only the adapters train."""
     from peft import LoraConfig
 
-    modules = resolve_targets(model, cfg.targets or GROUPS["attn"])
+    modules = resolve_targets(model, cfg.targets or DEFAULT_TARGETS["lora"])
     layers = resolve_layers(model, cfg.layers)
     lcfg = LoraConfig(
         r=cfg.rank,
@@ -98,7 +99,7 @@ def apply_ia3(model, cfg: TuningConfig):
     """Wrap ``model`` in a peft IA³ model (learned rescaling vectors)."""
     from peft import IA3Config
 
-    modules = resolve_targets(model, cfg.targets or ["k", "v", "down"])
+    modules = resolve_targets(model, cfg.targets or DEFAULT_TARGETS["ia3"])
     layers = resolve_layers(model, cfg.layers)
     # IA3Config has no layers_to_transform: a layer subset becomes a regex over module paths
     targets = modules if layers is None else rf".*\.layers\.({'|'.join(map(str, layers))})\..*\.({'|'.join(modules)})"
