@@ -400,3 +400,15 @@ def test_store_in_a_read_only_folder_can_be_read(tiny_dir, tmp_path):
         for p in [store, *store.rglob("*")]:
             if p.is_dir():
                 writable(p)
+
+
+def test_every_test_the_readme_names_exists():
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme.split("### Your files are safe", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`(test_\w+)`", section)) | set(re.findall(r"::(test_\w+)", section))
+    source = "".join(p.read_text() for p in (root / "tests").glob("test_*.py"))
+    assert len(names) >= 20
+    assert [n for n in sorted(names) if f"def {n}(" not in source] == []

@@ -247,7 +247,7 @@ class RunConfig(_Section):
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown field"
     got = first.get("input")
