@@ -222,7 +222,9 @@ def test_bad_stores_are_refused(tmp_path, sweep_dir):
 
 
 def test_every_plot_copes_with_missing_data():
-    results = pd.DataFrame(columns=["label", "trial", "epoch", "attack", "metric", "value", "ci_low", "ci_high"])
+    results = pd.DataFrame(
+        columns=["label", "trial", "epoch", "kind", "attack", "metric", "value", "ci_low", "ci_high"]
+    )
     scores = pd.DataFrame(columns=["id", "member", "epoch", "attack", "score", "label"])
     final = pd.DataFrame(columns=["label", "auc", "ci_low", "ci_high", "val_ppl", "rank", "targets", "group"])
     assert plots.auc_vs_epoch(results) is None
@@ -238,12 +240,13 @@ def test_every_plot_copes_with_missing_data():
     assert plots.auc_vs_rank(one_rank) is None
 
 
-def test_repetitions_and_pareto_front():
-    attacks = ["canary controls", "canary x1", "canary x16", "extraction greedy", None]
-    rows = pd.DataFrame({"attack": attacks, "metric": ["canary_auc"] * 3 + ["extraction_bleu_members", "val_ppl"]})
-    assert plots.repetitions(rows).tolist()[:3] == [0, 1, 16] and plots.repetitions(rows)[3:].isna().all()
-    explicit = pd.DataFrame({"label": "a", "metric": "extraction_rate", "repetitions": [1, 10], "value": [0.1, 0.5]})
-    svg = plots.extraction_vs_repetitions(explicit.assign(attack="extraction greedy"))
-    assert svg.startswith("<svg") and "extraction_rate" in svg
+def test_repetitions_plot_and_pareto_front():
+    rows = pd.DataFrame(
+        {"label": "a", "kind": "canary", "metric": "canary_extraction_rate", "repetitions": [0, 1, 10]}
+        | {"value": [0.0, 0.1, 0.5]}
+    )
+    svg = plots.extraction_vs_repetitions(rows.assign(attack="canary x1"))
+    assert svg.startswith("<svg") and "share of secrets extracted" in svg
+    assert plots.extraction_vs_repetitions(rows.assign(kind="extraction", repetitions=None)) is None
     auc, ppl = np.array([0.6, 0.7, 0.65, 0.9]), np.array([20.0, 10.0, 30.0, 9.0])
     assert plots.pareto_front(auc, ppl).tolist() == [True, True, False, True]

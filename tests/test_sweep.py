@@ -73,7 +73,7 @@ def counts(folder) -> tuple[dict, int, int]:
     status = dict(db.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall())
     rows = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
     distinct = db.execute(
-        "SELECT COUNT(*) FROM (SELECT DISTINCT trial, epoch, attack, metric FROM results)"
+        "SELECT COUNT(*) FROM (SELECT DISTINCT trial, epoch, kind, attack, metric, fpr, subset, decoding FROM results)"
     ).fetchone()[0]
     return status, rows, distinct
 

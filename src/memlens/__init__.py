@@ -30,6 +30,7 @@ _API = {
     "AttackInputs": "memlens.attacks",
     "run_attack": "memlens.attacks",
     "evaluate": "memlens.metrics",
+    "Record": "memlens.records",
     "apply_method": "memlens.tuning",
     "train": "memlens.tuning",
     "MemlensError": "memlens.errors",

@@ -81,5 +81,10 @@ def evaluate(
     out["auc"] = roc_auc(m, n)
     out["auc_ci_low"], out["auc_ci_high"] = auc_ci(m, n, n_boot=n_boot, confidence=confidence, seed=seed)
     for f in fprs:
-        out[f"tpr@fpr={f:g}"] = tpr_at_fpr(m, n, f)
+        out[tpr_key(f)] = tpr_at_fpr(m, n, f)
     return out
+
+
+def tpr_key(fpr: float) -> str:
+    """The key of the TPR at ``fpr`` in :func:`evaluate`'s output (``tpr@fpr=0.01``)."""
+    return f"tpr@fpr={fpr:g}"

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,12 +98,37 @@ def preset_spec(name: str, scale: str) -> dict:
     return PRESETS[name](scale)
 
 
-def _final_auc(store, attack: str):
-    """Per trial label: (AUC, CI low, CI high) of ``attack`` at the trial's last epoch."""
+@dataclass(frozen=True)
+class TrialAUC:
+    """A finished trial's AUC of one attack at its last epoch, with the trial's stored config."""
+
+    trial: int
+    label: str
+    config: dict
+    auc: tuple[float, float, float]  # value, CI low, CI high
+
+    @property
+    def method(self) -> str:
+        return self.config["tuning"]["method"]
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.config["tuning"].get("targets") or [])
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+
+def _final_auc(store, attack: str) -> list[TrialAUC]:
+    """Every finished trial's AUC of ``attack`` at its last epoch (95% CI), with its config."""
     df = store.results()
-    df = df[(df.attack == attack) & (df.metric == "auc") & df.epoch.notna()]
-    last = df.loc[df.groupby("label").epoch.idxmax()]
-    return {r.label: (r.value, r.ci_low, r.ci_high) for r in last.itertuples()}
+    df = df[(df.kind == "mia") & (df.attack == attack) & (df.metric == "auc") & df.epoch.notna()]
+    last = df.loc[df.groupby("trial").epoch.idxmax()]
+    configs = dict(zip(store.trials().id, store.trials().config, strict=True))
+    return [
+        TrialAUC(int(r.trial), r.label, configs[r.trial], (r.value, r.ci_low, r.ci_high)) for r in last.itertuples()
+    ]
 
 
 def _fmt(v: tuple) -> str:
@@ -126,11 +152,10 @@ def _compare(claim: str, published: str, high: list[tuple], low: list[tuple], na
 
 
 def savine_findings(store) -> list[Finding]:
-    auc = _final_auc(store, "reference")
-    by = {label: v for label, v in auc.items()}
+    lora = [t for t in _final_auc(store, "reference") if t.method == "lora"]
 
     def pick(target: str) -> list[tuple]:
-        return [v for label, v in by.items() if label.startswith(f"targets={target} ")]
+        return [t.auc for t in lora if t.targets == [target]]
 
     out = [
         _compare(
@@ -141,8 +166,8 @@ def savine_findings(store) -> list[Finding]:
             ("V,O", "Q,K"),
         ),
     ]
-    ranks = sorted({int(label.rsplit("rank=", 1)[1]) for label in by if "rank=" in label})
-    per_rank = [np.mean([v[0] for label, v in by.items() if label.endswith(f"rank={r}")]) for r in ranks]
+    ranks = sorted({t.config["tuning"]["rank"] for t in lora})
+    per_rank = [np.mean([t.auc[0] for t in lora if t.config["tuning"]["rank"] == r]) for r in ranks]
     if len(ranks) >= 2:
         rising = all(b >= a - 0.01 for a, b in itertools.pairwise(per_rank))
         measured = ", ".join(f"r={r}: {a:.3f}" for r, a in zip(ranks, per_rank, strict=True))
@@ -154,22 +179,20 @@ def savine_findings(store) -> list[Finding]:
                 "holds" if rising and per_rank[-1] > per_rank[0] else "does not hold",
             )
         )
-    out.append(_perplexity_finding(store, by))
+    out.append(_perplexity_finding(store, lora))
     return out
 
 
-def _perplexity_finding(store, auc_by_label: dict) -> Finding:
+def _perplexity_finding(store, trials: list[TrialAUC]) -> Finding:
     """(2): per-sample reference score vs the fine-tuned model's log-perplexity (members of the strongest trial)."""
     import pandas as pd
 
     claim = "(2) lower fine-tuned perplexity goes with more memorization; base perplexity does not"
     published = "R² = 0.135 (negative slope) vs fine-tuned PPL; R² = 0.004 vs base PPL"
-    trials = store.trials()
-    done = trials[trials.status == "done"]
-    if done.empty or not auc_by_label:
+    if not trials:
         return Finding(claim, published, "not measured", "not measured")
-    best = max(auc_by_label, key=lambda k: auc_by_label[k][0])
-    trial_id = int(done.loc[done.label == best, "id"].iloc[0])
+    strongest = max(trials, key=lambda t: t.auc[0])
+    best, trial_id = strongest.label, strongest.trial
     path = store.trial_dir(trial_id) / "scores.csv"
     if not path.is_file():
         return Finding(claim, published, "scores.csv missing", "not measured")
@@ -196,29 +219,31 @@ def _r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return float(1 - resid.var() / y.var()), float(slope)
 
 
+def _parameter_based(t: TrialAUC) -> bool:
+    return t.method in ("head", "full", "lora", "ia3")
+
+
 def hou_findings(store) -> list[Finding]:
-    auc = _final_auc(store, "loss")
-    larger = auc.pop(SIZE_LABEL, None)
-    param = [v for k, v in auc.items() if k in ("head", "full") or k.startswith("lora")]
-    prompt = [v for k, v in auc.items() if k in ("prefix", "prompt", "ptuning")]
+    trials = _final_auc(store, "loss")
+    main = Counter(t.model for t in trials).most_common(1)[0][0] if trials else None
+    larger = [t for t in trials if t.model != main]  # the size comparison's model (SIZE_MODEL in the preset)
+    trials = [t for t in trials if t.model == main]
     out = [
         _compare(
             "(1) parameter-based methods memorize more than prompt-based ones",
             "LLaMA2-7B, Wikitext LOSS AUC: FT head .889, LoRA .787 vs prefix .484, prompt .478, P-tuning .487",
-            param,
-            prompt,
+            [t.auc for t in trials if _parameter_based(t)],
+            [t.auc for t in trials if t.method in ("prefix", "prompt", "ptuning")],
             ("parameter-based", "prompt-based"),
         ),
     ]
     df = store.results()
-    curve = df[(df.attack == "loss") & (df.metric == "auc") & df.epoch.notna()]
+    curve = df[(df.kind == "mia") & (df.attack == "loss") & (df.metric == "auc") & df.epoch.notna()]
     grows, flat = [], []
-    for label, g in curve[curve.label != SIZE_LABEL].groupby("label"):
-        g = g.sort_values("epoch")
+    for t in trials:
+        g = curve[curve.trial == t.trial].sort_values("epoch")
         if len(g) >= 3:
-            (grows if label in ("head", "full") or label.startswith("lora") else flat).append(
-                (label, g.value.iloc[-1] - g.value.iloc[1])
-            )
+            (grows if _parameter_based(t) else flat).append((t.label, g.value.iloc[-1] - g.value.iloc[1]))
     if grows and flat:
         measured = "AUC change after epoch 1: " + ", ".join(f"{k} {d:+.3f}" for k, d in grows + flat)
         ok = min(d for _, d in grows) > max(abs(d) for _, d in flat)
@@ -230,8 +255,8 @@ def hou_findings(store) -> list[Finding]:
                 "holds" if ok else "does not hold",
             )
         )
-    placement = {k.split()[1]: v for k, v in auc.items() if k.startswith("lora ")}
-    if len(placement) == 3:
+    placement = {t.targets[0]: t.auc for t in trials if t.method == "lora" and len(t.targets) == 1}
+    if {"attn", "mlp", "all"} <= set(placement):
         a, m, b = placement["attn"], placement["mlp"], placement["all"]
         measured = f"attn {_fmt(a)}, mlp {_fmt(m)}, both {_fmt(b)}"
         verdict = "holds" if a[0] < m[0] < b[0] else "does not hold"
@@ -241,10 +266,11 @@ def hou_findings(store) -> list[Finding]:
             )
         )
     claim, published = "(3) larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B"
-    if larger is not None and "lora all" in auc:
-        size = _compare(claim, published, [larger], [auc["lora all"]], ("Gemma-3-270M", "SmolLM2-135M"))
+    if larger and "all" in placement:
+        big, small = larger[0].auc, placement["all"]
+        size = _compare(claim, published, [big], [small], ("Gemma-3-270M", "SmolLM2-135M"))
         size.measured += (
-            f" (LoRA on all matrices: {_fmt(larger)} vs {_fmt(auc['lora all'])}; two model families, base vs"
+            f" (LoRA on all matrices: {_fmt(big)} vs {_fmt(small)}; two model families, base vs"
             " instruct, so size is not the only difference)"
         )
         out.append(size)
@@ -271,7 +297,7 @@ def findings_markdown(name: str, store, command: str) -> str:
     lines += [f"| {f.claim} | {f.published} | {f.measured} | **{f.verdict}** |" for f in rows]
     auc = _final_auc(store, "reference" if name == "savine2025" else "loss")
     lines += ["", "AUC at the last epoch (95% bootstrap CI):", "", "| trial | AUC |", "|---|---|"]
-    lines += [f"| {label} | {_fmt(v)} |" for label, v in sorted(auc.items())]
+    lines += [f"| {t.label} | {_fmt(t.auc)} |" for t in sorted(auc, key=lambda t: t.label)]
     return "\n".join(lines) + "\n"
 
 

@@ -19,7 +19,8 @@ from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
-from memlens.metrics import evaluate
+from memlens.metrics import evaluate, tpr_key
+from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.table import data_lines
 from memlens.scoring.stats import TokenStats
 
@@ -110,7 +111,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     train_info = train(model, train_ids, inputs["pad_id"], cfg.training, lr=lr, on_epoch_end=on_epoch_end)
     timings["train"] = round(_since(t) - timings["score_finetuned"], 2)
     t = time.perf_counter()
-    records += blind_records(records, blind)
+    records = with_blind(records, blind)
     timings["attacks"] = _since(t)
     t = time.perf_counter()
     extraction = extraction_records(cfg, model, tok, splits, canary_set)
@@ -120,6 +121,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
 
     results = {
         "memlens_version": __version__,
+        "schema_version": SCHEMA_VERSION,
         "name": cfg.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": lm.info,
@@ -134,7 +136,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "extraction": extraction,
         "tuning": tuning_info,
         "training": train_info,
-        "records": records,
+        "records": [r.to_dict() for r in records],
         "timings": timings,
         "environment": environment(),
     }
@@ -176,7 +178,18 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
                 )
                 summaries[f"{label}/{name}"] = res.summary
                 out["records"] += [
-                    {"epoch": epoch, "attack": f"extraction {label}", "metric": f"extraction_{m}_{name}", "value": v}
+                    Record(
+                        metric=m,
+                        value=v,
+                        epoch=epoch,
+                        kind="extraction",
+                        attack=f"extraction {label}",
+                        attack_name="extraction",
+                        subset=name,
+                        decoding=label,
+                        temperature=dec.temperature if dec.strategy == "sample" else None,
+                        seed=cfg.training.seed,
+                    )
                     for m, v in res.summary.items()
                     if isinstance(v, float) and m != "seconds"
                 ]
@@ -194,17 +207,12 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
         )
         for r in rows:
             who = f"canary x{r['repetitions']}" if r["repetitions"] else "canary controls"
+            row = {"epoch": epoch, "kind": "canary", "attack": who, "attack_name": "canary", "seed": cfg.canaries.seed}
+            row["repetitions"] = r["repetitions"]
             out["records"] += [
-                {
-                    "epoch": epoch,
-                    "attack": who,
-                    "metric": "canary_auc",
-                    "value": r["auc"],
-                    "ci_low": r["auc_ci_low"],
-                    "ci_high": r["auc_ci_high"],
-                },
-                {"epoch": epoch, "attack": who, "metric": "canary_extraction_rate", "value": r["extraction_rate"]},
-                {"epoch": epoch, "attack": who, "metric": "canary_exposure", "value": r["mean_exposure"]},
+                Record("canary_auc", r["auc"], ci_low=r["auc_ci_low"], ci_high=r["auc_ci_high"], **row),
+                Record("canary_extraction_rate", r["extraction_rate"], **row),
+                Record("canary_exposure", r["mean_exposure"], **row),
             ]
         out["canaries"] = rows
     return out
@@ -256,26 +264,30 @@ def split_checks(cfg: RunConfig, splits) -> tuple[dict, dict | None]:
     return audit, blind
 
 
-def blind_records(records: list[dict], blind: dict | None) -> list[dict]:
-    """The blind baseline's AUC row, and a ``beats_blind`` flag on every attack AUC row."""
+def with_blind(records: list[Record], blind: dict | None) -> list[Record]:
+    """``records`` with a ``beats_blind`` flag on every attack AUC, and the blind baseline's own AUC row."""
+    from dataclasses import replace
+
     from memlens.attacks.blind import beats_blind
 
     if blind is None:
-        return []
-    for r in records:
-        if r["metric"] == "auc" and r["attack"]:
-            r["beats_blind"] = beats_blind(r["value"], blind)
-    row = {
-        "epoch": None,
-        "attack": "blind",
-        "metric": "auc",
-        "value": blind["auc"],
-        "ci_low": blind["auc_ci_low"],
-        "ci_high": blind["auc_ci_high"],
-        "n_members": blind["n_members"],
-        "n_nonmembers": blind["n_nonmembers"],
-    }
-    return [row]
+        return records
+    flagged = [
+        replace(r, beats_blind=beats_blind(r.value, blind)) if r.kind == "mia" and r.metric == "auc" else r
+        for r in records
+    ]
+    row = Record(
+        metric="auc",
+        value=blind["auc"],
+        kind="blind",
+        attack="blind",
+        attack_name="blind",
+        ci_low=blind["auc_ci_low"],
+        ci_high=blind["auc_ci_high"],
+        n_members=blind["n_members"],
+        n_nonmembers=blind["n_nonmembers"],
+    )
+    return [*flagged, row]
 
 
 def passes_needed(cfg: RunConfig) -> set[str]:
@@ -349,28 +361,25 @@ def reference_model_stats(cfg: RunConfig, texts: list[str]) -> tuple[TokenStats,
     return stats, ref.info
 
 
-def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int) -> list[dict]:
-    """Tidy rows (epoch, attack, metric, value[, ci]) from one stage's per-text scores, plus validation PPL."""
-    rows: list[dict] = [{"epoch": epoch, "attack": None, "metric": "val_ppl", "value": val_ppl}]
-    for label, values in scores.items():
-        if label == "nll":
+def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int) -> list[Record]:
+    """Tidy records of one stage: validation perplexity, and each attack's AUC (with CI) and TPR at each FPR."""
+    seed = cfg.training.seed
+    rows = [Record("val_ppl", val_ppl, epoch=epoch, kind="utility", seed=seed)]
+    for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
+        if label not in scores:
             continue
         m = evaluate(
-            values[:n_members],
-            values[n_members:],
+            scores[label][:n_members],
+            scores[label][n_members:],
             fprs=cfg.attacks.fpr,
             n_boot=cfg.attacks.bootstrap,
             confidence=cfg.attacks.confidence,
             seed=cfg.attacks.seed,
         )
-        base = {"epoch": epoch, "attack": label}
-        auc = {k: m.get(k) for k in ("n_members", "n_nonmembers", "n_nan")}
-        rows.append(
-            base
-            | {"metric": "auc", "value": m["auc"], "ci_low": m.get("auc_ci_low"), "ci_high": m.get("auc_ci_high")}
-            | auc
-        )
-        rows += [base | {"metric": k, "value": v} for k, v in m.items() if k.startswith("tpr@")]
+        same = {"epoch": epoch, "kind": "mia", "attack": label, "attack_name": name, "k": k, "seed": seed}
+        counts = {c: m[c] for c in ("n_members", "n_nonmembers", "n_nan")}
+        rows.append(Record("auc", m["auc"], ci_low=m.get("auc_ci_low"), ci_high=m.get("auc_ci_high"), **same, **counts))
+        rows += [Record("tpr", m[tpr_key(f)], fpr=f, **same) for f in cfg.attacks.fpr if tpr_key(f) in m]
     return rows
 
 

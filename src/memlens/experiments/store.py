@@ -4,7 +4,8 @@ Tables:
 - ``sweeps``: one row per sweep name, with the hash of its (expanded) specification;
 - ``trials``: one row per configuration (unique by config hash within a sweep), with its status
   (``pending`` → ``running`` → ``done`` | ``failed``), error, timings, versions and the full config;
-- ``results``: tidy rows (trial, epoch, attack, metric, value, ci_low, ci_high, beats_blind).
+- ``results``: tidy rows, a column per field of :class:`memlens.records.Record` (a store written before
+  schema 2 gains the new columns when opened for writing, its rows read through ``records.from_legacy``).
 
 A trial's result rows and its ``done`` status are written in ONE transaction, so a process killed at any
 moment (even ``kill -9``) leaves either a finished trial or none: rerunning resumes without duplicates.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from memlens.errors import MemlensError
 from memlens.files import atomic_path, describe_os_error, lock
+from memlens.records import FIELDS, SQL_TYPES, from_dict, from_legacy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sweeps (
@@ -45,16 +47,11 @@ CREATE TABLE IF NOT EXISTS trials (
 );
 CREATE TABLE IF NOT EXISTS results (
     trial INTEGER NOT NULL REFERENCES trials(id),
-    epoch INTEGER,
-    attack TEXT,
-    metric TEXT NOT NULL,
-    value REAL,
-    ci_low REAL,
-    ci_high REAL,
-    beats_blind INTEGER
+    {result_columns}
 );
 CREATE INDEX IF NOT EXISTS results_trial ON results(trial);
 """
+SCHEMA = SCHEMA.replace("{result_columns}", ",\n    ".join(f"{n} {t}" for n, t in SQL_TYPES.items()))
 DB_NAME = "results.db"
 
 
@@ -77,6 +74,25 @@ class Store:
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("PRAGMA foreign_keys=ON")
             self.db.executescript(SCHEMA)
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Give a store written before schema 2 a column per record field, filled from its legacy rows."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+        missing = [n for n in FIELDS if n not in have]
+        if not missing:
+            return
+        with self.transaction() as db:
+            for n in missing:
+                db.execute(f"ALTER TABLE results ADD COLUMN {n} {SQL_TYPES[n]}")
+            rows = db.execute("SELECT rowid, * FROM results").fetchall()
+            names = ["rowid", *(d[0] for d in db.execute("SELECT * FROM results LIMIT 0").description)]
+            updates = []
+            for row in rows:
+                rec = from_legacy(dict(zip(names, row, strict=True)))
+                updates.append([*(_sql(getattr(rec, n)) for n in FIELDS), row[0]])
+            assign = ", ".join(f"{n} = ?" for n in FIELDS)
+            db.executemany(f"UPDATE results SET {assign} WHERE rowid = ?", updates)
 
     def _open_read_only(self) -> None:
         """Open an existing store for reading only: no write access to it or its folder is needed."""
@@ -176,23 +192,12 @@ class Store:
             )
 
     def finish(self, trial: int, records: list[dict], info: dict, seconds: float) -> None:
-        """Store a trial's rows and mark it done, atomically."""
-        rows = [
-            (
-                trial,
-                r.get("epoch"),
-                r.get("attack"),
-                r["metric"],
-                _num(r.get("value")),
-                _num(r.get("ci_low")),
-                _num(r.get("ci_high")),
-                None if r.get("beats_blind") is None else int(r["beats_blind"]),
-            )
-            for r in records
-        ]
+        """Store a trial's rows (records as dicts, see :mod:`memlens.records`) and mark it done, atomically."""
+        rows = [(trial, *(_sql(getattr(from_dict(r), n)) for n in FIELDS)) for r in records]
+        marks = ", ".join("?" * (1 + len(FIELDS)))
         with self.transaction() as db:
             db.execute("DELETE FROM results WHERE trial = ?", (trial,))
-            db.executemany("INSERT INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany(f"INSERT INTO results (trial, {', '.join(FIELDS)}) VALUES ({marks})", rows)
             db.execute(
                 "UPDATE trials SET status = 'done', finished = ?, seconds = ?, info = ? WHERE id = ?",
                 (time.time(), seconds, json.dumps(info, default=str), trial),
@@ -220,13 +225,20 @@ class Store:
         return df
 
     def results(self):
-        """The tidy results table joined with each trial's sweep, label and status (pandas)."""
+        """The tidy results table (a column per record field) joined with each trial's sweep, label and status
+        (pandas). Rows of a store written before schema 2 opened read-only are read through ``from_legacy``."""
         import pandas as pd
 
-        return pd.read_sql_query(
+        df = pd.read_sql_query(
             "SELECT t.sweep, t.label, r.* FROM results r JOIN trials t ON t.id = r.trial ORDER BY r.trial, r.epoch",
             self.db,
         )
+        legacy = df["kind"].isna() if "kind" in df else pd.Series(True, index=df.index)
+        if legacy.any():
+            df = df.reindex(columns=list(dict.fromkeys([*df.columns, *FIELDS]))).astype({n: object for n in FIELDS})
+            rows = [from_legacy(r).to_dict() for r in df[legacy].to_dict("records")]
+            df.loc[legacy, FIELDS] = pd.DataFrame(rows, index=df.index[legacy])[FIELDS]
+        return df
 
     def export(self, path: str | Path, fmt: str) -> Path:
         """Write the tidy results table (one row per trial, epoch, attack, metric) as csv, parquet or json."""
@@ -253,5 +265,6 @@ class Store:
         return self.folder / "trials" / f"trial-{trial:04d}"
 
 
-def _num(v) -> float | None:
-    return None if v is None else float(v)
+def _sql(v):
+    """A record field as SQLite stores it (booleans as 0/1)."""
+    return int(v) if isinstance(v, bool) else v

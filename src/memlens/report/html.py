@@ -140,8 +140,8 @@ def load_report_data(store_dir: str | Path, attack: str = "reference") -> Report
         raise MemlensError(f"no finished trial in the results store {store.folder} ({counts}); nothing to report")
     trials = _describe_trials(trials)
     results = _tidy(results, trials)
-    aucs = results[results["metric"] == "auc"]
-    attacks = [a for a in dict.fromkeys(aucs["attack"].dropna()) if a != "blind"]
+    aucs = results[(results["kind"] == "mia") & (results["metric"] == "auc")]
+    attacks = list(dict.fromkeys(aucs["attack"].dropna()))
     if attack not in attacks:
         raise MemlensError(f"attack {attack!r} is not in the results store; it has {', '.join(attacks) or 'none'}")
     final = _final_table(trials[trials["status"] == "done"], results, attack)
@@ -208,7 +208,7 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 "ci_low": _get(auc, "ci_low"),
                 "ci_high": _get(auc, "ci_high"),
                 "beats_blind": _get(auc, "beats_blind"),
-                "tpr": _get(pick(last, attack, "tpr@fpr=0.01"), "value"),
+                "tpr": _get(pick(last, attack, "tpr", 0.01), "value"),
                 "auc0": _get(auc0, "value"),
                 "blind": _get(blind, "value"),
                 "blind_low": _get(blind, "ci_low"),
@@ -227,12 +227,12 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
 
 
 def _picker(res: pd.DataFrame):
-    """``pick(epoch, attack, metric)`` -> that row as a dict, or None (epoch/attack None match missing values)."""
+    """``pick(epoch, attack, metric, fpr=None)`` -> that row as a dict, or None (None matches missing values)."""
     index = {}
     for r in res.to_dict("records"):
-        epoch = None if _missing(r["epoch"]) else int(r["epoch"])
-        index[(epoch, None if _missing(r["attack"]) else r["attack"], r["metric"])] = r
-    return lambda epoch, attack, metric: index.get((epoch, attack, metric))
+        key = tuple(None if _missing(r[c]) else r[c] for c in ("epoch", "attack", "metric", "fpr"))
+        index[(None if key[0] is None else int(key[0]), *key[1:])] = r
+    return lambda epoch, attack, metric, fpr=None: index.get((epoch, attack, metric, fpr))
 
 
 def _missing(v) -> bool:
@@ -414,7 +414,7 @@ def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[st
             [
                 Cell(a),
                 Cell(_auc(_get(auc, "value"), _get(auc, "ci_low"), _get(auc, "ci_high")), "num"),
-                Cell(_pct(_get(pick(epoch, a, "tpr@fpr=0.01"), "value")), "num"),
+                Cell(_pct(_get(pick(epoch, a, "tpr", 0.01), "value")), "num"),
                 Cell(_auc(_get(pick(0, a, "auc"), "value")), "num"),
                 _verdict(_get(auc, "beats_blind")),
             ]
@@ -425,22 +425,19 @@ def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[st
 def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
     """The final epoch's extraction (members / non-members per decoding) and canary tables, where measured."""
     tables = []
-    ext = results[results["metric"].str.startswith("extraction_") & results["attack"].notna()]
-    parts = ext["metric"].str.extract(r"^extraction_(?P<name>.+)_(?P<who>members|nonmembers)$")
-    ext = ext.assign(**parts).dropna(subset=["name"])
-    ext = ext[~ext["name"].isin(EXTRACTION_SKIP)]
+    ext = results[(results["kind"] == "extraction") & ~results["metric"].isin(EXTRACTION_SKIP)]
     if not ext.empty:
-        names = list(dict.fromkeys(ext["name"]))
+        names = list(dict.fromkeys(ext["metric"]))
         rows = []
-        for (label, attack), g in ext.groupby(["label", "attack"], sort=False):
-            value = {(r["name"], r["who"]): r["value"] for r in g.to_dict("records")}
+        for (label, decoding), g in ext.groupby(["label", "decoding"], sort=False):
+            value = {(r["metric"], r["subset"]): r["value"] for r in g.to_dict("records")}
             cells = [
                 Cell(f"{_f(value.get((n, 'members')))} / {_f(value.get((n, 'nonmembers')))}", "num") for n in names
             ]
-            rows.append([Cell(label, "label"), Cell(attack.removeprefix("extraction ")), *cells])
+            rows.append([Cell(label, "label"), Cell(decoding), *cells])
         headers = ["trial", "decoding", *(EXTRACTION_COLUMNS.get(n, n.replace("_", " ")) for n in names)]
         tables.append(("Extraction: members / non-members", Table(headers, rows)))
-    can = results[results["metric"].str.startswith("canary_") & results["attack"].notna()]
+    can = results[results["kind"] == "canary"]
     if not can.empty:
         metrics = list(dict.fromkeys(can["metric"]))
         rows = []

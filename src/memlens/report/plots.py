@@ -45,7 +45,6 @@ STYLE = {
     "legend.fontsize": 8,
     "legend.frameon": False,
 }
-EXTRACTION_PREFIXES = ("extraction", "canary")
 METRIC_NAMES = {
     "canary_auc": "canary AUC vs controls",
     "canary_extraction_rate": "share of secrets extracted",
@@ -384,25 +383,15 @@ def auc_by_targets(final: pd.DataFrame, *, attack: str = "reference") -> Figure 
     return fig
 
 
-def repetitions(results: pd.DataFrame) -> pd.Series:
-    """How often each row's texts were repeated in training: the ``repetitions`` column if there is one, else
-    read from canary attack labels (``canary x16`` -> 16, ``canary controls`` -> 0); NaN where unknown."""
-    import pandas as pd
-
-    if "repetitions" in results:
-        return pd.to_numeric(results["repetitions"], errors="coerce")
-    attack = results["attack"].fillna("").astype(str)
-    n = pd.to_numeric(attack.str.extract(r"^canary x(\d+)$")[0], errors="coerce")
-    return n.mask(attack == "canary controls", 0.0)
-
-
 @as_svg
 def extraction_vs_repetitions(results: pd.DataFrame, *, colors: dict[str, str] | None = None) -> Figure | None:
-    """Extraction and canary metrics (metric names starting "extraction" or "canary") against how often the
-    texts were repeated in training (:func:`repetitions`); one panel per metric, one line per trial, and the
-    never-inserted controls (0 repetitions) as a dotted level."""
-    rows = results[results["metric"].fillna("").str.startswith(EXTRACTION_PREFIXES)]
-    rows = rows.assign(repetitions=repetitions(rows)).dropna(subset=["repetitions", "value"])
+    """Metrics of texts repeated a known number of times in training (the ``repetitions`` field: canaries)
+    against that number; one panel per metric, one line per trial, and the never-inserted controls
+    (0 repetitions) as a dotted level."""
+    import pandas as pd
+
+    rows = results[results["kind"].isin(["extraction", "canary"])]
+    rows = rows.assign(repetitions=pd.to_numeric(rows["repetitions"])).dropna(subset=["repetitions", "value"])
     if rows.empty or not (rows["repetitions"] > 0).any():
         return None
     metrics = list(dict.fromkeys(rows.loc[rows["repetitions"] > 0, "metric"]))

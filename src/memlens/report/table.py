@@ -7,9 +7,10 @@ from rich.markup import escape
 from rich.table import Table
 
 
-def _value(records: list[dict], epoch: int, attack: str | None, metric: str) -> dict | None:
+def find(records: list[dict], **match) -> dict | None:
+    """The first record whose fields equal ``match`` (e.g. ``epoch=0, attack="loss", metric="auc"``)."""
     for r in records:
-        if r["epoch"] == epoch and r["attack"] == attack and r["metric"] == metric:
+        if all(r.get(k) == v for k, v in match.items()):
             return r
     return None
 
@@ -30,7 +31,7 @@ def summary_table(results: dict) -> Table:
     """Attack AUC (95% CI) before and after fine-tuning, and TPR at 1% FPR after."""
     records = results["records"]
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
-    attacks = list(dict.fromkeys(r["attack"] for r in records if r["attack"]))
+    attacks = list(dict.fromkeys(r["attack"] for r in records if r["kind"] == "mia"))
     table = Table(title=f"membership inference · {escape(results['name'])}", title_justify="left")
     table.add_column("attack")
     table.add_column("AUC pre-trained [95% CI]", justify="right")
@@ -38,21 +39,21 @@ def summary_table(results: dict) -> Table:
     table.add_column("TPR @ 1% FPR", justify="right")
     table.add_column("beats blind?", justify="center")
     for a in attacks:
-        if a == "blind":
-            continue
-        post = _value(records, last, a, "auc")
-        verdict = "—" if post is None or "beats_blind" not in post else ("yes" if post["beats_blind"] else "NO")
-        pct = _pct(_value(records, last, a, "tpr@fpr=0.01"))
-        table.add_row(escape(a), _auc(_value(records, 0, a, "auc")), _auc(post), pct, verdict)
+        post = find(records, epoch=last, kind="mia", attack=a, metric="auc")
+        verdict = "—" if post is None or post.get("beats_blind") is None else ("yes" if post["beats_blind"] else "NO")
+        pct = _pct(find(records, epoch=last, kind="mia", attack=a, metric="tpr", fpr=0.01))
+        table.add_row(
+            escape(a), _auc(find(records, epoch=0, kind="mia", attack=a, metric="auc")), _auc(post), pct, verdict
+        )
     return table
 
 
 def summary_lines(results: dict) -> list[str]:
     records, t = results["records"], results["tuning"]
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
-    ppl0, ppl1 = _value(records, 0, None, "val_ppl"), _value(records, last, None, "val_ppl")
+    ppl0, ppl1 = (find(records, epoch=e, kind="utility", metric="val_ppl") for e in (0, last))
     tm, tr = results["timings"], results["training"]
-    blind = _value(records, None, "blind", "auc")
+    blind = find(records, kind="blind", metric="auc")
     lines = (
         []
         if blind is None
@@ -100,20 +101,26 @@ def print_summary(results: dict, console: Console | None = None) -> None:
 
 def _extraction_lines(records: list[dict], last: int) -> list[str]:
     """One line per decoding (members vs non-members) and per canary repetition count."""
-    vals = {(r["attack"], r["metric"]): r["value"] for r in records if r["epoch"] == last}
+    ext = [r for r in records if r["epoch"] == last and r["kind"] == "extraction"]
+    value = {(r["decoding"], r["metric"], r["subset"]): r["value"] for r in ext}
     lines = []
-    for attack in dict.fromkeys(a for a, _ in vals if a and a.startswith("extraction ")):
-        m, n = (vals.get((attack, f"extraction_{k}")) for k in ("ngram_share_members", "ngram_share_nonmembers"))
-        em, en = (
-            vals.get((attack, f"extraction_{k}")) for k in ("exact_match_rate_members", "exact_match_rate_nonmembers")
+    for decoding in dict.fromkeys(r["decoding"] for r in ext):
+        m, n, em, en = (
+            value.get((decoding, metric, subset))
+            for metric in ("ngram_share", "exact_match_rate")
+            for subset in ("members", "nonmembers")
         )
         if None not in (m, n, em, en):
             lines.append(
-                f"{attack} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
+                f"extraction {decoding} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
                 f"exact suffix {100 * em:.1f}% vs {100 * en:.1f}%"
             )
-    for attack in dict.fromkeys(a for a, _ in vals if a and a.startswith("canary")):
-        auc, rate, expo = (vals.get((attack, f"canary_{k}")) for k in ("auc", "extraction_rate", "exposure"))
+    canaries = [r for r in records if r["epoch"] == last and r["kind"] == "canary"]
+    for attack in dict.fromkeys(r["attack"] for r in canaries):
+        auc, rate, expo = (
+            (find(canaries, attack=attack, metric=f"canary_{k}") or {}).get("value")
+            for k in ("auc", "extraction_rate", "exposure")
+        )
         auc_s = "" if auc is None or auc != auc else f"AUC vs controls {auc:.3f}, "
         lines.append(f"{attack}: {auc_s}secret extracted {100 * (rate or 0):.0f}%, exposure {expo or 0:.1f} bits")
     return lines

@@ -1,0 +1,147 @@
+"""Result rows: one typed record per measured number, the same in ``results.json``, the results store, exports,
+the report and the presets. Every fact about a number is a field of its own; nothing is parsed back out of a
+name (the one exception, :func:`from_legacy`, reads files written before schema 2).
+
+A record is tidy: ``(epoch, kind, attack, metric, ...) -> value [ci_low, ci_high]``.
+
+``kind`` says what was measured:
+- ``"mia"``: a membership-inference attack on the member/non-member sets (``metric`` ``auc`` or ``tpr``);
+- ``"blind"``: the model-free blind baseline (``metric`` ``auc``, no epoch);
+- ``"utility"``: the model's validation perplexity (``metric`` ``val_ppl``);
+- ``"extraction"``: prefix-prompted extraction (``metric`` ``exact_match_rate``, ``ngram_share`` ...,
+  per ``subset`` members / non-members and ``decoding``);
+- ``"canary"``: planted canaries (``metric`` ``canary_auc``, ``canary_extraction_rate``, ``canary_exposure``,
+  per ``repetitions``; 0 for the never-inserted controls).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+SCHEMA_VERSION = 2  # 1: facts in attack/metric names (before 0.2); 2: one field per fact
+
+Kind = Literal["mia", "blind", "utility", "extraction", "canary"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One measured number and everything that identifies it (``None``: does not apply).
+
+    ``attack`` is the row's display label, unique within an epoch and kind (``min_k@0.2``, ``extraction
+    greedy``, ``canary x4``); the facts it shows are also fields: ``attack_name`` (the registered attack,
+    e.g. ``min_k``), ``k``, ``decoding``, ``repetitions``. ``fpr`` is set on ``tpr`` rows. ``role`` is the model
+    measured (``target``; ``reference`` and ``student`` for later uses). Scores are higher = more likely a
+    member; an AUC above 0.5 means the attack tells members from non-members.
+    """
+
+    metric: str
+    value: float | None
+    epoch: int | None = None
+    kind: Kind = "mia"
+    attack: str | None = None
+    attack_name: str | None = None
+    k: float | None = None
+    fpr: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    subset: Literal["members", "nonmembers"] | None = None
+    decoding: str | None = None
+    temperature: float | None = None
+    repetitions: int | None = None
+    role: Literal["target", "reference", "student"] = "target"
+    seed: int | None = None
+    n_members: int | None = None
+    n_nonmembers: int | None = None
+    n_nan: int | None = None
+    beats_blind: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (NaN becomes None)."""
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+FIELDS = [f.name for f in fields(Record)]
+INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "beats_blind"}
+REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature"}
+SQL_TYPES = {name: "INTEGER" if name in INT_FIELDS else "REAL" if name in REAL_FIELDS else "TEXT" for name in FIELDS}
+
+
+def from_dict(row: dict[str, Any]) -> Record:
+    """A record from ``results.json`` or a store row, of either schema (unknown keys are ignored)."""
+    if "kind" not in row or row.get("kind") is None:
+        return from_legacy(row)
+    known = {k: _plain(v) for k, v in row.items() if k in FIELDS}
+    if known.get("beats_blind") is not None:
+        known["beats_blind"] = bool(known["beats_blind"])
+    for name in INT_FIELDS - {"beats_blind"}:
+        if known.get(name) is not None:
+            known[name] = int(known[name])
+    return Record(**known)
+
+
+def _plain(v: Any) -> Any:
+    """numpy/pandas scalars as Python ones; NaN and pandas' missing values as None."""
+    if v is None:
+        return None
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    try:
+        import pandas as pd
+
+        if v is pd.NA or v is pd.NaT:
+            return None
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+_LEGACY_EXTRACTION = re.compile(r"^extraction_(?P<metric>.+)_(?P<subset>members|nonmembers)$")
+
+
+def from_legacy(row: dict[str, Any]) -> Record:
+    """A schema-1 row (facts in names: ``min_k@0.2``, ``tpr@fpr=0.01``, ``extraction_bleu_members``,
+    ``canary x4``) as a record. Used only to read files written before schema 2."""
+    attack, metric = _plain(row.get("attack")), str(row["metric"])
+    common = {
+        k: _plain(row.get(k))
+        for k in ("value", "ci_low", "ci_high", "n_members", "n_nonmembers", "n_nan", "beats_blind")
+    }
+    if common["beats_blind"] is not None:
+        common["beats_blind"] = bool(common["beats_blind"])
+    epoch = _plain(row.get("epoch"))
+    epoch = None if epoch is None else int(epoch)
+    base: dict[str, Any] = {"epoch": epoch, "attack": attack, **common}
+    if metric == "val_ppl":
+        return Record(metric=metric, kind="utility", **base)
+    if attack == "blind":
+        return Record(metric=metric, kind="blind", attack_name="blind", **base)
+    if m := _LEGACY_EXTRACTION.match(metric):
+        decoding = str(attack).removeprefix("extraction ")
+        temperature = float(decoding[2:]) if decoding.startswith("T=") else None
+        return Record(
+            metric=m["metric"],
+            kind="extraction",
+            attack_name="extraction",
+            subset=m["subset"],
+            decoding=decoding,
+            temperature=temperature,
+            **base,
+        )
+    if metric.startswith("canary_"):
+        reps = 0 if attack == "canary controls" else int(str(attack).removeprefix("canary x"))
+        return Record(metric=metric, kind="canary", attack_name="canary", repetitions=reps, **base)
+    name, _, k = str(attack).partition("@")
+    fpr = float(metric.removeprefix("tpr@fpr=")) if metric.startswith("tpr@fpr=") else None
+    return Record(
+        metric="tpr" if fpr is not None else metric,
+        kind="mia",
+        attack_name=name,
+        k=float(k) if k else None,
+        fpr=fpr,
+        **base,
+    )
