@@ -38,7 +38,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_missing_field_and_wrong_type(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text(json.dumps({"body": "hi"}) + "\n")
-    with pytest.raises(MemlensError, match=r"x\.jsonl:1: no field 'text' \(fields: 'body'\)"):
+    with pytest.raises(MemlensError, match=r"x\.jsonl:1: no field 'text' \(fields: body\)"):
         read_jsonl(p)
     p.write_text(json.dumps({"text": 3}) + "\n")
     with pytest.raises(MemlensError, match="is int, not a string"):

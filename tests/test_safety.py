@@ -233,7 +233,7 @@ def _fake_gguf(folder: Path) -> Path:
 def test_truncated_gguf_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MEMLENS_CACHE", str(tmp_path / "cache"))
     path = _fake_gguf(tmp_path)
-    assert_one_line_error(invoke("models", "prepare", path), "could not convert .*fake.gguf")
+    assert_one_line_error(invoke("models", "prepare", path, "--quiet"), "could not convert .*fake.gguf")
     models = tmp_path / "cache" / "models"
     assert [p.name for p in models.iterdir()] == []  # no temp folder, no lock file
 
@@ -412,3 +412,165 @@ def test_every_test_the_readme_names_exists():
     source = "".join(p.read_text() for p in (root / "tests").glob("test_*.py"))
     assert len(names) >= 20
     assert [n for n in sorted(names) if f"def {n}(" not in source] == []
+
+
+# -- found by a second hostile pass ---------------------------------------------------------------------------
+def test_a_file_added_during_the_run_is_never_deleted(tiny_dir, tmp_path, monkeypatch, capsys):
+    import memlens.tuning
+
+    out = tmp_path / "out"
+    real_train = memlens.tuning.train
+
+    def train_and_meanwhile(*a, **k):  # the user saves a file into the output folder while the run trains
+        out.mkdir(exist_ok=True)
+        (out / "thesis.txt").write_text("my draft")
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(memlens.tuning, "train", train_and_meanwhile)
+    result = invoke("run", write_config(tmp_path / "c.toml", tiny_config(tiny_dir, out)), "--quiet", "--json")
+    assert result.exit_code == 0, result.output
+    assert (out / "thesis.txt").read_text() == "my draft" and sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+    aside = Path(json.loads(result.stdout)["output_dir"])
+    assert aside.parent == tmp_path and aside.name.startswith("out-") and (aside / "results.json").is_file()
+    assert f"{out} is not empty" in result.stderr and f"results written to {aside} instead" in result.stderr
+
+
+def test_a_second_run_to_the_same_folder_is_refused(tiny_dir, tmp_path):
+    from memlens.files import lock
+
+    cfg = write_config(tmp_path / "c.toml", tiny_config(tiny_dir, tmp_path / "out"))
+    with lock(tmp_path / ".out.lock"):  # as a run writing there would hold it
+        assert_one_line_error(invoke("run", cfg, "--quiet"), "another memlens run is writing to")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+def test_an_earlier_run_moved_aside_by_a_killed_publish_is_restored(tmp_path):
+    from memlens.experiments.outputs import MARKER, Output
+
+    old = tmp_path / ".out.old.tmp999999999"  # killed between moving the old run aside and the new one in
+    old.mkdir()
+    (old / MARKER).write_text("{}")
+    (old / "results.json").write_text('{"memlens_version": "0.1.0"}')
+    with pytest.raises(MemlensError, match="holds an earlier run"):
+        Output.open(tmp_path / "out", overwrite=False)
+    assert (tmp_path / "out" / "results.json").is_file() and not old.exists()
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_terminated_run_leaves_nothing(tiny_dir, tmp_path, sig):
+    import signal
+    import sys
+
+    cfg = write_config(tmp_path / "c.toml", tiny_config(tiny_dir, tmp_path / "a" / "b" / "out"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "memlens", "run", str(cfg), "--quiet"], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not list((tmp_path / "a" / "b").glob(".out.tmp*")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + getattr(signal, sig), err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        {"name": "s", "variants": [{"label": 5, "method": "full"}]},
+        {"name": "s", "grid": {"epochs": [1]}, "variants": [{"label": ["a"]}]},
+        {"name": "s", "variants": ["a"]},
+        {"name": "s", "variants": [1]},
+        {"name": "s", "base": 1},
+    ],
+)
+def test_malformed_sweep_files_are_one_line(tmp_path, sweep):
+    path = write_config(tmp_path / "s.toml", sweep)
+    assert_one_line_error(invoke("sweep", path, "--dry-run"), r"s\.toml: ")
+
+
+@pytest.mark.parametrize(
+    ("change", "pattern"),
+    [
+        ({"name": "é" * 130}, "longer than 200 bytes"),
+        ({"data": {"seed": -1}}, r"data\.seed"),
+        ({"training": {"seed": 2**70}}, r"training\.seed"),
+        ({"attacks": {"seed": -1}}, r"attacks\.seed"),
+        ({"tuning": {"method": "lora", "rank": 10**13}}, r"tuning\.rank"),
+        ({"tuning": {"method": "prompt", "virtual_tokens": 10**12}}, r"tuning\.virtual_tokens"),
+        ({"canaries": {"enabled": True, "n_candidates": 10**13}}, r"canaries\.n_candidates"),
+        ({"model": {"name": ""}}, r"model\.name"),
+    ],
+)
+def test_out_of_range_settings_are_refused(tiny_dir, tmp_path, change, pattern):
+    cfg = write_config(tmp_path / "c.toml", tiny_config(tiny_dir, tmp_path / "out", **change))
+    assert_one_line_error(invoke("run", cfg, "--quiet"), pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+@pytest.mark.parametrize(
+    ("line", "pattern"),
+    [
+        ('{"id": "a", "text": "abc \\ud800 def"}', "text holds an unpaired UTF-16 surrogate"),
+        ('{"id": "\\udc80", "text": "fine"}', "id holds an unpaired UTF-16 surrogate"),
+        ('{"Jane Roe HIV positive": "x", "body": "y"}', r"no field 'text' \(fields: body; 1 more not shown\)"),
+    ],
+)
+def test_hostile_json_records(tiny_dir, tmp_path, line, pattern):
+    members = tmp_path / "m.jsonl"
+    members.write_text(line + "\n")
+    result = invoke("run", _files_config(tiny_dir, tmp_path, members), "--quiet")
+    assert_one_line_error(result, pattern)
+    assert "Jane" not in result.output
+
+
+def test_csv_with_a_repeated_text_column_or_open_quote_is_refused(tiny_dir, tmp_path):
+    members = tmp_path / "m.csv"
+    members.write_text("text,text\na,b\n")
+    assert_one_line_error(invoke("run", _files_config(tiny_dir, tmp_path, members), "--quiet"), "more than once")
+    members.write_text('id,text\n1,"never closed\n2,b\n')
+    assert_one_line_error(invoke("run", _files_config(tiny_dir, tmp_path, members), "--quiet"), "malformed CSV")
+
+
+def test_results_that_cannot_be_saved_are_one_line_and_leave_nothing(tiny_dir, tmp_path, monkeypatch):
+    import errno
+
+    import memlens.experiments.outputs as outputs
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(outputs, "_write_outputs", disk_full)
+    cfg = write_config(tmp_path / "c.toml", tiny_config(tiny_dir, tmp_path / "new" / "out"))
+    assert_one_line_error(invoke("run", cfg, "--quiet"), "could not be saved .*no space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml"]
+
+
+@pytest.mark.parametrize("cache", ["file", "read-only"])
+def test_an_unusable_score_cache_only_costs_time(tiny_dir, tmp_path, monkeypatch, cache):
+    target = tmp_path / "cache"
+    if cache == "file":
+        target.write_text("not a folder")
+    else:
+        read_only_dir(target)
+    monkeypatch.setenv("MEMLENS_CACHE", str(target))
+    import memlens.scoring.cache as score_cache
+
+    monkeypatch.setattr(score_cache, "_unusable", False)
+    try:
+        result = invoke("run", write_config(tmp_path / "c.toml", tiny_config(tiny_dir, tmp_path / "out")), "--quiet")
+    finally:
+        if cache != "file":
+            writable(target)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("score cache") == 1 and (tmp_path / "out" / "results.json").is_file()
+
+
+def test_export_to_a_folder_and_home_in_output_dir(tmp_path, monkeypatch):
+    from memlens.config import parse_config
+
+    (tmp_path / "results.db").write_bytes(b"")
+    assert_one_line_error(invoke("results", "export", "--dir", tmp_path, "--out", "."), "not a memlens results store")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert parse_config({"output": {"dir": "~/runs/{name}"}}).output_dir() == tmp_path / "runs" / "run"

@@ -38,13 +38,23 @@ def _guard(fn):
 
         try:
             return fn(*args, **kwargs)
+        except MemoryError:
+            typer.echo("error: out of memory: reduce the sizes in the config (batch size, rank, counts)", err=True)
+            raise typer.Exit(2) from None
+        except RuntimeError as err:  # torch reports a failed allocation as a RuntimeError
+            if "allocate" not in str(err) and "out of memory" not in str(err):
+                raise
+            typer.echo(
+                f"error: out of memory ({str(err).splitlines()[0][:200]}); reduce the sizes in the config", err=True
+            )
+            raise typer.Exit(2) from None
         except MemlensError as err:
             one_line = str(err).replace("\r", "\\r").replace("\n", "\\n")  # a path or field may hold one
             typer.echo(f"error: {one_line}", err=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             typer.echo("interrupted: unfinished work was not written (finished sweep trials are kept)", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + getattr(err, "signum", 2)) from None
 
     return wrapper
 
@@ -222,10 +232,14 @@ def models_list() -> None:
 
 @models_app.command("prepare")
 @_guard
-def models_prepare(name: Annotated[str, typer.Argument(help="Built-in name or .gguf file.")]) -> None:
+def models_prepare(
+    name: Annotated[str, typer.Argument(help="Built-in name or .gguf file.")], quiet: Quiet = False
+) -> None:
     """Convert a built-in (GGUF) model to safetensors once, so later runs load it in a fraction of a second."""
+    from memlens import progress
     from memlens.models import prepare
 
+    progress.set_enabled(not quiet)
     typer.echo(str(prepare(name)))
 
 
@@ -244,10 +258,19 @@ def data_download(
     typer.echo(str(download_phee(dest)))
 
 
+def _terminate(signum: int, frame) -> None:
+    from memlens.errors import Terminated
+
+    raise Terminated(signum)
+
+
 def main() -> None:
+    import signal
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # libraries' deprecation notices are not for users
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # clean up as after Ctrl-C: no staging folder, no temp file left
+        signal.signal(sig, _terminate)
     app(prog_name="memlens")
 
 

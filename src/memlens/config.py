@@ -17,7 +17,8 @@ from memlens.errors import MemlensError
 
 PositiveInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-PathField = Annotated[Path, Field(strict=False)]  # TOML has no path type: a string is a path
+PathField = Annotated[Path, Field(strict=False)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]  # what numpy and torch accept  # TOML has no path type: a string is a path
 
 
 class _Section(BaseModel):
@@ -28,7 +29,7 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """Which pre-trained model to fine-tune (built-in name, local dir, ``.gguf`` file or Hugging Face id)."""
 
-    name: str = "smollm2-135m"
+    name: Annotated[str, Field(min_length=1)] = "smollm2-135m"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
@@ -51,7 +52,7 @@ class DataConfig(_Section):
     n_nonmembers: Annotated[int, Field(ge=0)] = 200
     n_validation: Annotated[int, Field(ge=0)] = 100
     max_tokens: PositiveInt = 128
-    seed: int = 0
+    seed: Seed = 0
     allow_overlap: bool = False
 
 
@@ -68,11 +69,11 @@ class TuningConfig(_Section):
 
     method: Literal["full", "head", "lora", "ia3", "prefix", "prompt", "ptuning"] = "lora"
     targets: list[str] | None = None
-    rank: PositiveInt = 8
+    rank: Annotated[int, Field(gt=0, le=65536)] = 8
     alpha: float = 16.0
     dropout: Fraction = 0.05
     layers: list[Annotated[int, Field(ge=0)]] | str | None = None
-    virtual_tokens: PositiveInt = 20
+    virtual_tokens: Annotated[int, Field(gt=0, le=65536)] = 20
     prompt_init: Literal["random", "text"] = "random"
     prompt_init_text: str = "Sentences from medical case reports describing drug effects:"
     encoder_hidden: PositiveInt = 128
@@ -115,7 +116,7 @@ class TrainingConfig(_Section):
     schedule: Literal["linear", "cosine", "constant"] = "linear"
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
-    seed: int = 0
+    seed: Seed = 0
 
 
 class ScoringConfig(_Section):
@@ -145,7 +146,7 @@ class AttackConfig(_Section):
     bootstrap: Annotated[int, Field(ge=0)] = 1000
     blind: bool = True
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
-    seed: int = 0
+    seed: Seed = 0
 
     @field_validator("names")
     @classmethod
@@ -186,8 +187,8 @@ class CanaryConfig(_Section):
     kind: Literal["patient", "digits"] = "patient"
     n: PositiveInt = 2
     repetitions: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32])
-    n_candidates: PositiveInt = 1000
-    seed: int = 0
+    n_candidates: Annotated[int, Field(gt=0, le=10**7)] = 1000
+    seed: Seed = 0
 
 
 class OutputConfig(_Section):
@@ -235,7 +236,7 @@ class RunConfig(_Section):
         from datetime import UTC, datetime
 
         now = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        return Path(str(self.output.dir).replace("{name}", self.name).replace("{time}", now))
+        return Path(str(self.output.dir).replace("{name}", self.name).replace("{time}", now)).expanduser()
 
     def to_toml(self) -> str:
         """The fully resolved config as TOML (None values are omitted)."""

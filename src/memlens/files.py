@@ -21,7 +21,7 @@ from pathlib import Path
 from memlens.errors import MemlensError
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>\d+)$")
-MAX_LABEL = 200
+MAX_LABEL = 200  # bytes: a folder name may have 255, and memlens adds ".old.tmpPID" to it
 
 
 def cache_dir() -> Path:
@@ -33,7 +33,7 @@ def safe_label(name: str, what: str = "name") -> str:
     """``name`` if it can be one folder or file name as it is; else a :class:`MemlensError` saying why.
 
     Refused: empty or blank, ``.`` and ``..``, path separators, control characters, a leading ``-`` or
-    ``.`` (hidden or option-like names), and more than ``MAX_LABEL`` characters.
+    ``.`` (hidden or option-like names), and more than ``MAX_LABEL`` bytes in UTF-8.
     """
     if not isinstance(name, str) or not name.strip():
         raise MemlensError(f"{what} must not be empty")
@@ -48,8 +48,8 @@ def safe_label(name: str, what: str = "name") -> str:
         problems.append(f"it starts with {name[0]!r}")
     if name != name.strip():
         problems.append("it starts or ends with white space")
-    if len(name) > MAX_LABEL:
-        problems.append(f"it is longer than {MAX_LABEL} characters")
+    if len(name.encode("utf-8", "replace")) > MAX_LABEL:
+        problems.append(f"it is longer than {MAX_LABEL} bytes")
     if problems:
         raise MemlensError(f"{what} {name[:40]!r} cannot name a folder: {'; '.join(problems)}")
     return name
@@ -97,18 +97,22 @@ def write_text(path: str | Path, text: str) -> Path:
     return path
 
 
-def remove_stale(folder: Path, names: set[str] | None = None) -> list[Path]:
-    """Delete temp files and folders (``.NAME.tmpPID``) in ``folder`` whose writing process is gone; only
-    those of the given target ``names`` when given (a shared folder may hold other programs' files)."""
-    removed: list[Path] = []
-    if not folder.is_dir():
-        return removed
-    for entry in folder.iterdir():
+def remove_stale(folder: Path, names: set[str] | None = None, *, delete: bool = True) -> list[Path]:
+    """Temp files and folders (``.NAME.tmpPID``) in ``folder`` whose writing process is gone: deleted (or
+    only listed, ``delete=False``); only those of the given target ``names`` when given (a shared folder
+    may hold other programs' files)."""
+    found: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:  # missing or unreadable: nothing to clean
+        return found
+    for entry in entries:
         m = _TEMP.match(entry.name)
         if m and (names is None or m["name"] in names) and not _alive(int(m["pid"])):
-            remove(entry)
-            removed.append(entry)
-    return removed
+            if delete:
+                remove(entry)
+            found.append(entry)
+    return found
 
 
 def _alive(pid: int) -> bool:

@@ -6,6 +6,7 @@ Messages are plain text: user-provided strings (labels, paths, errors) are escap
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -39,6 +40,11 @@ def info(message: str) -> None:
     """One status line (e.g. "fine-tuning done in 40 s")."""
     if _enabled:
         console.print(f"[dim]memlens:[/] {escape(message)}")
+
+
+def warn(message: str) -> None:
+    """A warning line on stderr, shown even when progress output is off."""
+    print(f"memlens: warning: {message}", file=sys.stderr, flush=True)
 
 
 @contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import urllib.request
 from dataclasses import dataclass
@@ -53,10 +54,12 @@ def read_jsonl(path: Path, text_field: str = "text") -> list[Text]:
 
 def read_csv(path: Path, text_field: str = "text") -> list[Text]:
     """Read a CSV file whose first line names the columns. Errors give positions, never the file's text."""
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), strict=True)
     try:
         if reader.fieldnames is None:
             return []
+        if reader.fieldnames.count(text_field) > 1:
+            raise MemlensError(f"{path}: the header (line 1) names column {text_field!r} more than once")
         if text_field not in reader.fieldnames:
             raise MemlensError(
                 f"{path}: the header (line 1) has no column {text_field!r} ({len(reader.fieldnames)} columns); the "
@@ -117,14 +120,30 @@ def download_phee(dest: str | Path, url: str = PHEE_URL) -> Path:
 
 def _record(obj: dict, text_field: str, path: Path, lineno: int) -> Text:
     if text_field not in obj:
-        names = [repr(str(k)[:40]) for k in obj]
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        raise MemlensError(f"{path}:{lineno}: no field {text_field!r} (fields: {shown})")
+        raise MemlensError(f"{path}:{lineno}: no field {text_field!r} ({_field_names(obj)})")
     text = obj[text_field]
     if not isinstance(text, str):
         raise MemlensError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string")
     rid = obj.get("id")
-    return Text(id=str(rid) if rid not in (None, "") else f"{path.name}:{lineno}", text=text)
+    rid = str(rid) if rid not in (None, "") else f"{path.name}:{lineno}"
+    for what, value in (("text", text), ("id", rid)):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
+            raise MemlensError(f"{path}:{lineno}: the {what} holds an unpaired UTF-16 surrogate escape") from None
+    return Text(id=rid, text=text)
+
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+
+
+def _field_names(obj: dict) -> str:
+    """The record's field names, for an error: only those that look like names (a key that looks like data,
+    such as a sentence, is counted, never shown)."""
+    names = [k for k in obj if isinstance(k, str) and _NAME.match(k)]
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    hidden = len(obj) - len(names)
+    return f"fields: {shown or 'none shown'}" + (f"; {hidden} more not shown" if hidden else "")
 
 
 def _read_text(path: Path) -> str:

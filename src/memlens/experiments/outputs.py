@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from memlens import __version__
+from memlens import __version__, progress
 from memlens.errors import MemlensError
-from memlens.files import describe_os_error, remove, remove_stale, temp_path
+from memlens.files import describe_os_error, lock, remove, remove_stale, temp_path
 
 MARKER = ".memlens-run"
 WRITTEN = {MARKER, "results.json", "config.toml", "scores.csv", "model", "checkpoints"}
@@ -45,6 +46,13 @@ def _memlens_results(path: Path) -> bool:
 def check_output_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse an output path memlens must not write: a file, or a non-empty folder that is not memlens's own
     (or is, without ``overwrite``)."""
+    try:
+        _check_output_dir(out_dir, overwrite)
+    except OSError as err:  # e.g. a name too long for the file system
+        raise MemlensError(f"cannot write results to {out_dir}: {describe_os_error(err)}") from None
+
+
+def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
         raise MemlensError(f"output path {out_dir} exists and is not a folder")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
@@ -67,51 +75,105 @@ def check_output_dir(out_dir: Path, overwrite: bool) -> None:
 
 @dataclass
 class Output:
-    """The staging folder of a run in progress and what it created; :meth:`publish` or :meth:`discard`."""
+    """A run's output in progress: its staging folder, the parents it created and the lock that keeps a second
+    run from writing to the same folder. End with :meth:`publish` or :meth:`discard`."""
 
     target: Path
     staging: Path
+    overwrite: bool = False
     created: list[Path] = field(default_factory=list)
+    _lock: ExitStack = field(default_factory=ExitStack)
 
     @classmethod
     def open(cls, out_dir: Path, overwrite: bool) -> Output:
-        """Check ``out_dir`` and create its staging folder (and missing parents) now, before any work."""
+        """Check ``out_dir``, lock it and create its staging folder (and missing parents) now, before any work."""
         out_dir = Path(os.path.abspath(out_dir))
-        check_output_dir(out_dir, overwrite)
-        missing = [p for p in [*reversed(out_dir.parents)] if not p.exists()]
-        out = cls(out_dir, temp_path(out_dir))
+        out = cls(out_dir, temp_path(out_dir), overwrite)
         try:
-            for p in missing:
+            for p in [p for p in reversed(out_dir.parents) if not p.exists()]:
                 p.mkdir()
                 out.created.append(p)
-            remove_stale(out_dir.parent, {out_dir.name, out_dir.name + ".old"})  # left by killed runs
+            busy = f"another memlens run is writing to {out_dir}; wait for it or choose another --out"
+            out._lock.enter_context(lock(out_dir.with_name(f".{out_dir.name}.lock"), wait=False, busy=busy))
+            _recover(out_dir)
+            check_output_dir(out_dir, overwrite)
             out.staging.mkdir()
-            probe = out.staging / MARKER
-            probe.write_text(json.dumps({"memlens_version": __version__}) + "\n")
-        except OSError as err:
+            (out.staging / MARKER).write_text(json.dumps({"memlens_version": __version__}) + "\n")
+        except BaseException as err:
             out.discard()
-            raise MemlensError(f"cannot write results to {out_dir}: {describe_os_error(err)}") from None
+            if isinstance(err, OSError):
+                raise MemlensError(f"cannot write results to {out_dir}: {describe_os_error(err)}") from None
+            raise
         return out
 
     def publish(self) -> Path:
-        """Move the finished staging folder into place, replacing an earlier run of memlens's only now."""
-        old = None
-        if self.target.exists():
-            old = temp_path(self.target.with_name(self.target.name + ".old"))
-            os.replace(self.target, old)
-        os.replace(self.staging, self.target)
-        if old is not None:
-            remove(old)
-        return self.target
+        """Move the finished staging folder into place, replacing an earlier run of memlens's only now.
+
+        The folder is checked again first: if a file appeared in it during the run (or a folder appeared
+        where there was none, without ``overwrite``), nothing is replaced and the results go to a new
+        folder beside it, with a warning. Finished results are never lost."""
+        try:
+            try:
+                check_output_dir(self.target, self.overwrite)
+            except MemlensError as why:
+                return self._keep_aside(f"{why}")
+            old = None
+            if self.target.exists():
+                old = temp_path(self.target.with_name(self.target.name + ".old"))
+                os.replace(self.target, old)
+            try:
+                os.replace(self.staging, self.target)
+            except OSError as err:
+                if old is not None:
+                    os.replace(old, self.target)
+                return self._keep_aside(f"cannot replace {self.target}: {describe_os_error(err)}")
+            if old is not None:
+                remove(old)
+            return self.target
+        finally:
+            self._lock.close()
+
+    def _keep_aside(self, why: str) -> Path:
+        """Move the finished results to a new folder beside the target and say so."""
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = self.target.with_name(f"{self.target.name}-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.target.with_name(f"{self.target.name}-{stamp}-{n}")
+        try:
+            os.replace(self.staging, aside)
+        except OSError as err:
+            raise MemlensError(
+                f"{why}; and the results could not be moved beside it ({describe_os_error(err)}): they are in "
+                f"{self.staging}"
+            ) from None
+        progress.warn(f"{why}; results written to {aside} instead")
+        return aside
 
     def discard(self) -> None:
-        """Remove the staging folder and the parent folders this run created (if still empty)."""
-        remove(self.staging)
+        """Remove the staging folder and the parent folders this run created (if still empty); unlock."""
+        with suppress(OSError):
+            remove(self.staging)
+        self._lock.close()
         for p in reversed(self.created):
             try:
                 p.rmdir()
             except OSError:
                 break
+
+
+def _recover(out_dir: Path) -> None:
+    """Clean up after killed runs: remove their staging folders; an earlier run moved aside by a run killed
+    while publishing is put back if nothing replaced it, and removed otherwise."""
+    remove_stale(out_dir.parent, {out_dir.name})
+    for old in remove_stale(out_dir.parent, {out_dir.name + ".old"}, delete=False):
+        if out_dir.exists():
+            remove(old)
+        else:
+            os.replace(old, out_dir)
 
 
 def save_trainable(model, folder: Path) -> None:
@@ -130,6 +192,16 @@ def write_outputs(
     staging: Path, config_toml: str, results: dict, ids: list[str], n_members: int, scores: dict, model=None
 ) -> None:
     """``results.json``, ``config.toml``, per-text ``scores.csv`` (ids, never text) and the model if asked."""
+    try:
+        _write_outputs(staging, config_toml, results, ids, n_members, scores, model)
+    except OSError as err:
+        raise MemlensError(
+            f"the run finished but its results could not be saved in {staging.parent}: {describe_os_error(err)} "
+            "(its scores are cached, so a rerun after freeing space is faster)"
+        ) from None
+
+
+def _write_outputs(staging: Path, config_toml: str, results: dict, ids: list, n_members: int, scores: dict, model):
     import csv
 
     staging.mkdir(parents=True, exist_ok=True)

@@ -36,14 +36,14 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
     output = Output.open(out_dir, cfg.output.overwrite) if write else None
     try:
         results = _run(cfg, output.staging if output else None)
-        if output is not None:
-            output.publish()
-            results["output_dir"] = str(out_dir)
-        return results
     except BaseException:
         if output is not None:
             output.discard()
         raise
+    if output is not None:
+        published = output.publish()  # out_dir, or a new folder beside it (with a warning)
+        results["output_dir"] = str(out_dir if published == output.target else published)
+    return results
 
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:

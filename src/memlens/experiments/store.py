@@ -246,6 +246,8 @@ class Store:
         df = self.results()
         if df.empty:
             raise MemlensError(f"results store {self.path} holds no finished trial yet")
+        if not path.name or path.is_dir():
+            raise MemlensError(f"export: {path} is a folder; name the file to write (e.g. {path / f'results.{fmt}'})")
         if fmt not in ("csv", "json", "parquet"):
             raise MemlensError(f"unknown export format {fmt!r}: use csv, parquet or json")
         try:

@@ -106,11 +106,15 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     if not isinstance(name, str) or not name:
         raise MemlensError(f'{source}: a sweep needs a name = "..."')
     safe_label(name, f"{source}: sweep name")
-    base = parse_config({"name": name} | spec.get("base", {}), f"{source} [base]")
-    grid = spec.get("grid", {})
-    variants = spec.get("variants", [{}])
-    if not isinstance(grid, dict) or not isinstance(variants, list):
+    base_spec, grid, variants = spec.get("base", {}), spec.get("grid", {}), spec.get("variants", [{}])
+    if not isinstance(base_spec, dict):
+        raise MemlensError(f"{source}: [base] must be a table (a run config)")
+    if not isinstance(grid, dict) or not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
         raise MemlensError(f"{source}: [grid] must be a table and [[variants]] a list of tables")
+    labels = [v["label"] for v in variants if "label" in v]
+    if not all(isinstance(x, str) and x.strip() for x in labels):
+        raise MemlensError(f"{source}: a variant's label must be a non-empty string")
+    base = parse_config({"name": name} | base_spec, f"{source} [base]")
     axes = {_key(a): v for a, v in grid.items()}
     for a, values in axes.items():
         if not isinstance(values, list) or not values:

@@ -23,7 +23,7 @@ from typing import Any
 
 from memlens import progress
 from memlens.errors import MemlensError
-from memlens.files import atomic_path, cache_dir, lock, remove_stale, sha256
+from memlens.files import atomic_path, cache_dir, describe_os_error, lock, remove_stale, sha256
 from memlens.models.builtin import BUILTIN_MODELS
 
 
@@ -56,6 +56,14 @@ def resolve_dtype(dtype: str, device: str):
 
 def prepare(spec: str) -> Path:
     """Return a local Hugging Face-format directory for a built-in name, ``.gguf`` file or directory."""
+    try:
+        return _prepare(spec)
+    except OSError as err:  # a path too long, unreadable, or a cache folder that cannot be written
+        where = getattr(err, "filename", None) or spec
+        raise MemlensError(f"cannot use model {spec!r}: {where}: {describe_os_error(err)}") from None
+
+
+def _prepare(spec: str) -> Path:
     if spec in BUILTIN_MODELS:
         return _from_gguf(BUILTIN_MODELS[spec].gguf_path(cache_dir()), label=spec)
     path = Path(spec).expanduser()

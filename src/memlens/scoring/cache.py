@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens import progress
-from memlens.files import atomic_path, cache_dir, remove_stale
+from memlens.files import atomic_path, cache_dir, describe_os_error, remove_stale
 from memlens.scoring.stats import TokenStats
 
 SAMPLE = 1024  # values hashed per parameter tensor, evenly strided, plus its exact float64 sum
@@ -64,14 +64,19 @@ def load(key: str) -> TokenStats | None:
 
 def store(key: str, stats: TokenStats) -> None:
     """Write an entry atomically (a reader never sees a part of one)."""
+    global _swept, _unusable
     folder = scores_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    global _swept
-    if not _swept:  # once per process: temp files of writers that were killed
-        remove_stale(folder)
-        _swept = True
-    with atomic_path(folder / f"{key}.npz") as tmp:
-        stats.save(tmp)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not _swept:  # once per process: temp files of writers that were killed
+            remove_stale(folder)
+            _swept = True
+        with atomic_path(folder / f"{key}.npz") as tmp:
+            stats.save(tmp)
+    except OSError as err:  # the cache only saves time: go on without it, and say so once
+        if not _unusable:
+            progress.warn(f"score cache {folder} cannot be written ({describe_os_error(err)}); scoring without it")
+            _unusable = True
 
 
-_swept = False
+_swept = _unusable = False
