@@ -1,4 +1,4 @@
-"""Every attack against a direct, readable computation from the definitions in docs/research.md."""
+"""Every attack against a direct, readable computation from the definitions in docs/methods.md."""
 
 import zlib
 
@@ -8,7 +8,7 @@ import torch
 from conftest import phee_texts
 
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
-from memlens.attacks.tokens import mean_of_lowest
+from memlens.attacks.min_k import mean_of_lowest
 from memlens.errors import MemlensError
 from memlens.scoring import score_cached, score_ids, score_texts
 from memlens.tokens import encode

@@ -40,3 +40,17 @@ def test_overrides_are_validated():
     assert cfg.training.epochs == 2
     with pytest.raises(MemlensError, match=r"training\.epochs"):
         with_overrides(cfg, {"training.epochs": -1})
+
+
+def test_extraction_prefix_is_a_fraction_or_a_whole_token_count():
+    assert parse_config({"extraction": {"prefix": 0.25}}).extraction.prefix_length == 0.25
+    assert parse_config({"extraction": {"prefix": 8}}).extraction.prefix_length == 8
+    with pytest.raises(MemlensError, match=r"extraction\.prefix.*whole number \(got 8\.7\)"):
+        parse_config({"extraction": {"prefix": 8.7}})
+
+
+def test_empty_run_name_and_output_dir_are_refused():
+    with pytest.raises(MemlensError, match="run name must not be empty"):
+        parse_config({"name": ""})
+    with pytest.raises(MemlensError, match=r"output\.dir.*must not be empty"):
+        parse_config({"output": {"dir": " "}})

@@ -178,6 +178,18 @@ class ExtractionConfig(_Section):
     select: Literal["ngram_share", "token_accuracy", "rouge_l", "bleu", "exact_match"] = "ngram_share"
     batch_size: PositiveInt = 16
 
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: float) -> float:
+        if v >= 1 and not float(v).is_integer():
+            raise ValueError(f"a prefix of 1 or more is a token count and must be a whole number (got {v})")
+        return v
+
+    @property
+    def prefix_length(self) -> float | int:
+        """The prefix as :func:`memlens.extraction.extract` takes it: a fraction below 1, else a token count."""
+        return self.prefix if self.prefix < 1 else int(self.prefix)
+
 
 class CanaryConfig(_Section):
     """Planted canaries: ``n`` synthetic records per repetition count are added to the training texts (never

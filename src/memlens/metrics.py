@@ -88,3 +88,20 @@ def evaluate(
 def tpr_key(fpr: float) -> str:
     """The key of the TPR at ``fpr`` in :func:`evaluate`'s output (``tpr@fpr=0.01``)."""
     return f"tpr@fpr={fpr:g}"
+
+
+def linear_fit(x, y) -> tuple[float, float, float]:
+    """Least-squares line through the finite pairs of ``x`` and ``y`` (1-D, same length): ``(slope, intercept,
+    r2)`` with r2 = 1 − SS_res / SS_tot. All NaN, with a warning, below 3 pairs or when ``x`` or ``y`` is
+    constant."""
+    import warnings
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        warnings.warn("linear_fit: fewer than 3 finite pairs or a constant variable; returning NaN", stacklevel=2)
+        return float("nan"), float("nan"), float("nan")
+    slope, intercept = np.polyfit(x, y, 1)
+    r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    return float(slope), float(intercept), float(r2)

@@ -84,6 +84,6 @@ def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, 
     return out
 
 
-from memlens.attacks import likelihood, tokens  # noqa: E402,F401  (registers the attacks)
+from memlens.attacks import likelihood, min_k  # noqa: E402,F401  (registers the attacks)
 
 __all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]

@@ -1,4 +1,4 @@
-"""Attacks on the likelihood of the text (definitions: docs/research.md)."""
+"""Attacks on the likelihood of the text (definitions: docs/methods.md)."""
 
 from __future__ import annotations
 

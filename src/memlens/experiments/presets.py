@@ -1,7 +1,7 @@
 """Paper presets: the two studies' designs as sweeps, and their findings checked against memlens's numbers.
 
 - ``savine2025``: "Memorization in Fine-Tuned Large Language Models" (arXiv 2507.21009), Study B in
-  docs/research.md: LoRA on one attention matrix at a time (W_Q, W_K, W_V, W_O, [W_Q, W_K]) at ranks 1, 2, 4
+  arXiv 2507.21009: LoRA on one attention matrix at a time (W_Q, W_K, W_V, W_O, [W_Q, W_K]) at ranks 1, 2, 4
   on PHEE, reference-model attack.
 - ``hou2025``: "Impact of Fine-Tuning Methods on Memorization in Large Language Models" (arXiv 2507.00258),
   Study A: FT head, LoRA, prefix, prompt and P-tuning (plus full fine-tuning), memorization per epoch, and LoRA
@@ -23,6 +23,7 @@ import numpy as np
 
 from memlens.errors import MemlensError
 from memlens.files import write_text
+from memlens.metrics import linear_fit
 
 SCALES = {
     #        members, non-members, validation, epochs, batch
@@ -202,21 +203,11 @@ def _perplexity_finding(store, trials: list[TrialAUC]) -> Finding:
     ref = s[(s.epoch == last) & (s.attack == "reference")].set_index("id").score
     tuned = s[(s.epoch == last) & (s.attack == "nll")].set_index("id").score.reindex(ref.index)
     base = s[(s.epoch == 0) & (s.attack == "nll")].set_index("id").score.reindex(ref.index)
-    r2_t, slope_t = _r2(tuned.to_numpy(), ref.to_numpy())
-    r2_b, _ = _r2(base.to_numpy(), ref.to_numpy())
+    slope_t, _, r2_t = linear_fit(tuned.to_numpy(), ref.to_numpy())
+    *_, r2_b = linear_fit(base.to_numpy(), ref.to_numpy())
     measured = f"{best}: R² = {r2_t:.3f} (slope {slope_t:+.2f}) vs fine-tuned log-PPL; R² = {r2_b:.3f} vs base"
     verdict = "holds" if slope_t < 0 and r2_t > r2_b else "does not hold"
     return Finding(claim, published, measured, verdict)
-
-
-def _r2(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3:
-        return float("nan"), float("nan")
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (slope * x + intercept)
-    return float(1 - resid.var() / y.var()), float(slope)
 
 
 def _parameter_based(t: TrialAUC) -> bool:

@@ -8,6 +8,9 @@ held (a different reference model, when configured, is scored before fine-tuning
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,12 +20,14 @@ from memlens import __version__, progress
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.config import RunConfig
 from memlens.data import load_splits
+from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
 from memlens.metrics import evaluate, tpr_key
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.table import data_lines
 from memlens.scoring.stats import TokenStats
+from memlens.tokens import Encoded
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
@@ -48,39 +53,36 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:
     t_start = time.perf_counter()
-    timings: dict[str, float] = {"load": 0.0, "score_pretrained": 0.0, "train": 0.0, "score_finetuned": 0.0}
-    t = time.perf_counter()
-    splits = load_splits(cfg.data)  # data errors surface before the heavy imports
-    import torch
+    clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
+    with clock("load"):
+        splits = load_splits(cfg.data)  # data errors surface before the heavy imports
+        import torch
 
-    from memlens.models import load_model
-    from memlens.tuning import DEFAULT_LR, METHODS, apply_method, check_method, train
+        from memlens.models import load_model
+        from memlens.tuning import DEFAULT_LR, METHODS, apply_method, check_method, train
 
-    lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
-    model, tok = lm.model, lm.tokenizer
-    check_method(model, cfg.tuning)  # a target the architecture lacks fails now, not after scoring
-    texts = [x.text for x in splits.members + splits.nonmembers]
-    n_mem = len(splits.members)
-    inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
-    timings["load"] = _since(t)
+        lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        model, tok = lm.model, lm.tokenizer
+        check_method(model, cfg.tuning)  # a target the architecture lacks fails now, not after scoring
+        texts = [x.text for x in splits.members + splits.nonmembers]
+        n_mem = len(splits.members)
+        inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
         f"model {lm.info['spec']} ({lm.info['parameters'] / 1e6:.1f}M parameters) on {lm.info['device']}"
     )
     for line in data_lines(splits.info):
         progress.info(line)
-    t = time.perf_counter()
-    audit, blind = split_checks(cfg, splits)
-    timings["split_checks"] = _since(t)
+    with clock("split_checks"):
+        audit, blind = split_checks(cfg, splits)
 
-    t = time.perf_counter()
-    base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
-    reference, reference_info = base["target"], None
-    if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
-        reference, reference_info = reference_model_stats(cfg, texts)
-    scores = {0: stage_scores(cfg, base, reference if reference_info else None, texts)}
-    records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
-    timings["score_pretrained"] = _since(t)
+    with clock("score_pretrained"):
+        base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
+        reference, reference_info = base["target"], None
+        if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
+            reference, reference_info = reference_model_stats(cfg, texts)
+        scores = {0: stage_scores(cfg, base, reference if reference_info else None, texts)}
+        records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
@@ -90,15 +92,14 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     def on_epoch_end(epoch: int) -> None:
         if not is_evaluated(cfg, epoch):
             return
-        t0 = time.perf_counter()
-        stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
-        scores[epoch] = stage_scores(cfg, stats, reference, texts)
-        records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
-        if staging is not None and cfg.training.save_checkpoints:
-            save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
-        timings["score_finetuned"] += _since(t0)
+        with clock("score_finetuned"):
+            stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
+            scores[epoch] = stage_scores(cfg, stats, reference, texts)
+            records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
+            if staging is not None and cfg.training.save_checkpoints:
+                save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
-    canary_set, train_ids = None, inputs["target"].ids[:n_mem]
+    canary_set, train_ids = None, inputs.target.ids[:n_mem]
     if cfg.canaries.enabled:
         from memlens.extraction import insert, make_canaries
         from memlens.tokens import encode
@@ -107,17 +108,15 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         canary_set = make_canaries(c.n, seed=c.seed, kind=c.kind, repetitions=tuple(c.repetitions))
         planted = insert(splits.members, canary_set, seed=c.seed)
         train_ids = encode(tok, [x.text for x in planted], cfg.data.max_tokens).ids
-    t = time.perf_counter()
-    train_info = train(model, train_ids, inputs["pad_id"], cfg.training, lr=lr, on_epoch_end=on_epoch_end)
-    timings["train"] = round(_since(t) - timings["score_finetuned"], 2)
-    t = time.perf_counter()
-    records = with_blind(records, blind)
-    timings["attacks"] = _since(t)
-    t = time.perf_counter()
-    extraction = extraction_records(cfg, model, tok, splits, canary_set)
-    records += extraction.pop("records")
-    timings["extraction"] = _since(t)
-    timings["total"] = _since(t_start)
+    with clock("train"):
+        train_info = train(model, train_ids, inputs.pad_id, cfg.training, lr=lr, on_epoch_end=on_epoch_end)
+    clock.add("train", -clock["score_finetuned"])  # the evaluations ran inside training
+    with clock("attacks"):
+        records = with_blind(records, blind)
+    with clock("extraction"):
+        extraction = extraction_records(cfg, model, tok, splits, canary_set)
+        records += extraction.pop("records")
+    clock.add("total", time.perf_counter() - t_start)
 
     results = {
         "memlens_version": __version__,
@@ -128,7 +127,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "reference_model": reference_info,
         "data": splits.info
         | {
-            "truncated": inputs["target"].n_truncated + inputs["validation"].n_truncated,
+            "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
             "max_tokens": cfg.data.max_tokens,
             "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
         },
@@ -137,7 +136,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "tuning": tuning_info,
         "training": train_info,
         "records": [r.to_dict() for r in records],
-        "timings": timings,
+        "timings": dict(clock),
         "environment": environment(),
     }
     if staging is not None:
@@ -157,7 +156,7 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
         from memlens.extraction import GREEDY, Decoding, extract
 
         rng = np.random.default_rng(cfg.data.seed)
-        pick = {n: [x.text for x in _subset(getattr(splits, n), e.n_texts, rng)] for n in ("members", "nonmembers")}
+        pick = {n: [x.text for x in sample(getattr(splits, n), e.n_texts, rng)] for n in ("members", "nonmembers")}
         sampling = Decoding("sample", top_p=e.top_p, top_k=e.top_k, num_samples=e.num_samples)
         decodings = ([("greedy", GREEDY)] if e.greedy else []) + [
             (f"T={t:g}", replace(sampling, temperature=t)) for t in e.temperatures
@@ -169,7 +168,7 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
                     model,
                     tok,
                     texts,
-                    prefix=e.prefix if e.prefix < 1 else int(e.prefix),
+                    prefix=e.prefix_length,
                     decoding=dec,
                     max_tokens=cfg.data.max_tokens,
                     select=e.select,
@@ -218,12 +217,22 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
     return out
 
 
-def _subset(texts: list, n: int, rng: np.random.Generator) -> list:
-    return texts if n >= len(texts) else [texts[i] for i in np.sort(rng.choice(len(texts), n, replace=False))]
+class Stopwatch(dict):
+    """Seconds per stage, rounded to 0.01: ``with clock("train"): ...`` adds the block's wall time."""
 
+    def __init__(self, stages: list[str]) -> None:
+        super().__init__(dict.fromkeys(stages, 0.0))
 
-def _since(t0: float) -> float:
-    return round(time.perf_counter() - t0, 2)
+    def add(self, stage: str, seconds: float) -> None:
+        self[stage] = round(self.get(stage, 0.0) + seconds, 2)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0)
 
 
 def is_evaluated(cfg: RunConfig, epoch: int) -> bool:
@@ -295,26 +304,35 @@ def passes_needed(cfg: RunConfig) -> set[str]:
     return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall"}
 
 
-def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) -> dict:
+@dataclass
+class PassInputs:
+    """Token ids of every scoring pass of a run."""
+
+    pad_id: int
+    target: Encoded  # members, then non-members
+    validation: Encoded
+    lowercase: Encoded | None = None  # the lower-cased texts (Lowercase attack)
+    recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
+
+
+def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) -> PassInputs:
     """Token ids of every pass: the texts, the validation set and, where needed, lower-cased texts and the
     ReCaLL prefix (the first ``recall_shots`` validation texts: non-members that are never scored as such)."""
     from memlens.tokens import encode
 
-    out = {
-        "pad_id": int(tok.pad_token_id),
-        "target": encode(tok, texts, cfg.data.max_tokens),
-        "validation": encode(tok, validation, cfg.data.max_tokens),
-    }
+    out = PassInputs(
+        int(tok.pad_token_id), encode(tok, texts, cfg.data.max_tokens), encode(tok, validation, cfg.data.max_tokens)
+    )
     needed = passes_needed(cfg)
     if "lowercase" in needed:
-        out["lowercase"] = encode(tok, [t.lower() for t in texts], cfg.data.max_tokens)
+        out.lowercase = encode(tok, [t.lower() for t in texts], cfg.data.max_tokens)
     if "recall" in needed:
         prefix = " ".join(validation[: cfg.attacks.recall_shots]) + " "
-        out["recall_prefix"] = tok(prefix)["input_ids"]
+        out.recall_prefix = tok(prefix)["input_ids"]
     return out
 
 
-def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) -> dict[str, TokenStats]:
+def score_stage(model, inputs: PassInputs, cfg: RunConfig, identity: str, label: str) -> dict[str, TokenStats]:
     """Every pass the attacks need, under ``model`` as it is now (cached on disk)."""
     from memlens.scoring import score_cached
 
@@ -322,7 +340,7 @@ def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) 
         return score_cached(
             model,
             ids,
-            inputs["pad_id"],
+            inputs.pad_id,
             identity=identity,
             batch_size=cfg.scoring.batch_size,
             use_cache=cfg.scoring.cache,
@@ -331,13 +349,13 @@ def score_stage(model, inputs: dict, cfg: RunConfig, identity: str, label: str) 
         )[0]
 
     out = {
-        "target": score(inputs["target"].ids, "scoring"),
-        "validation": score(inputs["validation"].ids, "validation"),
+        "target": score(inputs.target.ids, "scoring"),
+        "validation": score(inputs.validation.ids, "validation"),
     }
-    if "lowercase" in inputs:
-        out["lowercase"] = score(inputs["lowercase"].ids, "lower-cased")
-    if "recall_prefix" in inputs:
-        out["recall"] = score(inputs["target"].ids, "ReCaLL-prefixed", prefix=inputs["recall_prefix"])
+    if inputs.lowercase is not None:
+        out["lowercase"] = score(inputs.lowercase.ids, "lower-cased")
+    if inputs.recall_prefix is not None:
+        out["recall"] = score(inputs.target.ids, "ReCaLL-prefixed", prefix=inputs.recall_prefix)
     return out
 
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from memlens.metrics import linear_fit
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
@@ -291,9 +293,7 @@ def perplexity_vs_memorization(
     nrows = -(-len(panels) // ncols)
     fig, axes = _new(nrows, ncols, width=4.2 * ncols, height=3.0 * nrows)
     for ax, (label, x, y, epoch) in zip(axes.flat, panels, strict=False):
-        slope, intercept = np.polyfit(x, y, 1)
-        ss_tot = ((y - y.mean()) ** 2).sum()
-        r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / ss_tot if ss_tot > 0 else float("nan")
+        slope, intercept, r2 = linear_fit(x, y)
         ax.scatter(x, y, s=10, color=MEMBER, alpha=0.6, linewidths=0, label="members")
         ends = np.array([x.min(), x.max()])
         ax.plot(ends, slope * ends + intercept, color="#222222", linewidth=1.2, label=f"fit: R² = {r2:.2f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from memlens.config import TuningConfig
 from memlens.errors import MemlensError
+from memlens.tuning.adapters import wrap
 
 # Short names for the usual matrices -> module names used by Llama-style architectures (Llama, SmolLM2,
 # Gemma, Mistral, Qwen). Module names themselves (e.g. "q_proj") are accepted as well.
@@ -67,15 +68,6 @@ def resolve_layers(model, layers: list[int] | str | None) -> list[int] | None:
     return sorted(set(layers))
 
 
-def _wrap(model, config):
-    from peft import get_peft_model
-
-    try:
-        return get_peft_model(model, config)
-    except (ValueError, TypeError, NotImplementedError, AttributeError) as err:
-        raise MemlensError(f"peft cannot apply {config.peft_type.value} to {type(model).__name__}: {err}") from None
-
-
 def apply(model, cfg: TuningConfig):
     """Wrap ``model`` in a peft LoRA model; only the adapters train."""
     from peft import LoraConfig
@@ -92,7 +84,7 @@ def apply(model, cfg: TuningConfig):
         bias="none",
     )
     params = {"target_modules": modules, "rank": cfg.rank, "alpha": cfg.alpha, "dropout": cfg.dropout}
-    return _wrap(model, lcfg), params | {"layers": layers if layers is not None else "all"}
+    return wrap(model, lcfg), params | {"layers": layers if layers is not None else "all"}
 
 
 def apply_ia3(model, cfg: TuningConfig):
@@ -108,4 +100,4 @@ def apply_ia3(model, cfg: TuningConfig):
         feedforward_modules=[m for m in modules if m in FEEDFORWARD],
         task_type="CAUSAL_LM",
     )
-    return _wrap(model, icfg), {"target_modules": modules, "layers": layers if layers is not None else "all"}
+    return wrap(model, icfg), {"target_modules": modules, "layers": layers if layers is not None else "all"}

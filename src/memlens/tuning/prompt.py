@@ -5,7 +5,7 @@ scores and generates only the real text tokens."""
 from __future__ import annotations
 
 from memlens.config import TuningConfig
-from memlens.tuning.lora import _wrap
+from memlens.tuning.adapters import wrap
 
 
 def apply_prefix(model, cfg: TuningConfig):
@@ -13,7 +13,7 @@ def apply_prefix(model, cfg: TuningConfig):
     from peft import PrefixTuningConfig
 
     pcfg = PrefixTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM")
-    return _wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens}
+    return wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens}
 
 
 def apply_prompt(model, cfg: TuningConfig):
@@ -28,7 +28,7 @@ def apply_prompt(model, cfg: TuningConfig):
             "tokenizer_name_or_path": model.name_or_path,
         }
     pcfg = PromptTuningConfig(num_virtual_tokens=cfg.virtual_tokens, task_type="CAUSAL_LM", **kw)
-    return _wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens, "init": cfg.prompt_init}
+    return wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens, "init": cfg.prompt_init}
 
 
 def apply_ptuning(model, cfg: TuningConfig):
@@ -38,4 +38,4 @@ def apply_ptuning(model, cfg: TuningConfig):
     pcfg = PromptEncoderConfig(
         num_virtual_tokens=cfg.virtual_tokens, encoder_hidden_size=cfg.encoder_hidden, task_type="CAUSAL_LM"
     )
-    return _wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens, "encoder_hidden": cfg.encoder_hidden}
+    return wrap(model, pcfg), {"virtual_tokens": cfg.virtual_tokens, "encoder_hidden": cfg.encoder_hidden}

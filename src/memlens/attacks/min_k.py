@@ -1,4 +1,4 @@
-"""Attacks on the least likely tokens of a text (definitions: docs/research.md)."""
+"""Min-K% and Min-K%++: attacks on the least likely tokens of a text (definitions: docs/methods.md)."""
 
 from __future__ import annotations
 
