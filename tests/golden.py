@@ -16,7 +16,7 @@ GOLDEN = HERE / "data" / "golden-results.json"
 
 
 def golden_config(tiny_dir: Path, out: Path) -> dict:
-    from conftest import tiny_config
+    from helpers import tiny_config
 
     return tiny_config(
         tiny_dir,
@@ -44,7 +44,7 @@ if __name__ == "__main__":
     import tempfile
 
     sys.path.insert(0, str(HERE))
-    from conftest import build_tiny
+    from helpers import build_tiny
 
     with tempfile.TemporaryDirectory() as d:
         results = run_golden(build_tiny(Path(d) / "tiny"), Path(d) / "out")

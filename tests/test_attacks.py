@@ -5,7 +5,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from conftest import phee_texts
+from helpers import phee_texts
 
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.attacks.min_k import mean_of_lowest

@@ -2,7 +2,7 @@ import json
 from itertools import combinations
 
 import pytest
-from conftest import PHEE, phee_texts
+from helpers import PHEE, phee_texts
 
 from memlens.data import read_phee
 from memlens.data.audit import find_duplicates, normalize

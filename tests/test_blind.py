@@ -1,7 +1,7 @@
 import random
 
 import pytest
-from conftest import phee_texts
+from helpers import phee_texts
 
 from memlens.attacks.blind import beats_blind, blind_baseline
 from memlens.errors import MemlensError

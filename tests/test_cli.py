@@ -3,8 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_config, write_jsonl
-from helpers import assert_one_line_error, invoke, write_config
+from helpers import assert_one_line_error, invoke, tiny_config, write_config, write_jsonl
 
 
 def test_help_does_not_import_torch():

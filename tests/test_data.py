@@ -1,7 +1,7 @@
 import json
 
 import pytest
-from conftest import PHEE, write_jsonl
+from helpers import PHEE, write_jsonl
 
 from memlens.config import DataConfig
 from memlens.data import download_phee, load_splits, read_csv, read_jsonl

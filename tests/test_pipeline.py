@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 
 from memlens.attacks import ATTACKS
 from memlens.config import parse_config

@@ -1,7 +1,7 @@
 import shutil
 
 import pytest
-from conftest import PHEE
+from helpers import PHEE
 
 from memlens.errors import MemlensError
 from memlens.experiments.presets import findings_markdown, preset_spec

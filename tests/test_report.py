@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import phee_texts, tiny_config
+from helpers import phee_texts, tiny_config
 
 from memlens.errors import MemlensError
 from memlens.experiments.store import Store

@@ -13,8 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_config, write_jsonl
-from helpers import assert_one_line_error, invoke, tree, write_config
+from helpers import assert_one_line_error, invoke, tiny_config, tree, write_config, write_jsonl
 
 from memlens import progress
 from memlens.errors import MemlensError

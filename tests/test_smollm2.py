@@ -3,7 +3,7 @@
 import importlib.util
 
 import pytest
-from conftest import PHEE
+from helpers import PHEE
 
 from memlens.config import builtin_config, with_overrides
 from memlens.experiments import run

@@ -8,7 +8,7 @@ import time
 import pandas as pd
 import pytest
 import tomli_w
-from conftest import tiny_config
+from helpers import tiny_config
 from typer.testing import CliRunner
 
 from memlens.cli import app

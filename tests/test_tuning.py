@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import phee_texts
+from helpers import phee_texts
 
 from memlens.config import TrainingConfig, TuningConfig
 from memlens.errors import MemlensError

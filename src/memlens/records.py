@@ -47,11 +47,11 @@ class Record:
     fpr: float | None = None
     ci_low: float | None = None
     ci_high: float | None = None
-    subset: Literal["members", "nonmembers"] | None = None
+    subset: str | None = None  # "members" or "nonmembers"
     decoding: str | None = None
     temperature: float | None = None
     repetitions: int | None = None
-    role: Literal["target", "reference", "student"] = "target"
+    role: str = "target"  # "target", "reference" or "student"
     seed: int | None = None
     n_members: int | None = None
     n_nonmembers: int | None = None

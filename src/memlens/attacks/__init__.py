@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,13 @@ class AttackInputs:
     texts: Sequence[str] | None = None
     lowercase: TokenStats | None = None
     recall: TokenStats | None = None
+
+    def need(self, name: str) -> Any:
+        """The input ``name``; an attack registered with ``needs=[name]`` is only called when it is set."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"this attack needs AttackInputs.{name}")
+        return value
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,7 @@ def run_attack(name: str, inputs: AttackInputs, k: float | None = None) -> np.nd
 
 def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, str, float | None]]:
     """``(label, name, k)`` for every configured attack; Min-K% family expands to one label per k."""
-    out = []
+    out: list[tuple[str, str, float | None]] = []
     for n in names:
         if ATTACKS[n].takes_k:
             out += [(f"{n}@{k:g}", n, k) for k in ks]

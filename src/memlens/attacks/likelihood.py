@@ -20,12 +20,12 @@ def loss(inputs: AttackInputs) -> np.ndarray:
     description="Reference (Carlini et al. 2021): L(x, R) − L(x, M), R = the pre-trained or a given model",
 )
 def reference(inputs: AttackInputs) -> np.ndarray:
-    return inputs.reference.nll() - inputs.target.nll()
+    return inputs.need("reference").nll() - inputs.target.nll()
 
 
 @register("zlib", needs=["texts"], description="Zlib (Carlini et al. 2021): −L(x, M) / len(zlib(x)) in bytes")
 def zlib_ratio(inputs: AttackInputs) -> np.ndarray:
-    sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in inputs.texts], dtype=np.float64)
+    sizes = np.array([len(zlib.compress(t.encode("utf-8"))) for t in inputs.need("texts")], dtype=np.float64)
     return -inputs.target.nll() / sizes
 
 
@@ -35,7 +35,7 @@ def zlib_ratio(inputs: AttackInputs) -> np.ndarray:
     description="Lowercase (Carlini et al. 2021): L(lower(x), M) − L(x, M)",
 )
 def lowercase(inputs: AttackInputs) -> np.ndarray:
-    return inputs.lowercase.nll() - inputs.target.nll()
+    return inputs.need("lowercase").nll() - inputs.target.nll()
 
 
 @register(
@@ -45,4 +45,4 @@ def lowercase(inputs: AttackInputs) -> np.ndarray:
 )
 def recall(inputs: AttackInputs) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
-        return inputs.recall.nll() / inputs.target.nll()
+        return inputs.need("recall").nll() / inputs.target.nll()

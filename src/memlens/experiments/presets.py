@@ -230,7 +230,8 @@ def hou_findings(store) -> list[Finding]:
     ]
     df = store.results()
     curve = df[(df.kind == "mia") & (df.attack == "loss") & (df.metric == "auc") & df.epoch.notna()]
-    grows, flat = [], []
+    grows: list[tuple[str, float]] = []
+    flat: list[tuple[str, float]] = []
     for t in trials:
         g = curve[curve.trial == t.trial].sort_values("epoch")
         if len(g) >= 3:

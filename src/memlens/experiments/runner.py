@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -148,8 +148,6 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
 def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
     """Extraction on members vs non-members (greedy and each temperature) and the canary report, as tidy rows
     (attack = decoding or ``canary xN``, metric = ``extraction_*`` / ``canary_*``) plus summaries."""
-    from dataclasses import replace
-
     out: dict = {"records": []}
     epoch, e = cfg.training.epochs, cfg.extraction
     if e.enabled:
@@ -206,12 +204,12 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
         )
         for r in rows:
             who = f"canary x{r['repetitions']}" if r["repetitions"] else "canary controls"
-            row = {"epoch": epoch, "kind": "canary", "attack": who, "attack_name": "canary", "seed": cfg.canaries.seed}
-            row["repetitions"] = r["repetitions"]
+            row = Record("canary_auc", r["auc"], epoch=epoch, kind="canary", attack=who, attack_name="canary")
+            row = replace(row, repetitions=r["repetitions"], seed=cfg.canaries.seed)
             out["records"] += [
-                Record("canary_auc", r["auc"], ci_low=r["auc_ci_low"], ci_high=r["auc_ci_high"], **row),
-                Record("canary_extraction_rate", r["extraction_rate"], **row),
-                Record("canary_exposure", r["mean_exposure"], **row),
+                replace(row, ci_low=r["auc_ci_low"], ci_high=r["auc_ci_high"]),
+                replace(row, metric="canary_extraction_rate", value=r["extraction_rate"]),
+                replace(row, metric="canary_exposure", value=r["mean_exposure"]),
             ]
         out["canaries"] = rows
     return out
@@ -275,14 +273,14 @@ def split_checks(cfg: RunConfig, splits) -> tuple[dict, dict | None]:
 
 def with_blind(records: list[Record], blind: dict | None) -> list[Record]:
     """``records`` with a ``beats_blind`` flag on every attack AUC, and the blind baseline's own AUC row."""
-    from dataclasses import replace
-
     from memlens.attacks.blind import beats_blind
 
     if blind is None:
         return records
     flagged = [
-        replace(r, beats_blind=beats_blind(r.value, blind)) if r.kind == "mia" and r.metric == "auc" else r
+        replace(r, beats_blind=beats_blind(r.value, blind))
+        if r.kind == "mia" and r.metric == "auc" and r.value is not None
+        else r
         for r in records
     ]
     row = Record(
@@ -366,6 +364,7 @@ def reference_model_stats(cfg: RunConfig, texts: list[str]) -> tuple[TokenStats,
     from memlens.scoring import score_cached
     from memlens.tokens import encode, ensure_pad_token
 
+    assert cfg.attacks.reference_model is not None
     ref = load_model(cfg.attacks.reference_model, device=cfg.model.device, dtype=cfg.model.dtype)
     stats, _ = score_cached(
         ref.model,
@@ -394,10 +393,18 @@ def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_me
             confidence=cfg.attacks.confidence,
             seed=cfg.attacks.seed,
         )
-        same = {"epoch": epoch, "kind": "mia", "attack": label, "attack_name": name, "k": k, "seed": seed}
-        counts = {c: m[c] for c in ("n_members", "n_nonmembers", "n_nan")}
-        rows.append(Record("auc", m["auc"], ci_low=m.get("auc_ci_low"), ci_high=m.get("auc_ci_high"), **same, **counts))
-        rows += [Record("tpr", m[tpr_key(f)], fpr=f, **same) for f in cfg.attacks.fpr if tpr_key(f) in m]
+        auc = Record("auc", m["auc"], epoch=epoch, kind="mia", attack=label, attack_name=name, k=k, seed=seed)
+        rows.append(
+            replace(
+                auc,
+                ci_low=m.get("auc_ci_low"),
+                ci_high=m.get("auc_ci_high"),
+                n_members=int(m["n_members"]),
+                n_nonmembers=int(m["n_nonmembers"]),
+                n_nan=int(m["n_nan"]),
+            )
+        )
+        rows += [replace(auc, metric="tpr", value=m[tpr_key(f)], fpr=f) for f in cfg.attacks.fpr if tpr_key(f) in m]
     return rows
 
 

@@ -82,8 +82,8 @@ def _key(axis: str) -> str:
     if "." not in key:
         raise MemlensError(f"unknown sweep axis {axis!r}; use one of {', '.join(AXES)} or a dotted config key")
     section, field = key.split(".", 1)
-    model_fields = RunConfig.model_fields
-    if section not in model_fields or field not in model_fields[section].annotation.model_fields:
+    section_type = RunConfig.model_fields[section].annotation if section in RunConfig.model_fields else None
+    if not (isinstance(section_type, type) and field in getattr(section_type, "model_fields", {})):
         raise MemlensError(f"unknown sweep axis {axis!r}: {key} is not a config field")
     return key
 

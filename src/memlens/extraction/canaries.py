@@ -44,7 +44,7 @@ REACTIONS = [
     "rhabdomyolysis", "Stevens-Johnson syndrome", "thrombocytopenia", "tremor", "delirium", "hypoglycemia",
     "interstitial nephritis",
 ]  # fmt: skip
-PATIENT_FIELDS = (AGES, DOSES, DRUGS, REACTIONS)
+PATIENT_FIELDS: tuple[Sequence[object], ...] = (AGES, DOSES, DRUGS, REACTIONS)
 
 
 def _patient_secret(index: int) -> str:

@@ -112,7 +112,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
     from memlens.tokens import ensure_pad_token
 
     ensure_pad_token(tokenizer)
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' stubs take a device for a model here
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     info = {

@@ -474,7 +474,7 @@ def _show(v) -> str:
 
 
 def _f(v: float | None, digits: int = 3) -> str:
-    return "—" if _missing(v) or not math.isfinite(v) else f"{v:.{digits}f}"
+    return "—" if v is None or _missing(v) or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 def _auc(v: float | None, lo: float | None = None, hi: float | None = None) -> str:
@@ -484,11 +484,11 @@ def _auc(v: float | None, lo: float | None = None, hi: float | None = None) -> s
 
 
 def _pct(v: float | None) -> str:
-    return "—" if _missing(v) else f"{100 * v:.1f}%"
+    return "—" if v is None or _missing(v) else f"{100 * v:.1f}%"
 
 
 def _int(v: float | None) -> str:
-    return "—" if _missing(v) else f"{int(v):,}"
+    return "—" if v is None or _missing(v) else f"{int(v):,}"
 
 
 def _md(text: str) -> str:

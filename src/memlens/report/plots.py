@@ -22,7 +22,7 @@ import functools
 import io
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def as_svg(plot: Callable[..., Figure | None]) -> Callable[..., str | None]:
     def wrapper(*args, **kwargs) -> str | None:
         import matplotlib
 
-        with matplotlib.rc_context(STYLE):
+        with matplotlib.rc_context(cast(Any, STYLE)):
             fig = plot(*args, **kwargs)
             return None if fig is None else to_svg(fig, plot.__name__)
 
@@ -254,7 +254,8 @@ def score_histograms(scores: pd.DataFrame, attack: str = "loss", *, labels: list
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(7.6, 2.3 * len(panels) + 0.3), layout="constrained")
-    for sub, (label, pre, post, last) in zip(np.atleast_1d(fig.subfigures(len(panels), 1)), panels, strict=True):
+    subfigures = np.atleast_1d(cast(Any, fig.subfigures(len(panels), 1)))
+    for sub, (label, pre, post, last) in zip(subfigures, panels, strict=True):
         sub.suptitle(_text(label), x=0.01, ha="left", fontsize=10, fontweight="bold")
         row = sub.subplots(1, 2, sharex=True)
         for ax, part, when in ((row[0], pre, "pre-trained (epoch 0)"), (row[1], post, f"fine-tuned (epoch {last})")):
@@ -421,7 +422,7 @@ def pareto_front(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x, y = np.asarray(x, float), np.asarray(y, float)
     no_worse = (x[None, :] <= x[:, None]) & (y[None, :] <= y[:, None])
     better = (x[None, :] < x[:, None]) | (y[None, :] < y[:, None])
-    return ~(no_worse & better).any(axis=1)
+    return np.asarray(~(no_worse & better).any(axis=1))
 
 
 @as_svg

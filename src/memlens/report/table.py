@@ -62,8 +62,9 @@ def summary_lines(results: dict) -> list[str]:
     ref = results.get("reference_model")
     if ref:
         lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
+    if ppl0 is not None and ppl1 is not None:
+        lines.append(f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)")
     lines += [
-        f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)",
         f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
         f"({100 * t['trainable_share']:.2f}%), method {t['method']}",
         f"training: {tr['train_tokens']:,} tokens at {tr['tokens_per_second']:.0f} tokens/s, "
@@ -110,7 +111,7 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
             for metric in ("ngram_share", "exact_match_rate")
             for subset in ("members", "nonmembers")
         )
-        if None not in (m, n, em, en):
+        if m is not None and n is not None and em is not None and en is not None:
             lines.append(
                 f"extraction {decoding} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
                 f"exact suffix {100 * em:.1f}% vs {100 * en:.1f}%"
@@ -122,5 +123,5 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
             for k in ("auc", "extraction_rate", "exposure")
         )
         auc_s = "" if auc is None or auc != auc else f"AUC vs controls {auc:.3f}, "
-        lines.append(f"{attack}: {auc_s}secret extracted {100 * (rate or 0):.0f}%, exposure {expo or 0:.1f} bits")
+        lines.append(f"{attack}: {auc_s}secret extracted {100 * float(rate or 0):.0f}%, exposure {expo or 0:.1f} bits")
     return lines

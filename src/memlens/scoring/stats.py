@@ -60,10 +60,10 @@ class TokenStats:
         def pad(a: np.ndarray) -> np.ndarray:
             return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.nan)
 
-        return TokenStats(
-            *(np.concatenate([pad(getattr(p, k)) for p in parts]) for k in ("logprob", "mu", "sigma")),
-            np.concatenate([p.lengths for p in parts]),
-        )
+        def stack(k: str) -> np.ndarray:
+            return np.concatenate([pad(getattr(p, k)) for p in parts])
+
+        return TokenStats(stack("logprob"), stack("mu"), stack("sigma"), np.concatenate([p.lengths for p in parts]))
 
     def save(self, path: str | Path) -> None:
         """Write as ``.npz`` (no pickles) to exactly ``path`` (numpy would add ``.npz`` to a name)."""

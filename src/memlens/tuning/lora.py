@@ -76,7 +76,7 @@ def apply(model, cfg: TuningConfig):
     layers = resolve_layers(model, cfg.layers)
     lcfg = LoraConfig(
         r=cfg.rank,
-        lora_alpha=cfg.alpha,
+        lora_alpha=cfg.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works and is common
         lora_dropout=cfg.dropout,
         target_modules=modules,
         layers_to_transform=layers,
