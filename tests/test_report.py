@@ -18,7 +18,8 @@ from memlens.errors import MemlensError
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
 from memlens.report import plots
-from memlens.report.html import load_report_data, render_markdown, render_report
+from memlens.report.data import load_report_data
+from memlens.report.page import render_markdown, render_report
 
 EVIL = "<script>alert(1)</script>"
 SECRET = "Patient Zq-4417 developed violet hiccups after 12 mg of zorblatamine twice daily."

@@ -25,7 +25,7 @@ from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
 from memlens.metrics import evaluate, tpr_key
 from memlens.records import SCHEMA_VERSION, Record
-from memlens.report.table import data_lines
+from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
 from memlens.tokens import Encoded
 

@@ -1,6 +1,6 @@
 """Step 5 of the pipeline: turning results into tables, plots and pages."""
 
-from memlens.report.html import render_report
-from memlens.report.table import print_summary, summary_lines, summary_table
+from memlens.report.page import render_report
+from memlens.report.summary import print_summary, summary_lines, summary_table
 
 __all__ = ["print_summary", "render_report", "summary_lines", "summary_table"]

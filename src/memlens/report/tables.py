@@ -1,0 +1,206 @@
+"""The report's tables as plain data (headers, rows of cells), rendered by the page template (HTML, escaped) or
+as Markdown (:meth:`Table.md`)."""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from memlens.report.data import is_missing, picker, show, value_of
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EXTRACTION_SKIP = {"prefix", "tokens_per_second"}  # settings and speed, not memorization
+EXTRACTION_COLUMNS = {
+    "exact_match_rate": "exact match",
+    "longest_common_ngram": "longest common n-gram",
+    "ngram_share": "n-gram share",
+    "rouge_l": "ROUGE-L",
+    "bleu": "BLEU",
+}
+CANARY_COLUMNS = {
+    "canary_auc": "AUC vs controls [95% CI]",
+    "canary_extraction_rate": "secrets extracted",
+    "canary_exposure": "exposure (bits)",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table cell; ``cls`` is a CSS class (``num`` right-aligns, ``warn`` / ``ok`` flag the verdict)."""
+
+    text: str
+    cls: str = ""
+
+    def html(self) -> str:
+        attr = f' class="{self.cls}"' if self.cls else ""
+        return f"<td{attr}>{html.escape(self.text)}</td>"
+
+    def md(self) -> str:
+        return md_text(self.text)
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    rows: list[list[Cell]]
+
+    def html(self) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        body = "\n".join("<tr>" + "".join(c.html() for c in row) + "</tr>" for row in self.rows)
+        return f'<div class="table"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
+
+    def md(self) -> str:
+        first = self.rows[0] if self.rows else [Cell("")] * len(self.headers)
+        align = ["---:" if c.cls == "num" else "---" for c in first]
+        lines = ["| " + " | ".join(md_text(h) for h in self.headers) + " |", "| " + " | ".join(align) + " |"]
+        lines += ["| " + " | ".join(c.md() for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def trials_table(trials: pd.DataFrame) -> Table:
+    """Every trial: label, method, key parameters, trainable parameters and share, status, time."""
+    rows = []
+    for t in trials.itertuples():
+        tuning, training = t.info.get("tuning", {}), t.info.get("training", {})
+        lr = training.get("lr") or t.config["training"].get("lr")
+        share = tuning.get("trainable_share")
+        rows.append(
+            [
+                Cell(str(t.id), "num"),
+                Cell(t.label, "label"),
+                Cell(str(t.method)),
+                Cell(" ".join(f"{k}={show(v)}" for k, v in t.params.items() if v is not None) or "—"),
+                Cell(str(t.config["training"].get("epochs")), "num"),
+                Cell("default" if lr is None else f"{lr:g}", "num"),
+                Cell(_int(tuning.get("trainable_parameters")), "num"),
+                Cell("—" if share is None else f"{100 * share:.2f}%", "num"),
+                Cell(str(t.status), {"done": "ok", "failed": "warn"}.get(t.status, "")),
+                Cell("—" if is_missing(t.seconds) else f"{t.seconds:.0f} s", "num"),
+            ]
+        )
+    headers = ["#", "trial", "method", "settings", "epochs", "lr", "trainable", "share", "status", "time"]
+    return Table(headers, rows)
+
+
+def headline_table(final: pd.DataFrame, attack: str) -> Table:
+    """The headline attack per trial at its final epoch, beside chance, the blind baseline and epoch 0."""
+    rows = [
+        [
+            Cell(r["label"], "label"),
+            Cell(str(r["epoch"]), "num"),
+            Cell(_auc(r["auc"], r["ci_low"], r["ci_high"]), "num"),
+            Cell(_pct(r["tpr"]), "num"),
+            Cell(_auc(r["auc0"]), "num"),
+            Cell(_auc(r["blind"], r["blind_low"], r["blind_high"]), "num"),
+            _verdict(r["beats_blind"]),
+            Cell(f"{_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}", "num"),
+        ]
+        for r in final.to_dict("records")
+    ]
+    headers = [
+        "trial",
+        "epoch",
+        f"{attack} AUC [95% CI]",
+        "TPR @ 1% FPR",
+        "AUC pre-trained",
+        "blind AUC [95% CI]",
+        "beats blind?",
+        "val PPL pre → post",
+    ]
+    return Table(headers, rows)
+
+
+def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[str]) -> Table:
+    """Every attack of one trial at its final epoch, with its pre-trained AUC and the blind-baseline verdict."""
+    pick = picker(results[results["trial"] == trial])
+    rows = []
+    for a in attacks:
+        auc = pick(epoch, a, "auc")
+        if auc is None:
+            continue
+        rows.append(
+            [
+                Cell(a),
+                Cell(_auc(value_of(auc, "value"), value_of(auc, "ci_low"), value_of(auc, "ci_high")), "num"),
+                Cell(_pct(value_of(pick(epoch, a, "tpr", 0.01), "value")), "num"),
+                Cell(_auc(value_of(pick(0, a, "auc"), "value")), "num"),
+                _verdict(value_of(auc, "beats_blind")),
+            ]
+        )
+    return Table(["attack", f"AUC epoch {epoch} [95% CI]", "TPR @ 1% FPR", "AUC pre-trained", "beats blind?"], rows)
+
+
+def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
+    """The final epoch's extraction (members / non-members per decoding) and canary tables, where measured."""
+    tables = []
+    ext = results[(results["kind"] == "extraction") & ~results["metric"].isin(EXTRACTION_SKIP)]
+    if not ext.empty:
+        names = list(dict.fromkeys(ext["metric"]))
+        rows = []
+        for (label, decoding), g in ext.groupby(["label", "decoding"], sort=False):
+            value = {(r["metric"], r["subset"]): r["value"] for r in g.to_dict("records")}
+            cells = [
+                Cell(f"{_f(value.get((n, 'members')))} / {_f(value.get((n, 'nonmembers')))}", "num") for n in names
+            ]
+            rows.append([Cell(label, "label"), Cell(decoding), *cells])
+        headers = ["trial", "decoding", *(EXTRACTION_COLUMNS.get(n, n.replace("_", " ")) for n in names)]
+        tables.append(("Extraction: members / non-members", Table(headers, rows)))
+    can = results[results["kind"] == "canary"]
+    if not can.empty:
+        metrics = list(dict.fromkeys(can["metric"]))
+        rows = []
+        for (label, attack), g in can.groupby(["label", "attack"], sort=False):
+            pick = {r["metric"]: r for r in g.to_dict("records")}
+            cells = [
+                Cell(_auc(*(value_of(pick.get(m), k) for k in ("value", "ci_low", "ci_high"))), "num") for m in metrics
+            ]
+            rows.append([Cell(label, "label"), Cell(attack), *cells])
+        headers = ["trial", "canaries", *(CANARY_COLUMNS.get(m, m) for m in metrics)]
+        tables.append(("Canaries", Table(headers, rows)))
+    return tables
+
+
+def trial_line(r: dict) -> str:
+    blind = _auc(r["blind"], r["blind_low"], r["blind_high"])
+    return f"blind baseline AUC {blind} · validation perplexity {_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}"
+
+
+def first_and_last(error: str | None) -> str:
+    """A one-line digest of an error message (a traceback's first and last lines)."""
+    lines = [x for x in str(error or "no error message").strip().splitlines() if x.strip()]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1].strip()}"
+
+
+def _verdict(beats: float | None) -> Cell:
+    if is_missing(beats):
+        return Cell("—")
+    return Cell("yes", "ok") if beats else Cell("NO ⚠", "warn")
+
+
+def _f(v: float | None, digits: int = 3) -> str:
+    return "—" if v is None or is_missing(v) or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _auc(v: float | None, lo: float | None = None, hi: float | None = None) -> str:
+    if is_missing(lo) or is_missing(hi) or is_missing(v):
+        return _f(v)
+    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None or is_missing(v) else f"{100 * v:.1f}%"
+
+
+def _int(v: float | None) -> str:
+    return "—" if v is None or is_missing(v) else f"{int(v):,}"
+
+
+def md_text(text: str) -> str:
+    """Text for a Markdown table or paragraph: HTML-escaped, Markdown punctuation and newlines neutralised."""
+    text = html.escape(" ".join(str(text).split()), quote=False)
+    return re.sub(r"([\\`*_\[\]|])", r"\\\1", text)
