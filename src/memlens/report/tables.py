@@ -36,23 +36,16 @@ class Cell:
     text: str
     cls: str = ""
 
-    def html(self) -> str:
-        attr = f' class="{self.cls}"' if self.cls else ""
-        return f"<td{attr}>{html.escape(self.text)}</td>"
-
     def md(self) -> str:
         return md_text(self.text)
 
 
 @dataclass(frozen=True)
 class Table:
+    """Headers and rows of cells; the page template renders it as HTML, :meth:`md` as Markdown."""
+
     headers: list[str]
     rows: list[list[Cell]]
-
-    def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
-        body = "\n".join("<tr>" + "".join(c.html() for c in row) + "</tr>" for row in self.rows)
-        return f'<div class="table"><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table></div>'
 
     def md(self) -> str:
         first = self.rows[0] if self.rows else [Cell("")] * len(self.headers)
