@@ -196,6 +196,59 @@ def report_cmd(
     _render(folder, out)
 
 
+@app.command("compare")
+@_guard
+def compare_cmd(
+    a: Annotated[str, typer.Argument(help="Trial id or label.")],
+    b: Annotated[str, typer.Argument(help="Trial id or label, compared with A (differences are A − B).")],
+    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store (read only).")],
+    epoch: Annotated[int | None, typer.Option(help="Epoch to compare (default: the last both evaluated).")] = None,
+    fpr: Annotated[float, typer.Option(help="FPR budget of the TPR difference.")] = 0.01,
+    bootstrap: Annotated[int, typer.Option(help="Paired bootstrap replicates.")] = 1000,
+) -> None:
+    """Compare two trials attack by attack on their paired per-text scores: ΔAUC (DeLong CI, Holm-adjusted p,
+    paired-bootstrap CI) and ΔTPR at an FPR budget (paired-bootstrap CI)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from memlens.experiments.compare import compare_trials
+
+    if not 0 < fpr < 1 or bootstrap < 1:
+        from memlens.errors import MemlensError
+
+        raise MemlensError("--fpr must be in (0, 1) and --bootstrap at least 1")
+    c = compare_trials(folder, a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
+    title = f"a = trial {c.a[0]} ({c.a[1]})  vs  b = trial {c.b[0]} ({c.b[1]}), epoch {c.rows[0].epoch}"
+    table = Table(title=escape(title), title_justify="left")
+    for col in ("attack", "AUC a", "AUC b", "ΔAUC [95% CI, DeLong]", "p (Holm)", "ΔAUC [paired bootstrap]"):
+        table.add_column(col, justify="left" if col == "attack" else "right")
+    table.add_column(f"ΔTPR @ {100 * fpr:g}% FPR [bootstrap]", justify="right")
+    table.add_column("verdict", justify="center")
+    for r in c.rows:
+        d, bt, t = r.auc_delong, r.auc_bootstrap, r.tpr[0]
+        table.add_row(
+            escape(r.attack),
+            f"{d.a:.3f}",
+            f"{d.b:.3f}",
+            f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]",
+            f"{r.p_holm:.3g}",
+            f"[{bt.ci_low:+.3f}, {bt.ci_high:+.3f}]",
+            f"{100 * t.diff:+.1f} pp [{100 * t.ci_low:+.1f}, {100 * t.ci_high:+.1f}]"
+            if t.diff == t.diff
+            else f"— ({t.method})",
+            r.verdict,
+        )
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(table)
+    n = c.rows[0]
+    typer.echo(
+        f"{n.n_members} members and {n.n_nonmembers} non-members, paired; verdicts from DeLong p-values "
+        f"Holm-adjusted over {len(c.rows)} attacks (level {1 - 0.95:.2f})"
+    )
+
+
 @results_app.command("export")
 @_guard
 def results_export(

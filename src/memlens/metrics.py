@@ -48,17 +48,45 @@ def auc_ci(
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     aucs = np.empty(n_boot)
-    step = max(1, 2_000_000 // (len(m) + len(n)))  # bounded memory
-    for start in range(0, n_boot, step):
-        b = min(step, n_boot - start)
-        both = np.concatenate(
-            [m[rng.integers(0, len(m), (b, len(m)))], n[rng.integers(0, len(n), (b, len(n)))]], axis=1
+    for start, b in boot_batches(n_boot, len(m) + len(n)):
+        aucs[start : start + b] = auc_rows(
+            m[rng.integers(0, len(m), (b, len(m)))], n[rng.integers(0, len(n), (b, len(n)))]
         )
-        ranks = rankdata(both, axis=1)[:, : len(m)].sum(axis=1)
-        aucs[start : start + b] = (ranks - len(m) * (len(m) + 1) / 2) / (len(m) * len(n))
     alpha = (1 - confidence) / 2
     lo, hi = np.quantile(aucs, [alpha, 1 - alpha])
     return float(lo), float(hi)
+
+
+def boot_batches(n_boot: int, width: int) -> list[tuple[int, int]]:
+    """``(start, size)`` of bootstrap replicate batches, each holding at most ~2M scores (bounded memory)."""
+    step = max(1, 2_000_000 // max(width, 1))
+    return [(start, min(step, n_boot - start)) for start in range(0, n_boot, step)]
+
+
+def auc_rows(members: np.ndarray, nonmembers: np.ndarray) -> np.ndarray:
+    """The AUC of each row: ``members`` is ``(B, m)``, ``nonmembers`` ``(B, n)`` -> ``(B,)`` (Mann–Whitney,
+    ties half)."""
+    m, n = members.shape[1], nonmembers.shape[1]
+    ranks = rankdata(np.concatenate([members, nonmembers], axis=1), axis=1)[:, :m].sum(axis=1)
+    return (ranks - m * (m + 1) / 2) / (m * n)
+
+
+def tpr_rows(members: np.ndarray, nonmembers: np.ndarray, max_fpr: float) -> np.ndarray:
+    """:func:`tpr_at_fpr` of each row (``(B, m)`` and ``(B, n)`` -> ``(B,)``), without a loop over rows.
+
+    At most k = max{c : c/n ≤ max_fpr} non-members may score at or above the threshold, so the best threshold
+    lies just above the (k+1)-th largest non-member score y: the TPR is the share of members scoring above y
+    (all of them when k = n)."""
+    n = nonmembers.shape[1]
+    k = int(np.floor(max_fpr * n))
+    while k < n and (k + 1) / n <= max_fpr:
+        k += 1
+    while k > 0 and k / n > max_fpr:
+        k -= 1
+    if k >= n:
+        return np.ones(len(members))
+    y = -np.partition(-nonmembers, k, axis=1)[:, k]  # the (k+1)-th largest per row
+    return (members > y[:, None]).mean(axis=1)
 
 
 def evaluate(

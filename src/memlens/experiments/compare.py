@@ -1,0 +1,141 @@
+"""Compare two finished trials of a results store, attack by attack, on their paired per-text scores.
+
+Both trials must have scored the same members and non-members (same ids): that is what makes the comparison
+paired. For each attack both trials have at the chosen epoch: AUC_a − AUC_b with DeLong's CI and p-value (Holm-
+adjusted over the attacks compared) and a paired-bootstrap CI, and TPR_a − TPR_b at each FPR with a paired-
+bootstrap CI. Verdicts: ``a > b`` or ``a < b`` when the Holm-adjusted p-value is below 1 − confidence (the
+family: the attacks compared), else ``no difference shown``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from memlens.comparison import Difference, delong, holm, paired_difference
+from memlens.errors import MemlensError
+
+
+@dataclass(frozen=True)
+class AttackComparison:
+    """One attack's differences between trial a and trial b."""
+
+    attack: str
+    epoch: int
+    n_members: int
+    n_nonmembers: int
+    auc_delong: Difference
+    auc_bootstrap: Difference
+    tpr: list[Difference]
+    p_holm: float
+
+    alpha: float = 0.05
+
+    @property
+    def verdict(self) -> str:
+        """``a > b`` / ``a < b`` when the Holm-adjusted DeLong p-value is below ``alpha``, else no verdict."""
+        if not self.p_holm < self.alpha:
+            return "no difference shown"
+        return "a > b" if self.auc_delong.diff > 0 else "a < b"
+
+
+@dataclass(frozen=True)
+class TrialComparison:
+    """Trial ``a`` against trial ``b`` (ids and labels), per attack."""
+
+    a: tuple[int, str]
+    b: tuple[int, str]
+    rows: list[AttackComparison]
+
+
+def _trial(trials, ref: str) -> tuple[int, str]:
+    """A finished trial by id (``3``) or label."""
+    done = trials[trials["status"] == "done"]
+    hit = done[done["id"].astype(str) == ref] if ref.isdigit() else done[done["label"] == ref]
+    if hit.empty:
+        names = ", ".join(f"{i} ({lab})" for i, lab in zip(done["id"], done["label"], strict=True)) or "none"
+        raise MemlensError(f"no finished trial {ref!r} in the store; finished: {names}")
+    if len(hit) > 1:
+        raise MemlensError(f"{ref!r} names {len(hit)} trials; use a trial id: {', '.join(map(str, hit['id']))}")
+    return int(hit["id"].iloc[0]), str(hit["label"].iloc[0])
+
+
+def _scores(path: Path):
+    import pandas as pd
+
+    if not path.is_file():
+        raise MemlensError(f"{path} is missing: a paired comparison needs each trial's per-text scores")
+    return pd.read_csv(path, dtype={"id": str, "attack": str})
+
+
+def compare_trials(
+    store_dir: str | Path,
+    a: str,
+    b: str,
+    *,
+    epoch: int | None = None,
+    fprs: tuple[float, ...] | list[float] = (0.01,),
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> TrialComparison:
+    """Compare trials ``a`` and ``b`` (ids or labels) of the store in ``store_dir`` at ``epoch`` (default: the
+    last epoch both evaluated)."""
+    from memlens.experiments.store import Store
+
+    store = Store(store_dir, create=False)
+    try:
+        trials = store.trials()
+        ta, tb = _trial(trials, a), _trial(trials, b)
+        sa, sb = (_scores(store.trial_dir(t[0]) / "scores.csv") for t in (ta, tb))
+    finally:
+        store.close()
+    if ta[0] == tb[0]:
+        raise MemlensError(f"trial {ta[0]} compared with itself")
+    common = sorted(set(sa["epoch"]) & set(sb["epoch"]))
+    if epoch is None:
+        epoch = int(common[-1]) if common else -1
+    if epoch not in common:
+        raise MemlensError(f"the two trials share no scores at epoch {epoch}; both have epochs {common}")
+    texts_a = sa.loc[sa["epoch"] == epoch, ["id", "member"]].drop_duplicates()
+    texts_b = sb.loc[sb["epoch"] == epoch, ["id", "member"]].drop_duplicates()
+    if len(texts_a) != len(texts_b) or set(map(tuple, texts_a.to_numpy())) != set(map(tuple, texts_b.to_numpy())):
+        raise MemlensError(
+            f"trials {ta[0]} and {tb[0]} scored different texts; a paired comparison needs the same members and "
+            "non-members (same data settings)"
+        )
+    attacks = [
+        x
+        for x in dict.fromkeys(sa.loc[sa["epoch"] == epoch, "attack"])
+        if x != "nll" and x in set(sb.loc[sb["epoch"] == epoch, "attack"])
+    ]
+    if not attacks:
+        raise MemlensError(f"the two trials share no attack at epoch {epoch}")
+    rows = []
+    for attack in attacks:
+        pa = sa[(sa["epoch"] == epoch) & (sa["attack"] == attack)].set_index(["id", "member"])["score"]
+        pb = sb[(sb["epoch"] == epoch) & (sb["attack"] == attack)].set_index(["id", "member"])["score"]
+        index = sorted(pa.index, key=lambda k: (-int(k[1]), k[0]))  # members first
+        va, vb = pa.reindex(index).to_numpy(float), pb.reindex(index).to_numpy(float)
+        n_members = sum(int(k[1]) for k in index)
+        auc_d = delong(va, vb, n_members, confidence=confidence)
+        boot = paired_difference(va, vb, n_members, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+        ok = np.isfinite(va) & np.isfinite(vb)
+        rows.append(
+            AttackComparison(
+                attack,
+                epoch,
+                int(ok[:n_members].sum()),
+                int(ok[n_members:].sum()),
+                auc_d,
+                boot[0],
+                boot[1:],
+                float("nan"),
+                1 - confidence,
+            )
+        )
+    adjusted = holm([r.auc_delong.p_value if r.auc_delong.p_value is not None else 1.0 for r in rows])
+    rows = [replace(r, p_holm=p) for r, p in zip(rows, adjusted, strict=True)]
+    return TrialComparison(ta, tb, rows)
