@@ -41,11 +41,38 @@ def test_tpr_at_fpr_uses_the_largest_tpr_within_budget():
 
 
 def test_evaluate_drops_nans_per_set_and_counts_them():
-    out = evaluate([1.0, np.nan, 2.0], [0.0, np.nan], fprs=[0.5], n_boot=50)
-    assert out["n_nan"] == 2 and out["n_members"] == 2 and out["n_nonmembers"] == 1
+    out = evaluate([1.0, np.nan, 2.0], [0.0, -1.0, np.nan], fprs=[0.5], n_boot=50)
+    assert out["n_nan"] == 2 and out["n_members"] == 2 and out["n_nonmembers"] == 2
     assert out["auc"] == 1.0 and out["tpr@fpr=0.5"] == 1.0
 
 
 def test_bad_input():
     with pytest.raises(ValueError):
         roc_auc([], [1.0])
+
+
+def test_infinite_scores_are_dropped_and_counted_like_nan():
+    out = evaluate([1.0, np.inf, 2.0], [0.0, -np.inf, -1.0], fprs=[0.5], n_boot=20)
+    assert out["n_nan"] == 2 and out["auc"] == 1.0
+
+
+def test_tpr_below_one_nonmember_is_not_estimable():
+    from memlens.metrics import tpr_detail
+
+    rng = np.random.default_rng(0)
+    m, n = rng.normal(1, 1, 300), rng.normal(0, 1, 200)
+    out = evaluate(m, n, fprs=[0.001, 0.01], n_boot=20)
+    assert np.isnan(out["tpr@fpr=0.001"]) and out["tpr"][0.001].note == "not estimable: needs ≥ 1000 non-members"
+    t = tpr_detail(m, n, 0.01)
+    assert t.tpr == tpr_at_fpr(m, n, 0.01) == out["tpr@fpr=0.01"] and t.note is None
+    assert t.fp <= 2 and t.fpr_reached == t.fp / 200 <= 0.01 and t.tp == round(t.tpr * 300)
+    assert t.ci_low < t.tpr < t.ci_high
+
+
+def test_clopper_pearson_matches_known_values():
+    from memlens.metrics import clopper_pearson
+
+    assert clopper_pearson(0, 10) == (0.0, pytest.approx(0.3084971, abs=1e-6))
+    low, high = clopper_pearson(5, 10)
+    assert low == pytest.approx(0.1870860, abs=1e-6) and high == pytest.approx(0.8129140, abs=1e-6)
+    assert clopper_pearson(10, 10)[1] == 1.0

@@ -11,7 +11,7 @@ from golden import GOLDEN
 from memlens.experiments.store import Store
 from memlens.records import FIELDS, Record, from_dict, from_legacy
 
-LEGACY = json.loads(GOLDEN.read_text())["records"]  # written by the schema-1 code
+LEGACY = json.loads((GOLDEN.parent / "schema1-results.json").read_text())["records"]  # by the schema-1 code
 
 OLD_SCHEMA = """
 CREATE TABLE sweeps (name TEXT PRIMARY KEY, spec_hash TEXT NOT NULL, spec TEXT NOT NULL, created REAL NOT NULL);

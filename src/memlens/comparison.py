@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import norm
 
-from memlens.metrics import auc_rows, boot_batches, roc_auc, tpr_at_fpr, tpr_rows
+from memlens.metrics import auc_rows, boot_batches, min_nonmembers, roc_auc, tpr_at_fpr, tpr_rows
 
 
 @dataclass(frozen=True)
@@ -139,11 +139,6 @@ def paired_difference(
         ta, tb = tpr_at_fpr(ma, na, f), tpr_at_fpr(mb, nb, f)
         out.append(Difference("tpr", ta, tb, ta - tb, *interval(tpr_d[k]), "paired bootstrap", fpr=f))
     return out
-
-
-def min_nonmembers(fpr: float) -> int:
-    """The fewest non-members that can resolve an FPR budget: one false positive must be at most ``fpr``."""
-    return math.ceil(1 / fpr - 1e-9)
 
 
 def holm(p_values: list[float]) -> list[float]:

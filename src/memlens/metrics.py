@@ -2,11 +2,15 @@
 
 Every function takes ``member_scores`` and ``nonmember_scores`` (1-D arrays) where a HIGHER score means
 "more likely a member". An AUC above 0.5 means the attack separates members from non-members; 0.5 is chance.
-NaN scores are dropped from their own set (members and non-members are not paired, so nothing misaligns);
-:func:`evaluate` reports how many were dropped.
+Non-finite scores (NaN, ±inf) are dropped from their own set (members and non-members are not paired, so
+nothing misaligns); :func:`evaluate` reports how many were dropped.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy.stats import rankdata
@@ -71,6 +75,21 @@ def auc_rows(members: np.ndarray, nonmembers: np.ndarray) -> np.ndarray:
     return (ranks - m * (m + 1) / 2) / (m * n)
 
 
+def min_nonmembers(fpr: float) -> int:
+    """The fewest non-members that can resolve an FPR budget: one false positive must be at most ``fpr``."""
+    return math.ceil(1 / fpr - 1e-9)
+
+
+def _max_false_positives(n: int, max_fpr: float) -> int:
+    """k = max{c ≤ n : c/n ≤ max_fpr}, computed as :func:`tpr_at_fpr` compares (c/n in floating point)."""
+    k = int(np.floor(max_fpr * n))
+    while k < n and (k + 1) / n <= max_fpr:
+        k += 1
+    while k > 0 and k / n > max_fpr:
+        k -= 1
+    return k
+
+
 def tpr_rows(members: np.ndarray, nonmembers: np.ndarray, max_fpr: float) -> np.ndarray:
     """:func:`tpr_at_fpr` of each row (``(B, m)`` and ``(B, n)`` -> ``(B,)``), without a loop over rows.
 
@@ -78,15 +97,54 @@ def tpr_rows(members: np.ndarray, nonmembers: np.ndarray, max_fpr: float) -> np.
     lies just above the (k+1)-th largest non-member score y: the TPR is the share of members scoring above y
     (all of them when k = n)."""
     n = nonmembers.shape[1]
-    k = int(np.floor(max_fpr * n))
-    while k < n and (k + 1) / n <= max_fpr:
-        k += 1
-    while k > 0 and k / n > max_fpr:
-        k -= 1
+    k = _max_false_positives(n, max_fpr)
     if k >= n:
         return np.ones(len(members))
     y = -np.partition(-nonmembers, k, axis=1)[:, k]  # the (k+1)-th largest per row
     return (members > y[:, None]).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class TPRAtFPR:
+    """The TPR at an FPR budget with what is behind it: a Clopper–Pearson CI over the members, the FPR the
+    chosen threshold actually reaches, the counts of true and false positives, and, when the budget cannot
+    be resolved by the non-members, NaN everywhere with the reason in ``note``."""
+
+    fpr: float
+    tpr: float
+    ci_low: float
+    ci_high: float
+    fpr_reached: float
+    tp: int | None
+    fp: int | None
+    note: str | None = None
+
+
+def tpr_detail(member_scores, nonmember_scores, max_fpr: float, *, confidence: float = 0.95) -> TPRAtFPR:
+    """:func:`tpr_at_fpr` with its CI, reached FPR and counts; not estimable below ``1 / max_fpr`` non-members."""
+    m, n = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
+    needed = min_nonmembers(max_fpr)
+    if len(n) < needed:
+        nan = float("nan")
+        return TPRAtFPR(max_fpr, nan, nan, nan, nan, None, None, f"not estimable: needs ≥ {needed} non-members")
+    k = _max_false_positives(len(n), max_fpr)
+    if k >= len(n):
+        tp, fp = len(m), len(n)
+    else:
+        y = -np.partition(-n, k)[k]
+        tp, fp = int((m > y).sum()), int((n > y).sum())
+    low, high = clopper_pearson(tp, len(m), confidence)
+    return TPRAtFPR(max_fpr, tp / len(m), low, high, fp / len(n), tp, fp)
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) interval of a binomial share k/n."""
+    from scipy.stats import beta
+
+    alpha = 1 - confidence
+    low = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+    high = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return low, high
 
 
 def evaluate(
@@ -97,19 +155,21 @@ def evaluate(
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
-) -> dict[str, float]:
-    """AUC with bootstrap CI and TPR at each FPR budget, as a flat dict (keys ``auc``, ``auc_ci_low``,
-    ``auc_ci_high``, ``tpr@fpr=0.01`` …, ``n_members``, ``n_nonmembers``, ``n_nan``)."""
+) -> dict[str, Any]:
+    """AUC with bootstrap CI and TPR at each FPR budget, as a dict: ``auc``, ``auc_ci_low``, ``auc_ci_high``,
+    ``tpr@fpr=0.01`` … (NaN where the non-members cannot resolve the budget), ``tpr`` (FPR -> :class:`TPRAtFPR`),
+    ``n_members``, ``n_nonmembers`` and ``n_nan`` (non-finite scores, dropped from their own set)."""
     m, n = np.asarray(member_scores, float), np.asarray(nonmember_scores, float)
-    n_nan = int(np.isnan(m).sum() + np.isnan(n).sum())
-    m, n = m[~np.isnan(m)], n[~np.isnan(n)]
-    out: dict[str, float] = {"n_members": len(m), "n_nonmembers": len(n), "n_nan": n_nan}
+    n_nan = int((~np.isfinite(m)).sum() + (~np.isfinite(n)).sum())
+    m, n = m[np.isfinite(m)], n[np.isfinite(n)]
+    out: dict[str, Any] = {"n_members": len(m), "n_nonmembers": len(n), "n_nan": n_nan}
     if not len(m) or not len(n):
         return out | {"auc": float("nan")}
     out["auc"] = roc_auc(m, n)
     out["auc_ci_low"], out["auc_ci_high"] = auc_ci(m, n, n_boot=n_boot, confidence=confidence, seed=seed)
+    out["tpr"] = {f: tpr_detail(m, n, f, confidence=confidence) for f in fprs}
     for f in fprs:
-        out[tpr_key(f)] = tpr_at_fpr(m, n, f)
+        out[tpr_key(f)] = out["tpr"][f].tpr
     return out
 
 

@@ -32,7 +32,10 @@ class Record:
 
     ``attack`` is the row's display label, unique within an epoch and kind (``min_k@0.2``, ``extraction
     greedy``, ``canary x4``); the facts it shows are also fields: ``attack_name`` (the registered attack,
-    e.g. ``min_k``), ``k``, ``decoding``, ``repetitions``. ``fpr`` is set on ``tpr`` rows. ``role`` is the model
+    e.g. ``min_k``), ``k``, ``decoding``, ``repetitions``. ``tpr`` rows carry the budget ``fpr``, the FPR
+    the threshold reaches (``fpr_reached``), the true/false positive counts ``tp``/``fp`` and a Clopper–Pearson
+    CI; a number that cannot be measured (e.g. a budget below one non-member) is ``None`` with the reason in
+    ``note``. ``role`` is the model
     measured (``target``; ``reference`` and ``student`` for later uses). Scores are higher = more likely a
     member; an AUC above 0.5 means the attack tells members from non-members.
     """
@@ -57,6 +60,10 @@ class Record:
     n_nonmembers: int | None = None
     n_nan: int | None = None
     beats_blind: bool | None = None
+    fpr_reached: float | None = None
+    tp: int | None = None
+    fp: int | None = None
+    note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (NaN becomes None)."""
@@ -64,8 +71,8 @@ class Record:
 
 
 FIELDS = [f.name for f in fields(Record)]
-INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "beats_blind"}
-REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature"}
+INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "beats_blind", "tp", "fp"}
+REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature", "fpr_reached"}
 SQL_TYPES = {name: "INTEGER" if name in INT_FIELDS else "REAL" if name in REAL_FIELDS else "TEXT" for name in FIELDS}
 
 

@@ -23,7 +23,7 @@ from memlens.data import load_splits
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
-from memlens.metrics import evaluate, tpr_key
+from memlens.metrics import evaluate
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
@@ -404,7 +404,21 @@ def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_me
                 n_nan=int(m["n_nan"]),
             )
         )
-        rows += [replace(auc, metric="tpr", value=m[tpr_key(f)], fpr=f) for f in cfg.attacks.fpr if tpr_key(f) in m]
+        rows += [
+            replace(
+                auc,
+                metric="tpr",
+                value=t.tpr,
+                fpr=f,
+                ci_low=t.ci_low,
+                ci_high=t.ci_high,
+                fpr_reached=t.fpr_reached,
+                tp=t.tp,
+                fp=t.fp,
+                note=t.note,
+            )
+            for f, t in m.get("tpr", {}).items()
+        ]
     return rows
 
 

@@ -77,7 +77,8 @@ class Store:
             self._upgrade()
 
     def _upgrade(self) -> None:
-        """Give a store written before schema 2 a column per record field, filled from its legacy rows."""
+        """Give an older store a column per record field; rows written before schema 2 are filled from their
+        legacy names (later fields simply stay empty on older rows)."""
         have = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
         missing = [n for n in FIELDS if n not in have]
         if not missing:
@@ -85,7 +86,7 @@ class Store:
         with self.transaction() as db:
             for n in missing:
                 db.execute(f"ALTER TABLE results ADD COLUMN {n} {SQL_TYPES[n]}")
-            rows = db.execute("SELECT rowid, * FROM results").fetchall()
+            rows = db.execute("SELECT rowid, * FROM results WHERE kind IS NULL").fetchall()
             names = ["rowid", *(d[0] for d in db.execute("SELECT * FROM results LIMIT 0").description)]
             updates = []
             for row in rows:

@@ -24,7 +24,9 @@ def _auc(row: dict | None) -> str:
 
 
 def _pct(row: dict | None) -> str:
-    return "—" if row is None or row["value"] is None else f"{100 * row['value']:.1f}%"
+    if row is None or row["value"] is None:
+        return "— *" if row is not None and row.get("note") else "—"
+    return f"{100 * row['value']:.1f}%"
 
 
 def summary_table(results: dict) -> Table:
@@ -51,6 +53,8 @@ def summary_table(results: dict) -> Table:
 def summary_lines(results: dict) -> list[str]:
     records, t = results["records"], results["tuning"]
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
+    shown = [r for r in records if r["kind"] == "mia" and r["metric"] == "tpr" and r["fpr"] == 0.01]
+    notes = sorted({r["note"] for r in shown if r["epoch"] == last and r.get("note")})
     ppl0, ppl1 = (find(records, epoch=e, kind="utility", metric="val_ppl") for e in (0, last))
     tm, tr = results["timings"], results["training"]
     blind = find(records, kind="blind", metric="auc")
@@ -72,6 +76,7 @@ def summary_lines(results: dict) -> list[str]:
         f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
         f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
     ]
+    lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
