@@ -185,6 +185,14 @@ def test_markdown_summary(report):
         and "ValueError: bad target &lt;script&gt;alert(1)&lt;/script&gt; … second line &amp; more" in md
     )
     assert "| targets=q+v rank=2 | canary x8 |" in md and "Not drawn" not in md
+    # 24 non-members cannot resolve a 1% FPR: no number that looks measured, a footnote that says why
+    assert "| — \\* |" in md and "\\* TPR @ 1% FPR not estimable: needs ≥ 100 non-members" in md
+
+
+def test_not_estimable_tpr_is_footnoted_in_the_page(report):
+    page = report[0]
+    assert '<td class="num">— *</td>' in page
+    assert '<p class="meta">* TPR @ 1% FPR not estimable: needs ≥ 100 non-members</p>' in page
 
 
 def test_show_text_and_files(sweep_dir, report):

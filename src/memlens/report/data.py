@@ -123,6 +123,7 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 "ci_high": value_of(auc, "ci_high"),
                 "beats_blind": value_of(auc, "beats_blind"),
                 "tpr": value_of(pick(last, attack, "tpr", 0.01), "value"),
+                "tpr_note": (pick(last, attack, "tpr", 0.01) or {}).get("note"),
                 "auc0": value_of(auc0, "value"),
                 "blind": value_of(blind, "value"),
                 "blind_low": value_of(blind, "ci_low"),

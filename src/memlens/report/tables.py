@@ -42,16 +42,18 @@ class Cell:
 
 @dataclass(frozen=True)
 class Table:
-    """Headers and rows of cells; the page template renders it as HTML, :meth:`md` as Markdown."""
+    """Headers and rows of cells, and footnotes; the page template renders it as HTML, :meth:`md` as Markdown."""
 
     headers: list[str]
     rows: list[list[Cell]]
+    notes: tuple[str, ...] = ()
 
     def md(self) -> str:
         first = self.rows[0] if self.rows else [Cell("")] * len(self.headers)
         align = ["---:" if c.cls == "num" else "---" for c in first]
         lines = ["| " + " | ".join(md_text(h) for h in self.headers) + " |", "| " + " | ".join(align) + " |"]
         lines += ["| " + " | ".join(c.md() for c in row) + " |" for row in self.rows]
+        lines += [f"\n{md_text(n)}" for n in self.notes]
         return "\n".join(lines)
 
 
@@ -87,7 +89,7 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
             Cell(r["label"], "label"),
             Cell(str(r["epoch"]), "num"),
             Cell(_auc(r["auc"], r["ci_low"], r["ci_high"]), "num"),
-            Cell(_pct(r["tpr"]), "num"),
+            _tpr_cell(r["tpr"], r["tpr_note"]),
             Cell(_auc(r["auc0"]), "num"),
             Cell(_auc(r["blind"], r["blind_low"], r["blind_high"]), "num"),
             _verdict(r["beats_blind"]),
@@ -105,7 +107,16 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
         "beats blind?",
         "val PPL pre → post",
     ]
-    return Table(headers, rows)
+    return Table(headers, rows, _tpr_notes(r["tpr_note"] for r in final.to_dict("records")))
+
+
+def _tpr_cell(value: float | None, note: str | None) -> Cell:
+    """The TPR at 1% FPR, or "— *" where it is not estimable (the footnote says why)."""
+    return Cell("— *" if isinstance(note, str) and note else _pct(value), "num")
+
+
+def _tpr_notes(notes) -> tuple[str, ...]:
+    return tuple(f"* TPR @ 1% FPR {n}" for n in sorted({n for n in notes if isinstance(n, str) and n}))
 
 
 def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[str]) -> Table:
@@ -113,19 +124,21 @@ def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[st
     pick = picker(results[results["trial"] == trial])
     rows = []
     for a in attacks:
-        auc = pick(epoch, a, "auc")
+        auc, tpr = pick(epoch, a, "auc"), pick(epoch, a, "tpr", 0.01) or {}
         if auc is None:
             continue
         rows.append(
             [
                 Cell(a),
                 Cell(_auc(value_of(auc, "value"), value_of(auc, "ci_low"), value_of(auc, "ci_high")), "num"),
-                Cell(_pct(value_of(pick(epoch, a, "tpr", 0.01), "value")), "num"),
+                _tpr_cell(value_of(tpr, "value"), tpr.get("note")),
                 Cell(_auc(value_of(pick(0, a, "auc"), "value")), "num"),
                 _verdict(value_of(auc, "beats_blind")),
             ]
         )
-    return Table(["attack", f"AUC epoch {epoch} [95% CI]", "TPR @ 1% FPR", "AUC pre-trained", "beats blind?"], rows)
+    notes = _tpr_notes((pick(epoch, a, "tpr", 0.01) or {}).get("note") for a in attacks)
+    headers = ["attack", f"AUC epoch {epoch} [95% CI]", "TPR @ 1% FPR", "AUC pre-trained", "beats blind?"]
+    return Table(headers, rows, notes)
 
 
 def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
