@@ -56,7 +56,7 @@ def verdict(ci_low: float, ci_high: float, direction: int = 1) -> str:
     return "inconclusive"
 
 
-def _paired(scores_a, scores_b, n_members: int) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+def _paired(scores_a, scores_b, n_members: int) -> tuple[np.ndarray, int, int]:
     """Both score vectors as ``(2, N)``, members first, without texts whose score is NaN in either."""
     a, b = np.asarray(scores_a, float), np.asarray(scores_b, float)
     if a.shape != b.shape or a.ndim != 1:
@@ -68,12 +68,12 @@ def _paired(scores_a, scores_b, n_members: int) -> tuple[np.ndarray, np.ndarray,
     n = int(ok[n_members:].sum())
     if not m or not n:
         raise ValueError("no member or no non-member has a finite score in both vectors")
-    return np.stack([a[ok], b[ok]]), ok, m, n, int((~ok).sum())
+    return np.stack([a[ok], b[ok]]), m, n
 
 
 def delong(scores_a, scores_b, n_members: int, *, confidence: float = 0.95) -> Difference:
     """DeLong's test of AUC_a − AUC_b on the same texts (first ``n_members`` are members): normal CI and p."""
-    both, _, m, n, _ = _paired(scores_a, scores_b, n_members)
+    both, m, n = _paired(scores_a, scores_b, n_members)
     v10 = np.empty((2, m))  # per member: share of non-members it beats (ties half)
     v01 = np.empty((2, n))  # per non-member: share of members that beat it
     for r in range(2):
@@ -107,7 +107,7 @@ def paired_difference(
     ``scores_a`` and ``scores_b`` are 1-D, the same texts in the same order, the first ``n_members`` members.
     Each replicate draws member and non-member indices once and applies them to both vectors. A TPR at an FPR
     budget that the non-members cannot resolve (fewer than ``1 / fpr``) is NaN, its ``method`` saying why."""
-    both, _, m, n, _ = _paired(scores_a, scores_b, n_members)
+    both, m, n = _paired(scores_a, scores_b, n_members)
     rng = np.random.default_rng(seed)
     auc_d = np.empty(n_boot)
     tpr_d = np.empty((len(fprs), n_boot))

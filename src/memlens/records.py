@@ -97,14 +97,9 @@ def _plain(v: Any) -> Any:
         v = v.item()
     if isinstance(v, float) and math.isnan(v):
         return None
-    try:
-        import pandas as pd
+    import pandas as pd
 
-        if v is pd.NA or v is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover
-        pass
-    return v
+    return None if v is pd.NA or v is pd.NaT else v
 
 
 _LEGACY_EXTRACTION = re.compile(r"^extraction_(?P<metric>.+)_(?P<subset>members|nonmembers)$")

@@ -120,8 +120,11 @@ def compare_trials(
         index = sorted(pa.index, key=lambda k: (-int(k[1]), k[0]))  # members first
         va, vb = pa.reindex(index).to_numpy(float), pb.reindex(index).to_numpy(float)
         n_members = sum(int(k[1]) for k in index)
-        auc_d = delong(va, vb, n_members, confidence=confidence)
-        boot = paired_difference(va, vb, n_members, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+        try:
+            auc_d = delong(va, vb, n_members, confidence=confidence)
+            boot = paired_difference(va, vb, n_members, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+        except ValueError as err:  # e.g. no text with a finite score under both trials
+            raise MemlensError(f"attack {attack!r}: {err}") from None
         ok = np.isfinite(va) & np.isfinite(vb)
         rows.append(
             AttackComparison(
