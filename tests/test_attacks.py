@@ -129,3 +129,15 @@ def test_cache_hits_and_is_invalidated_when_adapter_weights_change(tiny, tmp_pat
     assert not np.allclose(changed.logprob[np.isfinite(changed.logprob)], again.logprob[np.isfinite(again.logprob)])
     _, hit6 = score_cached(model, ids[:3], pad, identity="tiny")  # other texts -> new key
     assert not hit6
+
+
+def test_a_new_scoring_version_never_reads_old_entries(tiny, tmp_path, monkeypatch):
+    from memlens.scoring import cache
+
+    monkeypatch.setenv("MEMLENS_CACHE", str(tmp_path))
+    ids = encode(tiny.tokenizer, TEXTS, 64).ids
+    pad = tiny.tokenizer.pad_token_id
+    assert score_cached(tiny.model, ids, pad, identity="tiny")[1] is False
+    assert score_cached(tiny.model, ids, pad, identity="tiny")[1] is True
+    monkeypatch.setattr(cache, "SCORING_VERSION", cache.SCORING_VERSION + 1)
+    assert score_cached(tiny.model, ids, pad, identity="tiny")[1] is False

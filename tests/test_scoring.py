@@ -63,6 +63,18 @@ def test_truncation_is_counted(tiny):
     assert enc.lengths.max() == 8
 
 
+def test_zlib_compresses_the_scored_part_of_a_cut_text(tiny):
+    from memlens.tokens import scored_texts
+
+    enc = encode(tiny.tokenizer, TEXTS, max_tokens=8)
+    scored = scored_texts(tiny.tokenizer, TEXTS, enc)
+    for text, part, ids, cut in zip(TEXTS, scored, enc.ids, enc.truncated, strict=True):
+        if cut:
+            assert len(part) < len(text) and part == tiny.tokenizer.decode(ids, skip_special_tokens=True)
+        else:
+            assert part == text
+
+
 def test_perplexity_is_token_weighted(tiny):
     stats = score_texts(tiny.model, tiny.tokenizer, TEXTS[:4])
     total = np.nansum(stats.logprob)

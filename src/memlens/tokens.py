@@ -15,10 +15,14 @@ import numpy as np
 
 @dataclass
 class Encoded:
-    """Token ids per text, and how many texts were cut to ``max_tokens``."""
+    """Token ids per text, and which texts were cut to ``max_tokens``."""
 
     ids: list[list[int]]
-    n_truncated: int
+    truncated: list[bool]
+
+    @property
+    def n_truncated(self) -> int:
+        return sum(self.truncated)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -39,8 +43,16 @@ def ensure_pad_token(tokenizer) -> int:
 def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> Encoded:
     """Tokenise with the tokenizer's own special tokens (e.g. BOS where the model uses one)."""
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    n_trunc = sum(len(s) > max_tokens for s in ids)
-    return Encoded([list(s[:max_tokens]) for s in ids], n_trunc)
+    return Encoded([list(s[:max_tokens]) for s in ids], [len(s) > max_tokens for s in ids])
+
+
+def scored_texts(tokenizer, texts: Sequence[str], encoded: Encoded) -> list[str]:
+    """The part of each text that is scored: the text itself, or the decoded kept tokens where it was cut
+    (so that a text-level statistic such as the zlib size describes the same text as the likelihood)."""
+    return [
+        tokenizer.decode(ids, skip_special_tokens=True) if cut else text
+        for text, ids, cut in zip(texts, encoded.ids, encoded.truncated, strict=True)
+    ]
 
 
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ class AttackInputs:
 
     - ``target``: the attacked model's statistics of the texts;
     - ``reference``: a reference model's statistics of the same texts (by default the pre-trained model's);
-    - ``texts``: the raw texts (zlib);
+    - ``texts``: the scored texts (zlib): each text as far as its tokens were kept;
     - ``lowercase``: the target model's statistics of the lower-cased texts;
     - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL).
     """

@@ -27,7 +27,7 @@ from memlens.metrics import evaluate
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
-from memlens.tokens import Encoded
+from memlens.tokens import Encoded, scored_texts
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
@@ -67,6 +67,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         texts = [x.text for x in splits.members + splits.nonmembers]
         n_mem = len(splits.members)
         inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
+        scored = scored_texts(tok, texts, inputs.target)  # what zlib compresses: the scored part of each text
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
         f"model {lm.info['spec']} ({lm.info['parameters'] / 1e6:.1f}M parameters) on {lm.info['device']}"
@@ -81,7 +82,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         reference, reference_info = base["target"], None
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
             reference, reference_info = reference_model_stats(cfg, texts)
-        scores = {0: stage_scores(cfg, base, reference if reference_info else None, texts)}
+        scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
         records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
 
     torch.manual_seed(cfg.training.seed)
@@ -94,7 +95,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             return
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
-            scores[epoch] = stage_scores(cfg, stats, reference, texts)
+            scores[epoch] = stage_scores(cfg, stats, reference, scored)
             records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")

@@ -2,7 +2,8 @@
 
 The key combines a fingerprint of the weights (the model's identity plus a sample of every parameter, so a
 changed adapter or fine-tuned weight gives a new key), the exact token ids scored (covering the tokenizer,
-truncation and the texts), any prefix, whether adapters were disabled, and dtype/device.
+truncation and the texts), any prefix, whether adapters were disabled, dtype/device, and
+:data:`SCORING_VERSION`, bumped whenever a change to the scoring code could change the statistics computed.
 Files are ``.npz`` (no pickles) written atomically under ``$MEMLENS_CACHE/scores``.
 """
 
@@ -18,6 +19,7 @@ from memlens import progress
 from memlens.files import atomic_path, cache_dir, describe_os_error, remove_stale
 from memlens.scoring.stats import TokenStats
 
+SCORING_VERSION = 2  # bump when scoring could compute different statistics for the same weights and ids
 SAMPLE = 1024  # values hashed per parameter tensor, evenly strided, plus its exact float64 sum
 
 
@@ -36,7 +38,7 @@ def weights_fingerprint(model, identity: str = "") -> str:
 
 
 def cache_key(fingerprint: str, ids: Sequence[Sequence[int]], *, prefix: Sequence[int] = (), extra: str = "") -> str:
-    h = hashlib.sha256(f"{fingerprint}|{extra}|{len(ids)}|".encode())
+    h = hashlib.sha256(f"v{SCORING_VERSION}|{fingerprint}|{extra}|{len(ids)}|".encode())
     h.update(np.asarray(list(prefix), dtype=np.int64).tobytes())
     for s in ids:
         h.update(np.asarray(s, dtype=np.int64).tobytes())
