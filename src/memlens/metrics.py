@@ -173,6 +173,65 @@ def evaluate(
     return out
 
 
+@dataclass(frozen=True)
+class LossGap:
+    """Memorization as an effect size, in nats per token.
+
+    Per text, the *drop* is L_before(x) − L_after(x): how much fine-tuning lowered its mean token NLL. The
+    **gap** is the members' mean drop minus the non-members' mean drop (what the model learned about the
+    members beyond what it learned about the domain); the non-members' own mean drop is that domain learning
+    (generalization). ``exp(gap)`` is the ratio of the geometric-mean perplexity ratios (members over
+    non-members). CIs are percentile bootstraps resampling members and non-members separately."""
+
+    gap: float
+    gap_ci: tuple[float, float]
+    member_drop: float
+    member_ci: tuple[float, float]
+    nonmember_drop: float
+    nonmember_ci: tuple[float, float]
+    n_members: int
+    n_nonmembers: int
+    n_nan: int
+
+    @property
+    def ppl_ratio(self) -> float:
+        return math.exp(self.gap) if math.isfinite(self.gap) else float("nan")
+
+
+def loss_gap(before, after, n_members: int, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> LossGap:
+    """The :class:`LossGap` from per-text mean NLLs before and after fine-tuning (1-D, same texts in the same
+    order, the first ``n_members`` members). Texts with a non-finite NLL in either are dropped and counted;
+    without a finite member or non-member everything is NaN, with a warning."""
+    import warnings
+
+    b, a = np.asarray(before, float), np.asarray(after, float)
+    if b.shape != a.shape or b.ndim != 1 or not 0 <= n_members <= len(b):
+        raise ValueError(f"need two 1-D NLL arrays of the same texts and 0 ≤ n_members ≤ N, got {b.shape}, {a.shape}")
+    drop = b - a
+    ok = np.isfinite(drop)
+    dm, dn = drop[:n_members][ok[:n_members]], drop[n_members:][ok[n_members:]]
+    n_nan = int((~ok).sum())
+    nan2 = (float("nan"), float("nan"))
+    if not len(dm) or not len(dn):
+        warnings.warn("loss_gap: no member or no non-member has a finite loss drop; returning NaN", stacklevel=2)
+        return LossGap(float("nan"), nan2, float("nan"), nan2, float("nan"), nan2, len(dm), len(dn), n_nan)
+    rng = np.random.default_rng(seed)
+    reps = np.empty((2, n_boot))
+    for start, size in boot_batches(n_boot, len(dm) + len(dn)):
+        reps[0, start : start + size] = dm[rng.integers(0, len(dm), (size, len(dm)))].mean(axis=1)
+        reps[1, start : start + size] = dn[rng.integers(0, len(dn), (size, len(dn)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+
+    def ci(values: np.ndarray) -> tuple[float, float]:
+        if not n_boot:
+            return nan2
+        lo, hi = np.quantile(values, [alpha, 1 - alpha])
+        return float(lo), float(hi)
+
+    mm, mn = float(dm.mean()), float(dn.mean())
+    return LossGap(mm - mn, ci(reps[0] - reps[1]), mm, ci(reps[0]), mn, ci(reps[1]), len(dm), len(dn), n_nan)
+
+
 def tpr_key(fpr: float) -> str:
     """The key of the TPR at ``fpr`` in :func:`evaluate`'s output (``tpr@fpr=0.01``)."""
     return f"tpr@fpr={fpr:g}"

@@ -10,6 +10,9 @@ A record is tidy: ``(epoch, kind, attack, metric, ...) -> value [ci_low, ci_high
 - ``"utility"``: the model's validation perplexity (``metric`` ``val_ppl``);
 - ``"extraction"``: prefix-prompted extraction (``metric`` ``exact_match_rate``, ``ngram_share`` ...,
   per ``subset`` members / non-members and ``decoding``);
+- ``"effect"``: memorization as an effect size, from each text's loss drop L_before − L_after (nats/token):
+  ``metric`` ``loss_gap`` (members' mean drop minus non-members'), ``member_drop`` and ``nonmember_drop``
+  (the latter is what fine-tuning taught about the domain), per fine-tuned epoch;
 - ``"canary"``: planted canaries (``metric`` ``canary_auc``, ``canary_extraction_rate``, ``canary_exposure``,
   per ``repetitions``; 0 for the never-inserted controls).
 """
@@ -23,7 +26,7 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 2  # 1: facts in attack/metric names (before 0.2); 2: one field per fact
 
-Kind = Literal["mia", "blind", "utility", "extraction", "canary"]
+Kind = Literal["mia", "blind", "utility", "effect", "extraction", "canary"]
 
 
 @dataclass(frozen=True)

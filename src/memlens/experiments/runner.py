@@ -23,7 +23,7 @@ from memlens.data import load_splits
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
-from memlens.metrics import evaluate
+from memlens.metrics import evaluate, loss_gap
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
@@ -97,6 +97,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
             scores[epoch] = stage_scores(cfg, stats, reference, scored)
             records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
+            records.extend(effect_records(cfg, scores[0]["nll"], scores[epoch]["nll"], epoch, n_mem))
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
@@ -421,6 +422,32 @@ def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_me
             for f, t in m.get("tpr", {}).items()
         ]
     return rows
+
+
+def effect_records(cfg: RunConfig, before: np.ndarray, after: np.ndarray, epoch: int, n_members: int) -> list[Record]:
+    """Memorization as an effect size at ``epoch``: the loss gap and both sets' mean loss drops, with CIs."""
+    g = loss_gap(
+        before, after, n_members, n_boot=cfg.attacks.bootstrap, confidence=cfg.attacks.confidence, seed=cfg.attacks.seed
+    )
+    row = Record(
+        "loss_gap",
+        g.gap,
+        epoch=epoch,
+        kind="effect",
+        ci_low=g.gap_ci[0],
+        ci_high=g.gap_ci[1],
+        seed=cfg.training.seed,
+        n_members=g.n_members,
+        n_nonmembers=g.n_nonmembers,
+        n_nan=g.n_nan,
+    )
+    return [
+        row,
+        replace(row, metric="member_drop", value=g.member_drop, ci_low=g.member_ci[0], ci_high=g.member_ci[1]),
+        replace(
+            row, metric="nonmember_drop", value=g.nonmember_drop, ci_low=g.nonmember_ci[0], ci_high=g.nonmember_ci[1]
+        ),
+    ]
 
 
 def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts) -> dict:

@@ -100,7 +100,8 @@ def _tidy(results: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.DataFrame:
-    """One row per finished trial: final-epoch AUC (CI), TPR@1%FPR, epoch-0 AUC, blind AUC, val PPL."""
+    """One row per finished trial: final-epoch AUC (CI), TPR@1%FPR, epoch-0 AUC, blind AUC, loss gap (CI) and
+    the non-members' loss drop, val PPL."""
     import pandas as pd
 
     rows = []
@@ -128,6 +129,10 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 "blind": value_of(blind, "value"),
                 "blind_low": value_of(blind, "ci_low"),
                 "blind_high": value_of(blind, "ci_high"),
+                "gap": value_of(pick(last, None, "loss_gap"), "value"),
+                "gap_low": value_of(pick(last, None, "loss_gap"), "ci_low"),
+                "gap_high": value_of(pick(last, None, "loss_gap"), "ci_high"),
+                "nonmember_drop": value_of(pick(last, None, "nonmember_drop"), "value"),
                 "val_ppl0": value_of(pick(0, None, "val_ppl"), "value"),
                 "val_ppl": value_of(pick(last, None, "val_ppl"), "value"),
                 "rank": tuning.get("rank") if t.method == "lora" else None,

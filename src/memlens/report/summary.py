@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -66,6 +68,7 @@ def summary_lines(results: dict) -> list[str]:
     ref = results.get("reference_model")
     if ref:
         lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
+    lines += gap_lines(records, last)
     if ppl0 is not None and ppl1 is not None:
         lines.append(f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)")
     lines += [
@@ -81,6 +84,20 @@ def summary_lines(results: dict) -> list[str]:
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
+
+
+def gap_lines(records: list[dict], epoch: int) -> list[str]:
+    """The loss gap at ``epoch`` in words: memorization beside what was learned about the domain."""
+    gap, mem, non = (
+        find(records, epoch=epoch, kind="effect", metric=m) for m in ("loss_gap", "member_drop", "nonmember_drop")
+    )
+    if gap is None or mem is None or non is None or gap["value"] is None:
+        return []
+    ratio = math.exp(gap["value"])
+    return [
+        f"loss gap (epoch {epoch}): {_auc(gap)} nats/token, ×{ratio:.3f} in perplexity — members' loss fell "
+        f"{mem['value']:.3f}, non-members' {non['value']:.3f} (learning the domain)"
+    ]
 
 
 def data_lines(data: dict) -> list[str]:

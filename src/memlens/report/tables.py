@@ -29,6 +29,13 @@ CANARY_COLUMNS = {
 }
 
 
+GAP_NOTE = (
+    "Loss gap: how much more fine-tuning lowered the members' mean token loss than the non-members' (nats/token; "
+    "memorization as an effect size). The non-members' own drop is what it learned about the domain. AUC is "
+    "scale-free and can rank trials differently (docs/methods.md)."
+)
+
+
 @dataclass(frozen=True)
 class Cell:
     """A table cell; ``cls`` is a CSS class (``num`` right-aligns, ``warn`` / ``ok`` flag the verdict)."""
@@ -93,6 +100,8 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
             Cell(_auc(r["auc0"]), "num"),
             Cell(_auc(r["blind"], r["blind_low"], r["blind_high"]), "num"),
             _verdict(r["beats_blind"]),
+            Cell(_auc(r["gap"], r["gap_low"], r["gap_high"]), "num"),
+            Cell(_f(r["nonmember_drop"]), "num"),
             Cell(f"{_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}", "num"),
         ]
         for r in final.to_dict("records")
@@ -105,9 +114,12 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
         "AUC pre-trained",
         "blind AUC [95% CI]",
         "beats blind?",
+        "loss gap, nats/token [95% CI]",
+        "non-members' loss drop",
         "val PPL pre → post",
     ]
-    return Table(headers, rows, _tpr_notes(r["tpr_note"] for r in final.to_dict("records")))
+    notes = (*_tpr_notes(r["tpr_note"] for r in final.to_dict("records")), GAP_NOTE)
+    return Table(headers, rows, notes)
 
 
 def _tpr_cell(value: float | None, note: str | None) -> Cell:
