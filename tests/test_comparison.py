@@ -130,6 +130,14 @@ def test_compare_two_trials_from_the_store(two_trials):
     assert all(r.p_holm >= (r.auc_delong.p_value or 0) for r in c.rows)
     scores = pd.read_csv(store.trial_dir(1) / "scores.csv")
     assert {"nll"} & {r.attack for r in c.rows} == set() and len(c.rows) == scores.attack.nunique() - 1
+    gap = {  # the stored loss-gap records are what the paired comparison compares
+        t: res[(res.trial == t) & (res.kind == "effect") & (res.metric == "loss_gap") & (res.epoch == 2)].value.item()
+        for t in (1, 2)
+    }
+    assert c.gap is not None and (c.gap.a, c.gap.b) == pytest.approx((gap[1], gap[2]), abs=1e-5)  # scores.csv rounds
+    assert c.gap.diff == pytest.approx(gap[1] - gap[2], abs=1e-5) and c.gap.ci_low <= c.gap.diff <= c.gap.ci_high
+    assert c.gap_verdict in ("a > b", "a < b", "no difference shown")
+    assert compare_trials(two_trials, "full", "head", epoch=0, n_boot=50).gap is None  # nothing fine-tuned yet
 
 
 def test_compare_cli_and_its_errors(two_trials):
@@ -138,6 +146,7 @@ def test_compare_cli_and_its_errors(two_trials):
     result = invoke("compare", "1", "head", "--dir", two_trials, "--bootstrap", "200")
     assert result.exit_code == 0, result.output
     assert "ΔAUC" in result.stdout and "Holm-adjusted over" in result.stdout and "not estimable" in result.stdout
+    assert "loss gap" in result.stdout and "nats/token" in result.stdout
     assert_one_line_error(invoke("compare", "1", "3", "--dir", two_trials), "scored different texts")
     assert_one_line_error(invoke("compare", "1", "nope", "--dir", two_trials), "no finished trial 'nope'")
     assert_one_line_error(invoke("compare", "1", "1", "--dir", two_trials), "compared with itself")

@@ -247,6 +247,12 @@ def compare_cmd(
         f"{n.n_members} members and {n.n_nonmembers} non-members, paired; verdicts from DeLong p-values "
         f"Holm-adjusted over {len(c.rows)} attacks (level {1 - 0.95:.2f})"
     )
+    if c.gap is not None:
+        g = c.gap
+        typer.echo(
+            f"loss gap (members' loss drop minus non-members', nats/token): a {g.a:.3f}, b {g.b:.3f}, "
+            f"Δ {g.diff:+.3f} [{g.ci_low:+.3f}, {g.ci_high:+.3f}] (paired bootstrap) — {c.gap_verdict}"
+        )
 
 
 @results_app.command("export")

@@ -5,6 +5,10 @@ paired. For each attack both trials have at the chosen epoch: AUC_a − AUC_b wi
 adjusted over the attacks compared) and a paired-bootstrap CI, and TPR_a − TPR_b at each FPR with a paired-
 bootstrap CI. Verdicts: ``a > b`` or ``a < b`` when the Holm-adjusted p-value is below 1 − confidence (the
 family: the attacks compared), else ``no difference shown``.
+
+Beside the attacks, the loss gap (memorization as an effect size: how much more fine-tuning lowered the
+members' loss than the non-members', nats/token) of a and b and its paired difference, from the per-text
+losses at epoch 0 and at the epoch compared; its verdict follows its 95% CI.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memlens.comparison import Difference, delong, holm, paired_difference
+from memlens.comparison import Difference, contrast, delong, holm, paired_difference, replicates
 from memlens.errors import MemlensError
 
 
@@ -48,6 +52,13 @@ class TrialComparison:
     a: tuple[int, str]
     b: tuple[int, str]
     rows: list[AttackComparison]
+    gap: Difference | None = None  # loss gap a − b (nats/token); None where a trial lacks epoch-0 losses
+
+    @property
+    def gap_verdict(self) -> str:
+        if self.gap is None:
+            return "not measured"
+        return {"holds": "a > b", "reversed": "a < b"}.get(self.gap.verdict(+1), "no difference shown")
 
 
 def _trial(trials, ref: str) -> tuple[int, str]:
@@ -115,8 +126,7 @@ def compare_trials(
         raise MemlensError(f"the two trials share no attack at epoch {epoch}")
     rows = []
     for attack in attacks:
-        pa = sa[(sa["epoch"] == epoch) & (sa["attack"] == attack)].set_index(["id", "member"])["score"]
-        pb = sb[(sb["epoch"] == epoch) & (sb["attack"] == attack)].set_index(["id", "member"])["score"]
+        pa, pb = _per_text(sa, attack, epoch), _per_text(sb, attack, epoch)
         index = sorted(pa.index, key=lambda k: (-int(k[1]), k[0]))  # members first
         va, vb = pa.reindex(index).to_numpy(float), pb.reindex(index).to_numpy(float)
         n_members = sum(int(k[1]) for k in index)
@@ -139,6 +149,22 @@ def compare_trials(
                 1 - confidence,
             )
         )
+    gap = _gap_difference(sa, sb, epoch, n_boot=n_boot, confidence=confidence, seed=seed) if epoch > 0 else None
     adjusted = holm([r.auc_delong.p_value if r.auc_delong.p_value is not None else 1.0 for r in rows])
     rows = [replace(r, p_holm=p) for r, p in zip(rows, adjusted, strict=True)]
-    return TrialComparison(ta, tb, rows)
+    return TrialComparison(ta, tb, rows, gap)
+
+
+def _per_text(scores, attack: str, epoch: int):
+    return scores[(scores["epoch"] == epoch) & (scores["attack"] == attack)].set_index(["id", "member"])["score"]
+
+
+def _gap_difference(sa, sb, epoch: int, *, n_boot: int, confidence: float, seed: int) -> Difference | None:
+    """gap_a − gap_b on the same texts, each gap from the per-text loss drop between epoch 0 and ``epoch``."""
+    drops = [_per_text(s, "nll", 0) - _per_text(s, "nll", epoch) for s in (sa, sb)]
+    if any(d.empty for d in drops):
+        return None
+    index = sorted(drops[0].index, key=lambda k: (-int(k[1]), k[0]))  # members first
+    rows = np.stack([d.reindex(index).to_numpy(float) for d in drops])
+    point, reps, _ = replicates(rows, sum(int(k[1]) for k in index), statistic="gap", n_boot=n_boot, seed=seed)
+    return contrast(point, reps, [1, -1], metric="gap", a=float(point[0]), b=float(point[1]), confidence=confidence)
