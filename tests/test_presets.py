@@ -4,7 +4,8 @@ import pytest
 from helpers import PHEE
 
 from memlens.errors import MemlensError
-from memlens.experiments.presets import findings_markdown, preset_spec
+from memlens.experiments.findings import findings_markdown
+from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
 
@@ -31,16 +32,22 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     counts = run_sweep(sweep, tmp_path)
     assert counts == {"done": len(sweep.trials)}, Store(tmp_path).trials()[["label", "error"]]
     md = findings_markdown(name, Store(tmp_path), "memlens reproduce ...")
+    (tmp_path / "findings.md").write_text(md)
     assert md.startswith(f"# {name}: published findings vs memlens")
-    first = "W_V and W_O memorize more" if name == "savine2025" else "parameter-based methods memorize more"
-    row = next(line for line in md.splitlines() if first in line)
-    assert any(v in row for v in ("**holds**", "**does not hold**", "**inconclusive")), row
+    rows = [line for line in md.splitlines() if line.startswith("| (")]
+    verdicts = {"holds", "reversed", "inconclusive", "does not hold", "confounded", "not measured"}
+    for row in rows:  # both measures' verdicts, each from the allowed set
+        assert {c.strip("*| ") for c in row.split(" | ")[3::2]} <= verdicts, row
+    first = rows[0]
+    assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
+    assert "Holm-adjusted p below 0.05" in md and "loss gap" in md
     if name == "savine2025":
-        assert "R² =" in md and "r=1:" in md
+        assert "R² =" in md and "r=1:" in md and "slope per doubling of the rank" in md
+        assert "**confounded**" in next(r for r in rows if r.startswith("| (2)"))
     else:
-        assert "attention < MLP < both" in md and "AUC change after epoch 1" in md
-        size = next(line for line in md.splitlines() if "larger models memorize more" in line)
-        assert "Gemma-3-270M" in size and "not measured" not in size, size
+        assert "attention &lt; MLP &lt; both" in md and "growth parameter-based − growth prompt-based" in md
+        size = next(r for r in rows if "larger models memorize more" in r)
+        assert "**confounded**" in size and "not measured" not in size, size
 
 
 def test_unknown_preset_or_scale():

@@ -164,7 +164,8 @@ def reproduce_cmd(
     import shlex
 
     from memlens import progress
-    from memlens.experiments.presets import preset_spec, write_findings
+    from memlens.experiments.findings import write_findings
+    from memlens.experiments.presets import preset_spec
     from memlens.experiments.sweep import expand, run_sweep
 
     progress.set_enabled(not quiet)

@@ -1,0 +1,463 @@
+"""A preset's published findings tested on memlens's paired per-text scores.
+
+Every trial of a preset scores the same members and non-members, so a finding is a *contrast* of trial
+statistics on paired data: a difference of group means (W_V,W_O vs W_Q,W_K), a slope (AUC per doubling of the
+rank) or a difference of differences (growth over epochs), each with a paired-bootstrap CI and p-value
+(:func:`memlens.comparison.replicates`, :func:`memlens.comparison.contrast`).
+
+Each finding is tested on two measures: the study's (the AUC of its attack) and the loss gap (how much more
+fine-tuning lowered the members' loss than the non-members', nats/token). The tests of one measure form a
+family, Holm-corrected: a finding **holds** when its difference in the published direction has an adjusted
+p below 0.05, is **reversed** when it is significant the other way, and is **inconclusive** otherwise. A
+finding whose design cannot isolate the claim reads **confounded** and is not counted in the family.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from memlens.comparison import Difference, contrast, group_weights, holm, replicates, slope_weights
+from memlens.files import write_text
+from memlens.metrics import linear_fit
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+N_BOOT = 2000  # enough to resolve Holm-adjusted p-values of a handful of comparisons (smallest p: 2 / 2001)
+ALPHA = 0.05
+MEASURES = ("auc", "gap")
+STUDY_ATTACK = {"savine2025": "reference", "hou2025": "loss"}
+PROMPT_BASED = ("prefix", "prompt", "ptuning")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """A finished trial: id, display label, stored config, and its last evaluated epoch."""
+
+    id: int
+    label: str
+    config: dict
+    last: int
+
+    @property
+    def method(self) -> str:
+        return self.config["tuning"]["method"]
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.config["tuning"].get("targets") or [])
+
+    @property
+    def model(self) -> str:
+        return self.config["model"]["name"]
+
+    @property
+    def rank(self) -> int:
+        return int(self.config["tuning"]["rank"])
+
+    @property
+    def parameter_based(self) -> bool:
+        return self.method not in PROMPT_BASED
+
+
+class Scores:
+    """The per-text scores of a store's finished trials, aligned on the texts they share (members first)."""
+
+    def __init__(self, trials: list[Trial], frames: dict[int, pd.DataFrame]) -> None:
+        self.trials = trials
+        self._frames = frames
+        self._series = {
+            t.id: {key: g.set_index(["id", "member"])["score"] for key, g in frames[t.id].groupby(["attack", "epoch"])}
+            for t in trials
+        }
+        texts = [set(frames[t.id][["id", "member"]].itertuples(index=False, name=None)) for t in trials]
+        common = set.intersection(*texts) if texts else set()
+        self.same_texts = all(x == common for x in texts)
+        self.index = sorted(common, key=lambda k: (-int(k[1]), str(k[0])))  # members first
+        self.n_members = sum(int(k[1]) for k in self.index)
+        self.n_nonmembers = len(self.index) - self.n_members
+
+    def row(self, trial: int, epoch: int, measure: str, attack: str) -> np.ndarray:
+        """``(N,)``: the attack's scores (``auc``) or the loss drop since epoch 0 (``gap``) of every text."""
+        s = self._series[trial]
+        values = s["nll", 0] - s["nll", epoch] if measure == "gap" else s[attack, epoch]
+        return values.reindex(self.index).to_numpy(float)
+
+    def has(self, trial: int, epoch: int, attack: str) -> bool:
+        return (attack, epoch) in self._series[trial] and ("nll", 0) in self._series[trial]
+
+
+@dataclass
+class Check:
+    """One tested contrast of one measure, in the direction the study published (``direction`` +1: ``diff > 0``)."""
+
+    measure: str
+    what: str
+    difference: Difference
+    direction: int = 1
+    p_holm: float = float("nan")
+
+    @property
+    def verdict(self) -> str:
+        d = self.difference
+        if not (self.p_holm < ALPHA and math.isfinite(d.diff)):
+            return "inconclusive"
+        return "holds" if d.diff * self.direction > 0 else "reversed"
+
+    def text(self) -> str:
+        d = self.difference
+        unit = " nats/token" if self.measure == "gap" else ""
+        p = "" if math.isnan(self.p_holm) else f", p_Holm {self.p_holm:.3g}"
+        return f"{self.what}: {d.diff:+.3f}{unit} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]{p}"
+
+
+@dataclass
+class Finding:
+    """A published claim beside memlens's tests of it on each measure; ``fixed`` overrides the verdict
+    (``not measured``, ``confounded``) and keeps the finding out of the Holm family."""
+
+    claim: str
+    published: str
+    tests: dict[str, list[Check]] = field(default_factory=dict)
+    described: str = ""  # what the tests do not show: per-group values, fits
+    fixed: str | None = None
+    note: str = ""
+
+    def verdict(self, measure: str) -> str:
+        if self.fixed:
+            return self.fixed
+        verdicts = {t.verdict for t in self.tests.get(measure, [])}
+        if not verdicts:
+            return "not measured"
+        if verdicts == {"holds"}:
+            return "holds"
+        if verdicts == {"reversed"}:
+            return "reversed"
+        return "does not hold" if "reversed" in verdicts else "inconclusive"
+
+    def measured(self, measure: str) -> str:
+        parts = [t.text() for t in self.tests.get(measure, [])]
+        if measure == "auc" and self.described:
+            parts.insert(0, self.described)
+        return "; ".join(parts) or "—"
+
+
+def load_scores(store) -> Scores:
+    """Every finished trial of ``store`` with its ``scores.csv`` (a trial without one is left out)."""
+    import pandas as pd
+
+    trials_df, results = store.trials(), store.results()
+    done = trials_df[trials_df["status"] == "done"]
+    epochs = results[results["epoch"].notna()].groupby("trial")["epoch"].max()
+    trials, frames = [], {}
+    for t in done.itertuples():
+        path = store.trial_dir(int(t.id)) / "scores.csv"
+        if not path.is_file() or t.id not in epochs:
+            continue
+        frames[int(t.id)] = pd.read_csv(path, dtype={"id": str, "attack": str})
+        trials.append(Trial(int(t.id), str(t.label), t.config, int(epochs[t.id])))
+    return Scores(trials, frames)
+
+
+def _contrast(
+    scores: Scores, keys, weights, measure: str, attack: str, what: str, direction: int = 1, ab=None
+) -> Check:
+    """A :class:`Check` of ``Σ w · statistic(trial, epoch)`` over ``keys``, paired over the texts."""
+    rows = np.stack([scores.row(t, e, measure, attack) for t, e in keys])
+    point, reps, _ = replicates(rows, scores.n_members, statistic=measure, n_boot=N_BOOT, seed=0)
+    a, b = ab(point) if ab else (float("nan"), float("nan"))
+    return Check(measure, what, contrast(point, reps, weights, metric=measure, a=a, b=b), direction)
+
+
+def _groups(scores: Scores, high: list[Trial], low: list[Trial], attack: str, names: tuple[str, str]) -> dict:
+    """mean(high) − mean(low) at each trial's last epoch, for both measures."""
+    keys = [(t.id, t.last) for t in high + low]
+    w = group_weights(len(keys), list(range(len(high))), list(range(len(high), len(keys))))
+    h = len(high)
+
+    def ab(point: np.ndarray) -> tuple[float, float]:
+        return float(point[:h].mean()), float(point[h:].mean())
+
+    return {m: [_contrast(scores, keys, w, m, attack, f"{names[0]} − {names[1]}", ab=ab)] for m in MEASURES}
+
+
+def _usable(scores: Scores, attack: str) -> list[Trial]:
+    return [t for t in scores.trials if t.last > 0 and scores.has(t.id, t.last, attack)]
+
+
+def savine_findings(scores: Scores) -> list[Finding]:
+    """Study B's findings (1)-(3) on the reference attack's AUC and on the loss gap."""
+    attack = STUDY_ATTACK["savine2025"]
+    lora = [t for t in _usable(scores, attack) if t.method == "lora"]
+    one = {x: [t for t in lora if t.targets == [x]] for x in "qkvo"}
+    f1 = Finding(
+        "(1) W_V and W_O memorize more than W_Q and W_K at equal rank",
+        "rank 4: W_V .83, W_O .80 vs W_Q .72, W_K .71 (reference AUC)",
+    )
+    high, low = one["v"] + one["o"], one["q"] + one["k"]
+    if high and low and scores.same_texts:
+        f1.tests = _groups(scores, high, low, attack, ("mean V,O", "mean Q,K"))
+    else:
+        f1.fixed = "not measured"
+    f3 = Finding(
+        "(3) higher rank → more memorization, with diminishing returns",
+        "AUC .909 at r=1 → .945 at r=128, plateau near r=50",
+        note="With three ranks only the rise is tested, not the plateau (the study swept ranks 1 to 512).",
+    )
+    ranks = sorted({t.rank for t in lora})
+    if len(ranks) >= 2 and scores.same_texts:
+        keys = [(t.id, t.last) for t in lora]
+        w = slope_weights([math.log2(t.rank) for t in lora])
+        f3.tests = {m: [_contrast(scores, keys, w, m, attack, "slope per doubling of the rank")] for m in MEASURES}
+        per_rank = {r: np.mean([_stat(scores, t, "auc", attack) for t in lora if t.rank == r]) for r in ranks}
+        f3.described = "mean AUC " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
+    else:
+        f3.fixed = "not measured"
+    return [f1, _perplexity_finding(scores, lora, attack), f3]
+
+
+def _stat(scores: Scores, t: Trial, measure: str, attack: str) -> float:
+    """One trial's AUC or loss gap at its last epoch (point estimate)."""
+    point, _, _ = replicates(
+        scores.row(t.id, t.last, measure, attack)[None], scores.n_members, statistic=measure, n_boot=0
+    )
+    return float(point[0])
+
+
+def _perplexity_finding(scores: Scores, lora: list[Trial], attack: str) -> Finding:
+    """(2): the per-text reference score against the fine-tuned and the base log-perplexity (members of the
+    trial with the highest AUC). Reported with fits, but not tested: the reference score L_base − L_ft
+    contains the fine-tuned loss it is regressed on (and the base loss), so the slope is partly built in."""
+    f = Finding(
+        "(2) lower fine-tuned perplexity goes with more memorization; base perplexity does not",
+        "R² = 0.135 (negative slope) vs fine-tuned PPL; R² = 0.004 vs base PPL",
+        fixed="confounded",
+        note=(
+            "(2) is not tested: its memorization measure (the reference score L_base − L_ft) shares a term with "
+            "each perplexity it is regressed on, so a slope appears by construction."
+        ),
+    )
+    if not lora:
+        f.fixed = "not measured"
+        return f
+    best = max(lora, key=lambda t: _stat(scores, t, "auc", attack))
+    m = scores.n_members
+    ref = scores.row(best.id, best.last, "auc", attack)[:m]
+    tuned = -scores.row(best.id, best.last, "auc", "loss")[:m] if scores.has(best.id, best.last, "loss") else None
+    base = -scores.row(best.id, 0, "auc", "loss")[:m] if scores.has(best.id, 0, "loss") else None
+    if tuned is None or base is None:
+        f.fixed = "not measured"
+        return f
+    slope_t, _, r2_t = linear_fit(tuned, ref)
+    *_, r2_b = linear_fit(base, ref)
+    f.described = f"{best.label}: R² = {r2_t:.3f} (slope {slope_t:+.2f}) vs fine-tuned log-PPL; R² = {r2_b:.3f} vs base"
+    return f
+
+
+def hou_findings(scores: Scores) -> list[Finding]:
+    """Study A's findings (1), (2), (5) and (3) on the LOSS attack's AUC and on the loss gap."""
+    from memlens.experiments.presets import SIZE_MODEL
+
+    attack = STUDY_ATTACK["hou2025"]
+    usable = _usable(scores, attack)
+    main = Counter(t.model for t in usable).most_common(1)[0][0] if usable else None
+    larger = [t for t in usable if t.model != main]
+    trials = [t for t in usable if t.model == main]
+    param = [t for t in trials if t.parameter_based]
+    prompt = [t for t in trials if not t.parameter_based]
+    paired = scores.same_texts
+    f1 = Finding(
+        "(1) parameter-based methods memorize more than prompt-based ones",
+        "LLaMA2-7B, Wikitext LOSS AUC: FT head .889, LoRA .787 vs prefix .484, prompt .478, P-tuning .487",
+    )
+    if param and prompt and paired:
+        f1.tests = _groups(scores, param, prompt, attack, ("mean parameter-based", "mean prompt-based"))
+    else:
+        f1.fixed = "not measured"
+    f2 = Finding(
+        "(2) parameter-based memorization grows over epochs; prompt-based stays flat",
+        "Figures 2–3 of the study",
+        note="(2) is tested as the difference of the two groups' mean change from epoch 1 to the last epoch.",
+    )
+    grow = [t for t in param if t.last >= 2 and scores.has(t.id, 1, attack)]
+    flat = [t for t in prompt if t.last >= 2 and scores.has(t.id, 1, attack)]
+    if grow and flat and paired:
+        keys = [k for t in grow + flat for k in ((t.id, t.last), (t.id, 1))]
+        w = np.array([s / len(g) for g in (grow, flat) for _ in g for s in (1, -1)])
+        w[2 * len(grow) :] *= -1  # minus the prompt-based group's mean change
+        f2.tests = {
+            m: [_contrast(scores, keys, w, m, attack, "growth parameter-based − growth prompt-based")] for m in MEASURES
+        }
+    else:
+        f2.fixed = "not measured"
+    place = {t.targets[0]: t for t in trials if t.method == "lora" and len(t.targets) == 1}
+    f5 = Finding("(5) LoRA placement: attention < MLP < both", "Wikitext LOSS: .552 < .579 < .616")
+    if {"attn", "mlp", "all"} <= set(place) and paired:
+        steps = (("mlp", "attn"), ("all", "mlp"))
+        f5.tests = {
+            m: [
+                _contrast(
+                    scores,
+                    [(place[h].id, place[h].last), (place[lo].id, place[lo].last)],
+                    [1, -1],
+                    m,
+                    attack,
+                    f"{h} − {lo}",
+                )
+                for h, lo in steps
+            ]
+            for m in MEASURES
+        }
+    else:
+        f5.fixed = "not measured"
+    f3 = Finding("(3) larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B")
+    if larger and "all" in place and paired:
+        big, small = larger[0], place["all"]
+        keys = [(big.id, big.last), (small.id, small.last)]
+        what = f"{big.label} − {small.label}"
+        f3.tests = {m: [_contrast(scores, keys, [1, -1], m, attack, what)] for m in MEASURES}
+        f3.fixed = "confounded"
+        f3.note = (
+            f"(3) compares two different pre-trained models ({big.model} and {small.model}), not two sizes of one "
+            "family: size is not the only difference (for the preset: Gemma-3-270M base with a 262k-token vocabulary "
+            "vs SmolLM2-135M-Instruct), and loss gaps in nats per token of different tokenizers are not on one scale."
+        )
+    else:
+        f3.fixed = "not measured"
+        f3.described = f"needs the {SIZE_MODEL} trial (see `memlens models list`)"
+    return [f1, f2, f5, f3]
+
+
+FINDINGS = {"savine2025": savine_findings, "hou2025": hou_findings}
+
+
+def evaluate_findings(name: str, scores: Scores) -> list[Finding]:
+    """The preset's findings with Holm-adjusted p-values, one family per measure (``fixed`` findings apart:
+    their tests keep their unadjusted p-values)."""
+    findings = FINDINGS[name](scores)
+    for m in MEASURES:
+        family = [t for f in findings if not f.fixed for t in f.tests.get(m, [])]
+        adjusted = holm([t.difference.p_value if t.difference.p_value is not None else 1.0 for t in family])
+        for t, p in zip(family, adjusted, strict=True):
+            t.p_holm = p
+    for f in findings:
+        if f.fixed:
+            for tests in f.tests.values():
+                tests[:] = [replace(t, p_holm=float("nan")) for t in tests]
+    return findings
+
+
+def family_sizes(findings: list[Finding]) -> dict[str, int]:
+    return {m: sum(len(f.tests.get(m, [])) for f in findings if not f.fixed) for m in MEASURES}
+
+
+MEASURE_NAMES = {"auc": "AUC", "gap": "loss gap"}
+
+
+def findings_markdown(name: str, store, command: str) -> str:
+    """The Markdown summary of a preset: each published finding beside memlens's paired tests on the study's
+    measure and on the loss gap, the verdicts, where the two measures disagree, and every trial's numbers."""
+    from memlens.report.tables import md_text
+
+    scores = load_scores(store)
+    findings = evaluate_findings(name, scores)
+    attack = STUDY_ATTACK[name]
+    k = family_sizes(findings)
+    lines = [
+        f"# {name}: published findings vs memlens",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"| finding | published | {attack} AUC (the study's measure): measured here | verdict | "
+        "loss gap: measured here | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for f in findings:
+        cells = [md_text(c) for c in (f.claim, f.published, f.measured("auc"))]
+        cells += [f"**{f.verdict('auc')}**", md_text(f.measured("gap")), f"**{f.verdict('gap')}**"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Every number is a difference between trials on the same {scores.n_members} members and "
+        f"{scores.n_nonmembers} non-members: a paired bootstrap ({N_BOOT:,} replicates resample the texts once "
+        "for all trials) gives its 95% CI and p-value. A finding **holds** when its difference in the published "
+        f"direction has a Holm-adjusted p below {ALPHA} (over the {k['auc']} AUC comparisons of this preset; the "
+        f"{k['gap']} loss-gap comparisons are a family of their own), is **reversed** when significant the other "
+        "way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning lowered the members' mean "
+        "token loss than the non-members' (nats/token; docs/methods.md).",
+    ]
+    notes = [f.note for f in findings if f.note] + disagreements(findings)
+    lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
+    lines += ["", *trial_table(store, attack)]
+    return "\n".join(lines) + "\n"
+
+
+def disagreements(findings: list[Finding]) -> list[str]:
+    """One sentence per tested finding whose two measures reach different verdicts."""
+    out = []
+    for f in findings:
+        va, vg = f.verdict("auc"), f.verdict("gap")
+        if not f.fixed and va != vg:
+            out.append(
+                f"{f.claim.split(' ', 1)[0]}: the two measures disagree — AUC: {va}, loss gap: {vg}. AUC measures how "
+                "well the per-text loss drops separate members from non-members; the gap, how much more the members' "
+                "loss fell on average."
+            )
+    return out
+
+
+def trial_table(store, attack: str) -> list[str]:
+    """Markdown rows: every finished trial's AUC of ``attack``, loss gap and non-members' drop at its last epoch."""
+    from memlens.report.tables import md_text
+
+    df = store.results()
+    df = df[df["epoch"].notna()]
+    lines = [
+        "At each trial's last epoch (95% bootstrap CIs):",
+        "",
+        f"| trial | {attack} AUC | loss gap, nats/token | non-members' loss drop | val PPL pre → post |",
+        "|---|---|---|---|---|",
+    ]
+    for label, g in sorted(df.groupby("label"), key=lambda x: str(x[0])):
+        last = int(g["epoch"].max())
+        ppl = f"{_cell(g, 0, 'utility', 'val_ppl', digits=2)} → {_cell(g, last, 'utility', 'val_ppl', digits=2)}"
+        row = [
+            label,
+            _cell(g, last, "mia", "auc", attack, ci=True),
+            _cell(g, last, "effect", "loss_gap", ci=True),
+            _cell(g, last, "effect", "nonmember_drop"),
+            ppl,
+        ]
+        lines.append("| " + " | ".join(md_text(c) for c in row) + " |")
+    return lines
+
+
+def _cell(
+    g: pd.DataFrame, epoch: int, kind: str, metric: str, attack: str | None = None, *, ci: bool = False, digits: int = 3
+) -> str:
+    """One record of a trial's rows as ``value [low, high]`` (or ``value``); ``—`` where it is missing."""
+    r = g[(g["epoch"] == epoch) & (g["kind"] == kind) & (g["metric"] == metric)]
+    if attack is not None:
+        r = r[r["attack"] == attack]
+    if r.empty or r["value"].isna().all():
+        return "—"
+    v = r.iloc[0]
+    if ci and v["ci_low"] is not None and v["ci_low"] == v["ci_low"]:
+        return f"{v['value']:.{digits}f} [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}]"
+    return f"{v['value']:.{digits}f}"
+
+
+def write_findings(name: str, folder: Path, command: str) -> Path:
+    from memlens.experiments.store import Store
+
+    store = Store(folder, create=False)
+    try:
+        return write_text(folder / "findings.md", findings_markdown(name, store, command))
+    finally:
+        store.close()

@@ -1,0 +1,132 @@
+"""A preset's findings are paired tests: synthetic per-text scores with known answers (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from memlens.experiments.findings import Scores, Trial, disagreements, evaluate_findings, family_sizes
+from memlens.metrics import auc_ci, roc_auc
+
+M = N = 150
+
+
+def frame(drop: np.ndarray, base: np.ndarray) -> pd.DataFrame:
+    """scores.csv of a trial whose fine-tuning lowered each text's loss by ``drop`` (reference = base model)."""
+    ids = [f"t{i}" for i in range(M + N)]
+    member = [1] * M + [0] * N
+    parts = []
+    for epoch, nll in ((0, base), (1, base - drop)):
+        ref = np.zeros(M + N) if epoch == 0 else drop
+        for attack, score in (("nll", nll), ("loss", -nll), ("reference", ref)):
+            parts.append(pd.DataFrame({"id": ids, "member": member, "epoch": epoch, "attack": attack, "score": score}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def lora(i: int, target: str, rank: int = 4) -> Trial:
+    config = {"model": {"name": "m"}, "tuning": {"method": "lora", "targets": [target], "rank": rank}}
+    return Trial(i, f"{target} r={rank}", config, 1)
+
+
+def savine_scores(strength: dict[str, float], seed: int = 0, noise: float = 0.15) -> Scores:
+    """Every trial's loss drop = a shared per-text part (the texts' own ease) + the target's member effect
+    + a little trial noise: the trials are strongly paired, as trials on the same texts are."""
+    rng = np.random.default_rng(seed)
+    truth = np.r_[np.ones(M), np.zeros(N)]
+    shared = rng.normal(size=M + N)
+    base = rng.normal(3, 0.3, M + N)
+    trials, frames = [], {}
+    for i, (target, s) in enumerate(strength.items(), start=1):
+        drop = 0.3 + 0.1 * (shared + s * truth + noise * rng.normal(size=M + N))
+        trials.append(lora(i, target))
+        frames[i] = frame(drop, base)
+    return Scores(trials, frames)
+
+
+def test_a_paired_difference_holds_where_the_trials_intervals_overlap():
+    scores = savine_scores({"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7})
+    aucs = {t.targets[0]: scores.row(t.id, 1, "auc", "reference") for t in scores.trials}
+    ci = {k: auc_ci(v[:M], v[M:], n_boot=500) for k, v in aucs.items()}
+    point = {k: roc_auc(v[:M], v[M:]) for k, v in aucs.items()}
+    assert min(ci["v"][0], ci["o"][0]) < max(point["q"], point["k"])  # the old rule: "inconclusive (CIs overlap)"
+    f1 = evaluate_findings("savine2025", scores)[0]
+    t = f1.tests["auc"][0]
+    assert t.difference.diff == pytest.approx((point["v"] + point["o"] - point["q"] - point["k"]) / 2)
+    assert t.difference.ci_low > 0 and f1.verdict("auc") == "holds"
+    assert (t.difference.a, t.difference.b) == pytest.approx(
+        ((point["v"] + point["o"]) / 2, (point["q"] + point["k"]) / 2)
+    )
+    assert f1.verdict("gap") == "holds" and "p_Holm" in f1.measured("auc")
+
+
+def test_the_reverse_is_called_reversed():
+    f1 = evaluate_findings("savine2025", savine_scores({"q": 0.8, "k": 0.8, "v": 0.5, "o": 0.5}))[0]
+    assert f1.verdict("auc") == "reversed" and f1.tests["auc"][0].difference.ci_high < 0
+
+
+def test_without_an_effect_verdicts_are_false_about_five_percent_of_the_time(monkeypatch):
+    import memlens.experiments.findings as findings
+
+    monkeypatch.setattr(findings, "N_BOOT", 500)
+    runs = [
+        evaluate_findings("savine2025", savine_scores(dict.fromkeys("qkvo", 0.6), seed=s, noise=0.3))[0]
+        for s in range(30)
+    ]
+    for measure in ("auc", "gap"):
+        false = sum(f.verdict(measure) != "inconclusive" for f in runs)
+        assert false <= 5, (measure, false)  # Binomial(30, 0.05): P(≥ 6) ≈ 0.003
+
+
+def test_holm_counts_the_family_and_adjusts_upward():
+    findings = evaluate_findings("savine2025", savine_scores({"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7}))
+    assert family_sizes(findings) == {"auc": 1, "gap": 1}  # (3) needs two ranks, (2) is never tested
+    assert findings[1].verdict("auc") == "confounded"
+    assert findings[2].verdict("auc") == "not measured"
+    t = findings[0].tests["auc"][0]
+    assert t.p_holm == pytest.approx(t.difference.p_value)  # a family of one: no adjustment
+
+
+def test_rank_slope_is_the_least_squares_slope_of_the_aucs():
+    rng = np.random.default_rng(2)
+    truth = np.r_[np.ones(M), np.zeros(N)]
+    shared, base = rng.normal(size=M + N), rng.normal(3, 0.3, M + N)
+    trials, frames = [], {}
+    for i, (target, rank) in enumerate([(t, r) for t in "qv" for r in (1, 2, 4)], start=1):
+        trials.append(lora(i, target, rank))
+        frames[i] = frame(0.3 + 0.1 * (shared + 0.2 * np.log2(rank) * truth + 0.2 * rng.normal(size=M + N)), base)
+    scores = Scores(trials, frames)
+    f3 = evaluate_findings("savine2025", scores)[2]
+    aucs = [roc_auc(v[:M], v[M:]) for v in (scores.row(t.id, 1, "auc", "reference") for t in trials)]
+    slope = np.polyfit([np.log2(t.rank) for t in trials], aucs, 1)[0]
+    assert f3.tests["auc"][0].difference.diff == pytest.approx(slope) and f3.verdict("auc") == "holds"
+    assert family_sizes(evaluate_findings("savine2025", scores)) == {"auc": 2, "gap": 2}
+
+
+def test_auc_and_gap_disagree_and_the_findings_say_so():
+    """Q,K: small, consistent member drops (high AUC, small gap); V,O: large, uneven drops (larger gap, lower
+    AUC) — the pattern memlens measured on the savine2025 tiny preset."""
+    rng = np.random.default_rng(4)
+    truth = np.r_[np.ones(M), np.zeros(N)]
+    base = rng.normal(3, 0.3, M + N)
+    trials, frames = [], {}
+    for i, target in enumerate("qkvo", start=1):
+        if target in "qk":
+            drop = 0.05 + 0.05 * truth + 0.03 * rng.normal(size=M + N)
+        else:
+            drop = 0.40 + 0.20 * truth + 0.60 * rng.normal(size=M + N)
+        trials.append(lora(i, target))
+        frames[i] = frame(drop, base)
+    findings = evaluate_findings("savine2025", Scores(trials, frames))
+    assert findings[0].verdict("auc") == "reversed" and findings[0].verdict("gap") == "holds"
+    assert disagreements(findings) == [
+        "(1): the two measures disagree — AUC: reversed, loss gap: holds. AUC measures how well the per-text loss "
+        "drops separate members from non-members; the gap, how much more the members' loss fell on average."
+    ]
+
+
+def test_texts_that_differ_between_trials_are_not_compared():
+    scores = savine_scores({"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7})
+    frames = {t.id: scores._frames[t.id] for t in scores.trials}
+    frames[4] = frames[4][frames[4]["id"] != "t0"]
+    assert evaluate_findings("savine2025", Scores(scores.trials, frames))[0].verdict("auc") == "not measured"
