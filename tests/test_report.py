@@ -23,7 +23,7 @@ from memlens.report.page import render_markdown, render_report
 
 EVIL = "<script>alert(1)</script>"
 SECRET = "Patient Zq-4417 developed violet hiccups after 12 mg of zorblatamine twice daily."
-N_FIGURES = 9
+N_FIGURES = 10
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -134,8 +134,14 @@ def test_page_structure(report):
         assert heading in tags.headings
     for heading in ("Extraction: members / non-members", "Canaries", "Canaries and repetitions"):
         assert heading in tags.headings
-    for figure in ("Privacy–utility frontier", "Memorization per epoch", "ROC curves at the final epoch"):
+    for figure in (
+        "Privacy–utility frontier",
+        "AUC and loss gap",
+        "Memorization per epoch",
+        "ROC curves at the final epoch",
+    ):
         assert figure in tags.headings
+    assert "Paired comparisons with the first trial" in tags.headings
     assert "Not drawn" not in page
     ids = [a["id"] for _, a in tags.tags if "id" in a]
     assert len(ids) == len(set(ids)), "element ids must be unique across the inline SVGs"
@@ -245,6 +251,7 @@ def test_every_plot_copes_with_missing_data():
     assert plots.auc_vs_rank(final) is None
     assert plots.auc_by_targets(final) is None
     assert plots.privacy_utility_frontier(final) is None
+    assert plots.auc_vs_gap(final) is None
     one_rank = pd.DataFrame({"label": ["a", "b"], "auc": [0.6, 0.7], "ci_low": 0.5, "ci_high": 0.8, "rank": [8, 8]})
     assert plots.auc_vs_rank(one_rank) is None
 
@@ -259,3 +266,18 @@ def test_repetitions_plot_and_pareto_front():
     assert plots.extraction_vs_repetitions(rows.assign(kind="extraction", repetitions=None)) is None
     auc, ppl = np.array([0.6, 0.7, 0.65, 0.9]), np.array([20.0, 10.0, 30.0, 9.0])
     assert plots.pareto_front(auc, ppl).tolist() == [True, True, False, True]
+
+
+def test_paired_comparison_table_agrees_with_memlens_compare(sweep_dir, report):
+    from memlens.experiments.compare import compare_trials
+
+    data = load_report_data(sweep_dir[0])
+    assert data.comparisons is not None and data.comparisons.baseline.id == 1
+    second, checks = data.comparisons.rows[0]
+    c = compare_trials(sweep_dir[0], str(second.id), "1", n_boot=200)
+    ref = next(r for r in c.rows if r.attack == "reference")
+    assert checks["auc"].difference.diff == pytest.approx(ref.auc_bootstrap.diff)
+    assert checks["gap"].difference.diff == pytest.approx(c.gap.diff)
+    assert all(x.p_holm >= x.difference.p_value for _, ch in data.comparisons.rows for x in ch.values())
+    _, md, _ = report
+    assert "## Paired comparisons with the first trial" in md and "Δ loss gap, nats/token" in md

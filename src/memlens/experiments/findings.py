@@ -171,7 +171,7 @@ def _contrast(
     """A :class:`Check` of ``Σ w · statistic(trial, epoch)`` over ``keys``, paired over the texts."""
     rows = np.stack([scores.row(t, e, measure, attack) for t, e in keys])
     point, reps, _ = replicates(rows, scores.n_members, statistic=measure, n_boot=N_BOOT, seed=0)
-    a, b = ab(point) if ab else (float("nan"), float("nan"))
+    a, b = (float(v) for v in ab(point)) if ab else (float("nan"), float("nan"))
     return Check(measure, what, contrast(point, reps, weights, metric=measure, a=a, b=b), direction)
 
 
@@ -357,7 +357,36 @@ def family_sizes(findings: list[Finding]) -> dict[str, int]:
     return {m: sum(len(f.tests.get(m, [])) for f in findings if not f.fixed) for m in MEASURES}
 
 
-MEASURE_NAMES = {"auc": "AUC", "gap": "loss gap"}
+@dataclass(frozen=True)
+class BaselineComparison:
+    """Every trial against a baseline trial: ``rows`` of (trial, {measure: Check or None})."""
+
+    baseline: Trial
+    rows: list[tuple[Trial, dict[str, Check | None]]]
+
+
+def against_baseline(scores: Scores, attack: str) -> BaselineComparison | None:
+    """Every trial against the first (the baseline), each at its last epoch, on the attack's AUC and on the
+    loss gap: paired differences ``trial − baseline`` with Holm over the comparisons of each measure. A
+    measure a trial lacks (no fine-tuned epoch, no such attack) is ``None``; ``None`` overall when fewer
+    than two trials or the trials scored different texts."""
+    if len(scores.trials) < 2 or not scores.same_texts:
+        return None
+    base = scores.trials[0]
+    rows: list[tuple[Trial, dict[str, Check | None]]] = []
+    for t in scores.trials[1:]:
+        checks: dict[str, Check | None] = {}
+        for m in MEASURES:
+            ok = all(x.last > 0 and scores.has(x.id, x.last, attack if m == "auc" else "nll") for x in (t, base))
+            keys = [(t.id, t.last), (base.id, base.last)]
+            checks[m] = _contrast(scores, keys, [1, -1], m, attack, "trial − baseline", ab=tuple) if ok else None
+        rows.append((t, checks))
+    for m in MEASURES:
+        family = [c for _, checks in rows if (c := checks[m]) is not None]
+        adjusted = holm([x.difference.p_value if x.difference.p_value is not None else 1.0 for x in family])
+        for x, p in zip(family, adjusted, strict=True):
+            x.p_holm = p
+    return BaselineComparison(base, rows)
 
 
 def findings_markdown(name: str, store, command: str) -> str:

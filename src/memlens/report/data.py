@@ -13,6 +13,8 @@ from memlens.errors import MemlensError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from memlens.experiments.findings import BaselineComparison
+
 HISTOGRAM_FALLBACK = "loss"  # an attack with a pre-trained (epoch 0) score for every text
 METHOD_PARAMS = {
     "lora": ("targets", "rank", "alpha", "layers"),
@@ -36,6 +38,7 @@ class ReportData:
     final: pd.DataFrame  # one row per finished trial: the headline attack and val PPL at its final epoch
     scores: pd.DataFrame  # rows of scores.csv needed by the figures (epoch 0 and the final epoch)
     attacks: list[str]  # every membership-inference attack (rows with an AUC), in order
+    comparisons: BaselineComparison | None  # each trial against the first, paired
 
 
 def load_report_data(store_dir: str | Path, attack: str = "reference") -> ReportData:
@@ -61,7 +64,22 @@ def load_report_data(store_dir: str | Path, attack: str = "reference") -> Report
     final = _final_table(trials[trials["status"] == "done"], results, attack)
     wanted = {attack, HISTOGRAM_FALLBACK, "reference", "nll"}
     scores = _load_scores(final, trial_dirs, wanted)
-    return ReportData(Path(store_dir), attack, trials, results, final, scores, attacks)
+    comparisons = _comparisons(trials, final, scores, attack)
+    return ReportData(Path(store_dir), attack, trials, results, final, scores, attacks, comparisons)
+
+
+def _comparisons(
+    trials: pd.DataFrame, final: pd.DataFrame, scores: pd.DataFrame, attack: str
+) -> BaselineComparison | None:
+    """Each finished trial with per-text scores against the first such trial (see ``against_baseline``)."""
+    from memlens.experiments.findings import Scores, Trial, against_baseline
+
+    configs = dict(zip(trials["id"], trials["config"], strict=True))
+    have = set(scores["label"])
+    rows = [(int(r.trial), r.label, int(r.epoch)) for r in final.sort_values("trial").itertuples() if r.label in have]
+    frames = {i: scores[scores["label"] == label] for i, label, _ in rows}
+    paired = Scores([Trial(i, label, configs[i], last) for i, label, last in rows], frames)
+    return against_baseline(paired, attack)
 
 
 def _describe_trials(trials: pd.DataFrame) -> pd.DataFrame:

@@ -39,6 +39,16 @@ def make_plots(data: ReportData) -> list[Plot]:
             "needs at least one finished trial with an AUC and a validation perplexity",
         ),
         Plot(
+            "auc-gap",
+            "AUC and loss gap",
+            plots.auc_vs_gap(final, attack=a, colors=colors),
+            f"Each trial's {a} attack AUC against its loss gap at the final epoch (whiskers: 95% CIs). AUC says how "
+            "well the attack separates members from non-members; the gap, how much more fine-tuning lowered the "
+            "members' loss than the non-members' (nats/token). They can rank trials differently: a trial that "
+            "lowers every text's loss a lot but unevenly has a large gap and a modest AUC.",
+            "needs two or more finished trials with a loss gap (stores written before the loss gap existed have none)",
+        ),
+        Plot(
             "auc-epoch",
             "Memorization per epoch",
             plots.auc_vs_epoch(results, a, colors=colors),

@@ -19,6 +19,7 @@ from memlens.report.data import ReportData, load_report_data, status_counts
 from memlens.report.figures import Plot, make_plots
 from memlens.report.tables import (
     attack_table,
+    comparison_table,
     extraction_tables,
     first_and_last,
     headline_table,
@@ -74,9 +75,11 @@ def _template():
 def render_html(data: ReportData, plots: list[Plot], show_text: bool = False) -> str:
     """The whole page as one string: inline CSS and SVG, every inserted string escaped by the template."""
     failed = data.trials[data.trials["status"] == "failed"]
+    compared = comparison_table(data.comparisons, data.attack)
     toc = [
         ("trials", "Trials"),
         ("mia", "Membership inference"),
+        ("compare", "Paired comparisons"),
         ("extraction", "Extraction"),
         ("failed", "Failed trials"),
         ("figures", "Figures"),
@@ -90,10 +93,11 @@ def render_html(data: ReportData, plots: list[Plot], show_text: bool = False) ->
         attack=data.attack,
         generated=f"{datetime.now(UTC):%Y-%m-%d %H:%M}",
         privacy_note=_privacy_note(show_text),
-        toc=[(k, v) for k, v in toc if k != "failed" or not failed.empty],
+        toc=[(k, v) for k, v in toc if (k != "failed" or not failed.empty) and (k != "compare" or compared)],
         trials=trials_table(data.trials),
         reference_note=REFERENCE_NOTE,
         headline=headline_table(data.final, data.attack),
+        compared=compared,
         extraction=extraction_tables(data.results),
         no_extraction=NO_EXTRACTION,
         failed=[(t.label, str(t.error or "no error message")) for t in failed.itertuples()],
@@ -124,6 +128,9 @@ def render_markdown(data: ReportData, plots: list[Plot], show_text: bool = False
         "",
         f"NO ⚠ = the attack does not beat the blind baseline's upper CI bound. {md_text(REFERENCE_NOTE)}",
     ]
+    compared = comparison_table(data.comparisons, data.attack)
+    if compared is not None:
+        lines += ["", "## Paired comparisons with the first trial", "", compared.md()]
     lines += ["", "## Extraction and canaries (final epoch)"]
     extraction = extraction_tables(data.results)
     for title, table in extraction:

@@ -459,3 +459,34 @@ def privacy_utility_frontier(
     )
     _legend(ax)
     return fig
+
+
+@as_svg
+def auc_vs_gap(
+    final: pd.DataFrame, *, attack: str = "reference", colors: dict[str, str] | None = None
+) -> Figure | None:
+    """Each trial's final-epoch attack AUC against its loss gap (both with 95% CIs): two measures of
+    memorization that can rank trials differently (AUC is scale-free; the gap is in nats per token)."""
+    need = {"auc", "gap", "gap_low", "gap_high"}
+    rows = final.dropna(subset=["auc", "gap"]) if need <= set(final) else final.iloc[0:0]
+    if len(rows) < 2:
+        return None
+    cols = _colors(rows["label"], colors)
+    gap = rows["gap"].to_numpy(float)
+    gap_err = np.nan_to_num(
+        np.vstack([(gap - rows["gap_low"].to_numpy(float)).clip(0), (rows["gap_high"].to_numpy(float) - gap).clip(0)])
+    )
+    fig, axes = _new(width=6.8, height=4.0)
+    ax = axes[0, 0]
+    ax.errorbar(gap, rows["auc"], xerr=gap_err, yerr=_errors(rows), fmt="none", ecolor="#bbbbbb", elinewidth=1)
+    for _, r in rows.iterrows():
+        ax.scatter(r["gap"], r["auc"], color=cols[r["label"]], s=36, zorder=3, label=_text(r["label"]))
+    ax.axhline(0.5, color="#999999", linestyle=":", linewidth=1)
+    ax.axvline(0.0, color="#999999", linestyle=":", linewidth=1)
+    ax.set(
+        xlabel="loss gap at the final epoch (nats/token): members' loss drop minus non-members'",
+        ylabel=_text(f"{attack} attack AUC"),
+        title="two measures of memorization",
+    )
+    _legend(ax)
+    return fig

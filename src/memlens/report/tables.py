@@ -14,6 +14,8 @@ from memlens.report.data import is_missing, picker, show, value_of
 if TYPE_CHECKING:
     import pandas as pd
 
+    from memlens.experiments.findings import BaselineComparison
+
 EXTRACTION_SKIP = {"prefix", "tokens_per_second"}  # settings and speed, not memorization
 EXTRACTION_COLUMNS = {
     "exact_match_rate": "exact match",
@@ -129,6 +131,49 @@ def _tpr_cell(value: float | None, note: str | None) -> Cell:
 
 def _tpr_notes(notes) -> tuple[str, ...]:
     return tuple(f"* TPR @ 1% FPR {n}" for n in sorted({n for n in notes if isinstance(n, str) and n}))
+
+
+def comparison_table(comparisons: BaselineComparison | None, attack: str) -> Table | None:
+    """Each trial against the first (the baseline), paired over the same texts: ΔAUC and Δ loss gap with 95%
+    CIs, Holm-adjusted p-values and verdicts (None when there is nothing to compare)."""
+    if not comparisons:
+        return None
+    rows = []
+    for trial, checks in comparisons.rows:
+        cells = [Cell(trial.label, "label")]
+        for m in ("auc", "gap"):
+            c = checks.get(m)
+            if c is None:
+                cells += [Cell("—", "num"), Cell("—", "num"), Cell("—")]
+                continue
+            d = c.difference
+            cells += [
+                Cell(f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]", "num"),
+                Cell(f"{c.p_holm:.3g}", "num"),
+                _difference_verdict(c.verdict, d.diff),
+            ]
+        rows.append(cells)
+    headers = [
+        "trial",
+        f"Δ {attack} AUC [95% CI]",
+        "p (Holm)",
+        "AUC verdict",
+        "Δ loss gap, nats/token [95% CI]",
+        "p (Holm)",
+        "gap verdict",
+    ]
+    note = (
+        f"Differences are trial − {comparisons.baseline.label} (the baseline), each at its "
+        "final epoch, from a paired bootstrap over the same members and non-members; p-values Holm-adjusted over "
+        "this table's comparisons of each measure; a verdict needs p < 0.05."
+    )
+    return Table(headers, rows, (note,))
+
+
+def _difference_verdict(verdict: str, diff: float) -> Cell:
+    if verdict == "inconclusive":
+        return Cell("no difference shown")
+    return Cell("higher" if diff > 0 else "lower", "warn" if diff > 0 else "ok")
 
 
 def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[str]) -> Table:
