@@ -130,3 +130,28 @@ def test_texts_that_differ_between_trials_are_not_compared():
     frames = {t.id: scores._frames[t.id] for t in scores.trials}
     frames[4] = frames[4][frames[4]["id"] != "t0"]
     assert evaluate_findings("savine2025", Scores(scores.trials, frames))[0].verdict("auc") == "not measured"
+
+
+def test_trials_that_differ_only_in_seed_are_one_configuration_and_seed_variation_widens_the_interval():
+    """V,O beat Q,K on seeds 0 and 2 but lose on seed 1: one seed alone says "holds"; the three seeds together,
+    resampled as well as the texts, cannot tell."""
+    rng = np.random.default_rng(6)
+    truth = np.r_[np.ones(M), np.zeros(N)]
+    shared, base = rng.normal(size=M + N), rng.normal(3, 0.3, M + N)
+    trials, frames = [], {}
+    for seed, (vo, qk) in enumerate([(0.9, 0.5), (0.5, 0.9), (0.9, 0.5)]):
+        for target in "qkvo":
+            t = lora(len(trials) + 1, target)
+            config = t.config | {"training": {"seed": seed}}
+            trials.append(Trial(t.id, f"targets={target} seed={seed}", config, 1))
+            s = vo if target in "vo" else qk
+            frames[t.id] = frame(0.3 + 0.1 * (shared + s * truth + 0.15 * rng.normal(size=M + N)), base)
+    scores = Scores(trials, frames)
+    assert [c.seeds for c in scores.configs] == [3, 3, 3, 3]
+    assert [c.label for c in scores.configs] == ["targets=q", "targets=k", "targets=v", "targets=o"]
+    together = evaluate_findings("savine2025", scores)[0]
+    seed0 = [t for t in trials if t.config["training"]["seed"] == 0]
+    alone = evaluate_findings("savine2025", Scores(seed0, {t.id: frames[t.id] for t in seed0}))[0]
+    assert alone.verdict("auc") == "holds" and together.verdict("auc") == "inconclusive"
+    a, b = (f.tests["auc"][0].difference for f in (alone, together))
+    assert b.ci_high - b.ci_low > 2 * (a.ci_high - a.ci_low)

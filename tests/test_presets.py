@@ -50,6 +50,19 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         assert "**confounded**" in size and "not measured" not in size, size
 
 
+def test_preset_seeds_name_their_own_sweep():
+    spec = preset_spec("savine2025", "tiny", [0, 1, 2])
+    assert spec["name"] == "savine2025-tiny-3seeds" and len(expand(spec).trials) == 45
+    assert preset_spec("savine2025", "tiny", [0]) == preset_spec("savine2025", "tiny")
+
+
+def test_bad_seeds_on_the_command_line():
+    from helpers import assert_one_line_error, invoke
+
+    for bad in ("0,x", "1,1", "-1", "²"):
+        assert_one_line_error(invoke("reproduce", "savine2025", "--seeds", bad), "--seeds must be distinct")
+
+
 def test_unknown_preset_or_scale():
     with pytest.raises(MemlensError, match="unknown preset"):
         preset_spec("smith2024", "tiny")

@@ -39,6 +39,12 @@ def test_grid_and_variants_expand_to_validated_trials(tiny_dir):
     assert len({t.hash for t in sweep.trials}) == len(sweep.trials)
 
 
+def test_seeds_repeat_every_trial_once_per_training_seed(tiny_dir):
+    sweep = expand({"name": "s", "base": base_config(tiny_dir), "grid": {"rank": [1, 2]}, "seeds": [0, 1, 2]})
+    assert [t.label for t in sweep.trials][:3] == ["rank=1 seed=0", "rank=1 seed=1", "rank=1 seed=2"]
+    assert [t.config.training.seed for t in sweep.trials] == [0, 1, 2, 0, 1, 2]
+
+
 @pytest.mark.parametrize(
     ("spec", "pattern"),
     [
@@ -49,6 +55,12 @@ def test_grid_and_variants_expand_to_validated_trials(tiny_dir):
         ({"grid": {"rank": ["x"]}}, r"field 'tuning\.rank'"),
         ({"grid": {"seed": [0, 0]}}, "are the same configuration"),
         ({"extra": 1}, "unknown top-level key"),
+        ({"seeds": []}, "seeds must be a non-empty list"),
+        ({"seeds": [0, -1]}, "seeds must be a non-empty list"),
+        ({"seeds": [0, True]}, "seeds must be a non-empty list"),
+        ({"seeds": [1, 1]}, "seeds repeat a seed"),
+        ({"seeds": [0, 1], "grid": {"seed": [2]}}, "grid axis 'seed' is also given"),
+        ({"seeds": [0, 2**32]}, r"field 'training\.seed'"),
     ],
 )
 def test_bad_sweeps(tiny_dir, spec, pattern):

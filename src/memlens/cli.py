@@ -158,6 +158,9 @@ def reproduce_cmd(
     scale: Annotated[str, typer.Option(help="tiny (CPU, ~20 min), small (CPU, hours) or full (GPU).")] = "tiny",
     folder: Annotated[Path | None, typer.Option("--dir", help="Project folder (default runs/PRESET-SCALE).")] = None,
     data_dir: DataDir = None,
+    seeds: Annotated[
+        str, typer.Option(help="Training seeds, comma-separated: each trial runs once per seed (e.g. 0,1,2).")
+    ] = "0",
     quiet: Quiet = False,
 ) -> None:
     """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
@@ -169,7 +172,7 @@ def reproduce_cmd(
     from memlens.experiments.sweep import expand, run_sweep
 
     progress.set_enabled(not quiet)
-    spec = preset_spec(preset, scale)
+    spec = preset_spec(preset, scale, _seed_list(seeds))
     if data_dir is not None:
         spec["base"]["data"]["dir"] = str(data_dir)
     folder = folder or Path("runs") / spec["name"]
@@ -178,6 +181,15 @@ def reproduce_cmd(
     command = "memlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
+
+
+def _seed_list(text: str) -> list[int]:
+    from memlens.errors import MemlensError
+
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isascii() and p.isdigit() for p in parts) or len(set(parts)) != len(parts):
+        raise MemlensError(f"--seeds must be distinct non-negative integers separated by commas, got {text!r}")
+    return [int(p) for p in parts]
 
 
 def _render(folder: Path, out: Path | None = None) -> None:

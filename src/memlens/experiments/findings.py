@@ -14,7 +14,9 @@ finding whose design cannot isolate the claim reads **confounded** and is not co
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,11 +68,53 @@ class Trial:
         return self.method not in PROMPT_BASED
 
 
+@dataclass(frozen=True)
+class Config:
+    """A configuration: the finished trials that differ only in their training seed (one or more)."""
+
+    trials: tuple[Trial, ...]
+
+    @property
+    def first(self) -> Trial:
+        return self.trials[0]
+
+    @property
+    def label(self) -> str:
+        return re.sub(r"\s*\bseed=\d+\b", "", self.first.label).strip() or self.first.label
+
+    @property
+    def last(self) -> int:
+        return min(t.last for t in self.trials)
+
+    @property
+    def seeds(self) -> int:
+        return len(self.trials)
+
+    # the same for every seed: read from the first trial
+    id = property(lambda self: self.first.id)
+    method = property(lambda self: self.first.method)
+    targets = property(lambda self: self.first.targets)
+    model = property(lambda self: self.first.model)
+    rank = property(lambda self: self.first.rank)
+    parameter_based = property(lambda self: self.first.parameter_based)
+
+
+def configurations(trials: list[Trial]) -> list[Config]:
+    """Trials grouped by their config without ``training.seed`` (and outputs), in order of first appearance."""
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        cfg = {k: v for k, v in t.config.items() if k != "output"}
+        cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
+        groups.setdefault(json.dumps(cfg, sort_keys=True, default=str), []).append(t)
+    return [Config(tuple(g)) for g in groups.values()]
+
+
 class Scores:
     """The per-text scores of a store's finished trials, aligned on the texts they share (members first)."""
 
     def __init__(self, trials: list[Trial], frames: dict[int, pd.DataFrame]) -> None:
         self.trials = trials
+        self.configs = configurations(trials)
         self._frames = frames
         self._series = {
             t.id: {key: g.set_index(["id", "member"])["score"] for key, g in frames[t.id].groupby(["attack", "epoch"])}
@@ -165,30 +209,55 @@ def load_scores(store) -> Scores:
     return Scores(trials, frames)
 
 
+Term = tuple[int, int, float]  # (trial id, epoch, coefficient)
+Unit = list[list[Term]]  # one configuration: per seed, a linear combination of (trial, epoch) statistics
+
+
+def _at_last(c: Config) -> Unit:
+    return [[(t.id, c.last, 1.0)] for t in c.trials]
+
+
 def _contrast(
-    scores: Scores, keys, weights, measure: str, attack: str, what: str, direction: int = 1, ab=None
+    scores: Scores, units: list[Unit], weights, measure: str, attack: str, what: str, direction: int = 1, ab=None
 ) -> Check:
-    """A :class:`Check` of ``Σ w · statistic(trial, epoch)`` over ``keys``, paired over the texts."""
+    """A :class:`Check` of ``Σ_u w_u · mean over seeds of unit u``, paired over the texts.
+
+    Each replicate resamples the texts once for every trial and, within each unit of several seeds, the seeds
+    (with replacement), so the interval covers both text sampling and training randomness."""
+    keys = sorted({(t, e) for unit in units for seed in unit for t, e, _ in seed})
+    pos = {k: i for i, k in enumerate(keys)}
     rows = np.stack([scores.row(t, e, measure, attack) for t, e in keys])
     point, reps, _ = replicates(rows, scores.n_members, statistic=measure, n_boot=N_BOOT, seed=0)
-    a, b = (float(v) for v in ab(point)) if ab else (float("nan"), float("nan"))
-    return Check(measure, what, contrast(point, reps, weights, metric=measure, a=a, b=b), direction)
+    rng = np.random.default_rng(1)
+    unit_point, unit_reps = np.empty(len(units)), np.empty((len(units), reps.shape[1]))
+    for u, unit in enumerate(units):
+        seed_point = np.array([sum(c * point[pos[t, e]] for t, e, c in seed) for seed in unit])  # (S,)
+        seed_reps = np.stack([sum(c * reps[pos[t, e]] for t, e, c in seed) for seed in unit])  # (S, B)
+        unit_point[u] = seed_point.mean()
+        draw = (
+            rng.integers(0, len(unit), (reps.shape[1], len(unit)))
+            if len(unit) > 1
+            else np.zeros((reps.shape[1], 1), int)
+        )
+        unit_reps[u] = seed_reps[draw, np.arange(reps.shape[1])[:, None]].mean(axis=1)
+    a, b = (float(v) for v in ab(unit_point)) if ab else (float("nan"), float("nan"))
+    return Check(measure, what, contrast(unit_point, unit_reps, weights, metric=measure, a=a, b=b), direction)
 
 
-def _groups(scores: Scores, high: list[Trial], low: list[Trial], attack: str, names: tuple[str, str]) -> dict:
-    """mean(high) − mean(low) at each trial's last epoch, for both measures."""
-    keys = [(t.id, t.last) for t in high + low]
-    w = group_weights(len(keys), list(range(len(high))), list(range(len(high), len(keys))))
+def _groups(scores: Scores, high: list[Config], low: list[Config], attack: str, names: tuple[str, str]) -> dict:
+    """mean(high) − mean(low) at each configuration's last epoch, for both measures."""
+    units = [_at_last(c) for c in high + low]
+    w = group_weights(len(units), list(range(len(high))), list(range(len(high), len(units))))
     h = len(high)
 
     def ab(point: np.ndarray) -> tuple[float, float]:
         return float(point[:h].mean()), float(point[h:].mean())
 
-    return {m: [_contrast(scores, keys, w, m, attack, f"{names[0]} − {names[1]}", ab=ab)] for m in MEASURES}
+    return {m: [_contrast(scores, units, w, m, attack, f"{names[0]} − {names[1]}", ab=ab)] for m in MEASURES}
 
 
-def _usable(scores: Scores, attack: str) -> list[Trial]:
-    return [t for t in scores.trials if t.last > 0 and scores.has(t.id, t.last, attack)]
+def _usable(scores: Scores, attack: str) -> list[Config]:
+    return [c for c in scores.configs if c.last > 0 and all(scores.has(t.id, c.last, attack) for t in c.trials)]
 
 
 def savine_findings(scores: Scores) -> list[Finding]:
@@ -212,9 +281,9 @@ def savine_findings(scores: Scores) -> list[Finding]:
     )
     ranks = sorted({t.rank for t in lora})
     if len(ranks) >= 2 and scores.same_texts:
-        keys = [(t.id, t.last) for t in lora]
-        w = slope_weights([math.log2(t.rank) for t in lora])
-        f3.tests = {m: [_contrast(scores, keys, w, m, attack, "slope per doubling of the rank")] for m in MEASURES}
+        units = [_at_last(c) for c in lora]
+        w = slope_weights([math.log2(c.rank) for c in lora])
+        f3.tests = {m: [_contrast(scores, units, w, m, attack, "slope per doubling of the rank")] for m in MEASURES}
         per_rank = {r: np.mean([_stat(scores, t, "auc", attack) for t in lora if t.rank == r]) for r in ranks}
         f3.described = "mean AUC " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
     else:
@@ -222,15 +291,14 @@ def savine_findings(scores: Scores) -> list[Finding]:
     return [f1, _perplexity_finding(scores, lora, attack), f3]
 
 
-def _stat(scores: Scores, t: Trial, measure: str, attack: str) -> float:
-    """One trial's AUC or loss gap at its last epoch (point estimate)."""
-    point, _, _ = replicates(
-        scores.row(t.id, t.last, measure, attack)[None], scores.n_members, statistic=measure, n_boot=0
-    )
-    return float(point[0])
+def _stat(scores: Scores, c: Config, measure: str, attack: str) -> float:
+    """A configuration's AUC or loss gap at its last epoch (point estimate, mean over seeds)."""
+    rows = np.stack([scores.row(t.id, c.last, measure, attack) for t in c.trials])
+    point, _, _ = replicates(rows, scores.n_members, statistic=measure, n_boot=0)
+    return float(point.mean())
 
 
-def _perplexity_finding(scores: Scores, lora: list[Trial], attack: str) -> Finding:
+def _perplexity_finding(scores: Scores, lora: list[Config], attack: str) -> Finding:
     """(2): the per-text reference score against the fine-tuned and the base log-perplexity (members of the
     trial with the highest AUC). Reported with fits, but not tested: the reference score L_base − L_ft
     contains the fine-tuned loss it is regressed on (and the base loss), so the slope is partly built in."""
@@ -246,7 +314,7 @@ def _perplexity_finding(scores: Scores, lora: list[Trial], attack: str) -> Findi
     if not lora:
         f.fixed = "not measured"
         return f
-    best = max(lora, key=lambda t: _stat(scores, t, "auc", attack))
+    best = max(lora, key=lambda c: _stat(scores, c, "auc", attack)).first
     m = scores.n_members
     ref = scores.row(best.id, best.last, "auc", attack)[:m]
     tuned = -scores.row(best.id, best.last, "auc", "loss")[:m] if scores.has(best.id, best.last, "loss") else None
@@ -285,31 +353,22 @@ def hou_findings(scores: Scores) -> list[Finding]:
         "Figures 2–3 of the study",
         note="(2) is tested as the difference of the two groups' mean change from epoch 1 to the last epoch.",
     )
-    grow = [t for t in param if t.last >= 2 and scores.has(t.id, 1, attack)]
-    flat = [t for t in prompt if t.last >= 2 and scores.has(t.id, 1, attack)]
+    grow = [c for c in param if c.last >= 2 and all(scores.has(t.id, 1, attack) for t in c.trials)]
+    flat = [c for c in prompt if c.last >= 2 and all(scores.has(t.id, 1, attack) for t in c.trials)]
     if grow and flat and paired:
-        keys = [k for t in grow + flat for k in ((t.id, t.last), (t.id, 1))]
-        w = np.array([s / len(g) for g in (grow, flat) for _ in g for s in (1, -1)])
-        w[2 * len(grow) :] *= -1  # minus the prompt-based group's mean change
-        f2.tests = {
-            m: [_contrast(scores, keys, w, m, attack, "growth parameter-based − growth prompt-based")] for m in MEASURES
-        }
+        units = [[[(t.id, c.last, 1.0), (t.id, 1, -1.0)] for t in c.trials] for c in grow + flat]
+        w = group_weights(len(units), list(range(len(grow))), list(range(len(grow), len(units))))
+        what = "growth parameter-based − growth prompt-based"
+        f2.tests = {m: [_contrast(scores, units, w, m, attack, what)] for m in MEASURES}
     else:
         f2.fixed = "not measured"
-    place = {t.targets[0]: t for t in trials if t.method == "lora" and len(t.targets) == 1}
+    place = {c.targets[0]: c for c in trials if c.method == "lora" and len(c.targets) == 1}
     f5 = Finding("(5) LoRA placement: attention < MLP < both", "Wikitext LOSS: .552 < .579 < .616")
     if {"attn", "mlp", "all"} <= set(place) and paired:
         steps = (("mlp", "attn"), ("all", "mlp"))
         f5.tests = {
             m: [
-                _contrast(
-                    scores,
-                    [(place[h].id, place[h].last), (place[lo].id, place[lo].last)],
-                    [1, -1],
-                    m,
-                    attack,
-                    f"{h} − {lo}",
-                )
+                _contrast(scores, [_at_last(place[h]), _at_last(place[lo])], [1, -1], m, attack, f"{h} − {lo}")
                 for h, lo in steps
             ]
             for m in MEASURES
@@ -319,9 +378,10 @@ def hou_findings(scores: Scores) -> list[Finding]:
     f3 = Finding("(3) larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B")
     if larger and "all" in place and paired:
         big, small = larger[0], place["all"]
-        keys = [(big.id, big.last), (small.id, small.last)]
         what = f"{big.label} − {small.label}"
-        f3.tests = {m: [_contrast(scores, keys, [1, -1], m, attack, what)] for m in MEASURES}
+        f3.tests = {
+            m: [_contrast(scores, [_at_last(big), _at_last(small)], [1, -1], m, attack, what)] for m in MEASURES
+        }
         f3.fixed = "confounded"
         f3.note = (
             f"(3) compares two different pre-trained models ({big.model} and {small.model}), not two sizes of one "
@@ -359,30 +419,31 @@ def family_sizes(findings: list[Finding]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class BaselineComparison:
-    """Every trial against a baseline trial: ``rows`` of (trial, {measure: Check or None})."""
+    """Every configuration against a baseline configuration: ``rows`` of (config, {measure: Check or None})."""
 
-    baseline: Trial
-    rows: list[tuple[Trial, dict[str, Check | None]]]
+    baseline: Config
+    rows: list[tuple[Config, dict[str, Check | None]]]
 
 
 def against_baseline(scores: Scores, attack: str) -> BaselineComparison | None:
-    """Every trial against the first (the baseline), each at its last epoch, on the attack's AUC and on the
-    loss gap: paired differences ``trial − baseline`` with Holm over the comparisons of each measure. A
-    measure a trial lacks (no fine-tuned epoch, no such attack) is ``None``; ``None`` overall when fewer
-    than two trials or the trials scored different texts."""
-    if len(scores.trials) < 2 or not scores.same_texts:
+    """Every configuration against the first (the baseline), each at its last epoch, on the attack's AUC and
+    on the loss gap: paired differences ``config − baseline`` (seeds averaged and resampled) with Holm over the
+    comparisons of each measure. A measure a configuration lacks (no fine-tuned epoch, no such attack) is
+    ``None``; ``None`` overall when there are fewer than two configurations or they scored different texts."""
+    if len(scores.configs) < 2 or not scores.same_texts:
         return None
-    base = scores.trials[0]
-    rows: list[tuple[Trial, dict[str, Check | None]]] = []
-    for t in scores.trials[1:]:
+    base = scores.configs[0]
+    rows: list[tuple[Config, dict[str, Check | None]]] = []
+    for c in scores.configs[1:]:
         checks: dict[str, Check | None] = {}
         for m in MEASURES:
-            ok = all(x.last > 0 and scores.has(x.id, x.last, attack if m == "auc" else "nll") for x in (t, base))
-            keys = [(t.id, t.last), (base.id, base.last)]
-            checks[m] = _contrast(scores, keys, [1, -1], m, attack, "trial − baseline", ab=tuple) if ok else None
-        rows.append((t, checks))
+            need = attack if m == "auc" else "nll"
+            ok = all(x.last > 0 and all(scores.has(t.id, x.last, need) for t in x.trials) for x in (c, base))
+            units = [_at_last(c), _at_last(base)]
+            checks[m] = _contrast(scores, units, [1, -1], m, attack, "config − baseline", ab=tuple) if ok else None
+        rows.append((c, checks))
     for m in MEASURES:
-        family = [c for _, checks in rows if (c := checks[m]) is not None]
+        family = [x for _, checks in rows if (x := checks[m]) is not None]
         adjusted = holm([x.difference.p_value if x.difference.p_value is not None else 1.0 for x in family])
         for x, p in zip(family, adjusted, strict=True):
             x.p_holm = p
@@ -415,8 +476,9 @@ def findings_markdown(name: str, store, command: str) -> str:
         "",
         f"Every number is a difference between trials on the same {scores.n_members} members and "
         f"{scores.n_nonmembers} non-members: a paired bootstrap ({N_BOOT:,} replicates resample the texts once "
-        "for all trials) gives its 95% CI and p-value. A finding **holds** when its difference in the published "
-        f"direction has a Holm-adjusted p below {ALPHA} (over the {k['auc']} AUC comparisons of this preset; the "
+        f"for all trials{_seed_words(scores)}) gives its 95% CI and p-value. A finding **holds** when its "
+        f"difference in the published direction has a Holm-adjusted p below {ALPHA} (over the {k['auc']} AUC "
+        "comparisons of this preset; the "
         f"{k['gap']} loss-gap comparisons are a family of their own), is **reversed** when significant the other "
         "way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning lowered the members' mean "
         "token loss than the non-members' (nats/token; docs/methods.md).",
@@ -425,6 +487,13 @@ def findings_markdown(name: str, store, command: str) -> str:
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
     lines += ["", *trial_table(store, attack)]
     return "\n".join(lines) + "\n"
+
+
+def _seed_words(scores: Scores) -> str:
+    seeds = sorted({c.seeds for c in scores.configs})
+    if seeds == [1]:
+        return "; one training seed per configuration, so the intervals do not cover training randomness"
+    return f", and the training seeds of each configuration ({'/'.join(map(str, seeds))} seeds)"
 
 
 def disagreements(findings: list[Finding]) -> list[str]:

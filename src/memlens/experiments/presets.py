@@ -75,9 +75,15 @@ def hou2025(scale: str) -> dict:
 PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
 
 
-def preset_spec(name: str, scale: str) -> dict:
+def preset_spec(name: str, scale: str, seeds: list[int] | None = None) -> dict:
+    """The preset's sweep; with several ``seeds`` every trial runs once per training seed (sweep name
+    ``NAME-SCALE-Nseeds``, so it never mixes with a one-seed store)."""
     if name not in PRESETS:
         raise MemlensError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     if scale not in SCALES:
         raise MemlensError(f"unknown scale {scale!r}; use tiny, small or full")
-    return PRESETS[name](scale)
+    spec = PRESETS[name](scale)
+    if seeds is not None and seeds != [0]:
+        spec["seeds"] = list(seeds)
+        spec["name"] += f"-{len(seeds)}seeds"
+    return spec

@@ -12,6 +12,10 @@ A sweep file is TOML::
     label = "prompt tuning"
     method = "prompt"
 
+``seeds = [0, 1, 2]`` (top level) repeats every trial with each training seed (the grid axis ``seed``); the
+presets' findings and the report then average each configuration over its seeds and resample the seeds in
+their intervals, so that a verdict covers training randomness as well as the sampling of texts.
+
 An axis is a short name (the keys of :data:`AXES`) or any dotted config key
 (``"training.warmup_ratio"``). Trials already finished in the store are skipped; a failed trial is recorded
 with its error and the sweep goes on.
@@ -97,10 +101,10 @@ def _label(overrides: dict[str, Any]) -> str:
 
 def expand(spec: dict, source: str = "sweep") -> Sweep:
     """Expand a sweep mapping into validated trials (refusing unknown axes and empty grids)."""
-    unknown = set(spec) - {"name", "base", "grid", "variants"}
+    unknown = set(spec) - {"name", "base", "grid", "variants", "seeds"}
     if unknown:
         raise MemlensError(
-            f"{source}: unknown top-level key(s) {sorted(unknown)} (expected name, base, grid, variants)"
+            f"{source}: unknown top-level key(s) {sorted(unknown)} (expected name, base, grid, variants, seeds)"
         )
     name = spec.get("name")
     if not isinstance(name, str) or not name:
@@ -116,6 +120,13 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
         raise MemlensError(f"{source}: a variant's label must be a non-empty string")
     base = parse_config({"name": name} | base_spec, f"{source} [base]")
     axes = {_key(a): v for a, v in grid.items()}
+    if "seeds" in spec:
+        seeds = spec["seeds"]
+        if not isinstance(seeds, list) or not seeds or not all(type(x) is int and x >= 0 for x in seeds):
+            raise MemlensError(f"{source}: seeds must be a non-empty list of non-negative integers, e.g. [0, 1, 2]")
+        if len(set(seeds)) != len(seeds) or AXES["seed"] in axes:
+            raise MemlensError(f"{source}: seeds repeat a seed or a grid axis 'seed' is also given; use one of them")
+        axes[AXES["seed"]] = seeds
     for a, values in axes.items():
         if not isinstance(values, list) or not values:
             raise MemlensError(f"{source}: grid axis {a!r} needs a non-empty list of values")
