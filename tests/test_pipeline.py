@@ -122,11 +122,23 @@ def test_blind_baseline_and_split_audit_are_reported(memorized):
     (blind,) = [r for r in results["records"] if r["attack"] == "blind"]
     assert 0.2 < blind["value"] < 0.8 and blind["ci_low"] < blind["ci_high"]  # same-distribution split
     aucs = [r for r in results["records"] if r["kind"] == "mia" and r["metric"] == "auc"]
-    assert aucs and all(r["beats_blind"] is not None for r in aucs)
+    assert aucs and all(r["beats_blind"] is not None for r in aucs if r["ci_low"] is not None)
     assert blind["kind"] == "blind" and blind["beats_blind"] is None
     post = [r for r in results["records"] if r["epoch"] == 25 and r["attack"] == "loss" and r["metric"] == "auc"]
     assert post[0]["beats_blind"]
     assert results["split_audit"]["counts"]["members/nonmembers"] == {"exact": 0, "near": 0}
+
+
+def test_each_fine_tuned_auc_is_tested_against_its_pretrained_auc(memorized, tiny_dir, tmp_path):
+    _, results, _ = memorized
+    rows = [r for r in results["records"] if r["kind"] == "mia" and r["metric"] == "auc"]
+    assert all(r["beats_pretrained"] is None for r in rows if r["epoch"] == 0 or r["attack"] == "reference")
+    assert auc_of(results, 25, "loss")["beats_pretrained"] is True
+    # a learning rate too small to change anything: the fine-tuned AUC is the pre-trained one, and is flagged
+    idle = run(parse_config(tiny_config(tiny_dir, tmp_path / "idle", training={"lr": 1e-12})))
+    loss = auc_of(idle, 1, "loss")
+    assert loss["value"] == pytest.approx(auc_of(idle, 0, "loss")["value"], abs=0.02)
+    assert loss["beats_pretrained"] is False
 
 
 def test_per_text_scores_are_saved_with_ids_only(memorized):

@@ -37,7 +37,9 @@ class Record:
     greedy``, ``canary x4``); the facts it shows are also fields: ``attack_name`` (the registered attack,
     e.g. ``min_k``), ``k``, ``decoding``, ``repetitions``. ``tpr`` rows carry the budget ``fpr``, the FPR
     the threshold reaches (``fpr_reached``), the true/false positive counts ``tp``/``fp`` and a Clopper–Pearson
-    CI; a number that cannot be measured (e.g. a budget below one non-member) is ``None`` with the reason in
+    CI. A fine-tuned ``auc`` row says whether its CI lies above the blind baseline's (``beats_blind``) and whether
+    it beats the same attack on the pre-trained model on a paired test (``beats_pretrained``); a number that
+    cannot be measured (e.g. a budget below one non-member) is ``None`` with the reason in
     ``note``. ``role`` is the model
     measured (``target``; ``reference`` and ``student`` for later uses). Scores are higher = more likely a
     member; an AUC above 0.5 means the attack tells members from non-members.
@@ -63,6 +65,7 @@ class Record:
     n_nonmembers: int | None = None
     n_nan: int | None = None
     beats_blind: bool | None = None
+    beats_pretrained: bool | None = None
     fpr_reached: float | None = None
     tp: int | None = None
     fp: int | None = None
@@ -74,7 +77,8 @@ class Record:
 
 
 FIELDS = [f.name for f in fields(Record)]
-INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "beats_blind", "tp", "fp"}
+BOOL_FIELDS = {"beats_blind", "beats_pretrained"}
+INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "tp", "fp"} | BOOL_FIELDS
 REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature", "fpr_reached"}
 SQL_TYPES = {name: "INTEGER" if name in INT_FIELDS else "REAL" if name in REAL_FIELDS else "TEXT" for name in FIELDS}
 
@@ -84,11 +88,9 @@ def from_dict(row: dict[str, Any]) -> Record:
     if "kind" not in row or row.get("kind") is None:
         return from_legacy(row)
     known = {k: _plain(v) for k, v in row.items() if k in FIELDS}
-    if known.get("beats_blind") is not None:
-        known["beats_blind"] = bool(known["beats_blind"])
-    for name in INT_FIELDS - {"beats_blind"}:
+    for name in INT_FIELDS:
         if known.get(name) is not None:
-            known[name] = int(known[name])
+            known[name] = bool(known[name]) if name in BOOL_FIELDS else int(known[name])
     return Record(**known)
 
 

@@ -96,7 +96,8 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
             scores[epoch] = stage_scores(cfg, stats, reference, scored)
-            records.extend(stage_records(cfg, scores[epoch], stats["validation"].perplexity(), epoch, n_mem))
+            ppl = stats["validation"].perplexity()
+            records.extend(stage_records(cfg, scores[epoch], ppl, epoch, n_mem, pretrained=scores[0]))
             records.extend(effect_records(cfg, scores[0]["nll"], scores[epoch]["nll"], epoch, n_mem))
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
@@ -280,7 +281,7 @@ def with_blind(records: list[Record], blind: dict | None) -> list[Record]:
     if blind is None:
         return records
     flagged = [
-        replace(r, beats_blind=beats_blind(r.value, blind))
+        replace(r, beats_blind=beats_blind(r.ci_low, blind))
         if r.kind == "mia" and r.metric == "auc" and r.value is not None
         else r
         for r in records
@@ -380,8 +381,13 @@ def reference_model_stats(cfg: RunConfig, texts: list[str]) -> tuple[TokenStats,
     return stats, ref.info
 
 
-def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int) -> list[Record]:
-    """Tidy records of one stage: validation perplexity, and each attack's AUC (with CI) and TPR at each FPR."""
+def stage_records(
+    cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_members: int, *, pretrained: dict | None = None
+) -> list[Record]:
+    """Tidy records of one stage: validation perplexity, and each attack's AUC (with CI) and TPR at each FPR.
+    With the ``pretrained`` (epoch-0) scores, each attack's AUC also says whether it beats the same attack on
+    the pre-trained model on a paired test (DeLong, CI of the difference above 0): the distribution-shift
+    control."""
     seed = cfg.training.seed
     rows = [Record("val_ppl", val_ppl, epoch=epoch, kind="utility", seed=seed)]
     for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
@@ -404,6 +410,7 @@ def stage_records(cfg: RunConfig, scores: dict, val_ppl: float, epoch: int, n_me
                 n_members=int(m["n_members"]),
                 n_nonmembers=int(m["n_nonmembers"]),
                 n_nan=int(m["n_nan"]),
+                beats_pretrained=_beats_pretrained(scores[label], (pretrained or {}).get(label), n_members, cfg),
             )
         )
         rows += [
@@ -448,6 +455,20 @@ def effect_records(cfg: RunConfig, before: np.ndarray, after: np.ndarray, epoch:
             row, metric="nonmember_drop", value=g.nonmember_drop, ci_low=g.nonmember_ci[0], ci_high=g.nonmember_ci[1]
         ),
     ]
+
+
+def _beats_pretrained(after: np.ndarray, before: np.ndarray | None, n_members: int, cfg: RunConfig) -> bool | None:
+    """AUC after − AUC before on the same texts (DeLong): True when its CI lies above 0, None without a
+    pre-trained score or when the difference cannot be estimated."""
+    from memlens.comparison import delong
+
+    if before is None or np.ptp(np.nan_to_num(before)) == 0:  # no epoch-0 attack (e.g. Reference: all zeros)
+        return None
+    try:
+        d = delong(after, before, n_members, confidence=cfg.attacks.confidence)
+    except ValueError:  # no finite member or non-member under both
+        return None
+    return bool(d.ci_low > 0) if np.isfinite(d.ci_low) else None
 
 
 def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts) -> dict:

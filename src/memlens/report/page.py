@@ -126,7 +126,7 @@ def render_markdown(data: ReportData, plots: list[Plot], show_text: bool = False
         "",
         headline_table(data.final, data.attack).md(),
         "",
-        f"NO ⚠ = the attack does not beat the blind baseline's upper CI bound. {md_text(REFERENCE_NOTE)}",
+        f"NO ⚠ = the attack's CI does not lie above the blind baseline's CI. {md_text(REFERENCE_NOTE)}",
     ]
     compared = comparison_table(data.comparisons, data.attack)
     if compared is not None:

@@ -63,12 +63,12 @@ def summary_lines(results: dict) -> list[str]:
     lines = (
         []
         if blind is None
-        else [f"blind baseline (text features only, no model): AUC {_auc(blind)} — an attack must beat its upper bound"]
+        else [f"blind baseline (text features only, no model): AUC {_auc(blind)} — an attack's CI must lie above it"]
     )
     ref = results.get("reference_model")
     if ref:
         lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
-    lines += gap_lines(records, last)
+    lines += gap_lines(records, last) + pretrained_lines(records, last)
     if ppl0 is not None and ppl1 is not None:
         lines.append(f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)")
     lines += [
@@ -84,6 +84,21 @@ def summary_lines(results: dict) -> list[str]:
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
+
+
+def pretrained_lines(records: list[dict], epoch: int) -> list[str]:
+    """Which attacks do not beat their own pre-trained AUC on a paired test (the distribution-shift control)."""
+    flags = {
+        r["attack"]: r["beats_pretrained"]
+        for r in records
+        if r["epoch"] == epoch and r["kind"] == "mia" and r["metric"] == "auc" and r.get("beats_pretrained") is not None
+    }
+    if not flags:
+        return []
+    weak = [a for a, ok in flags.items() if not ok]
+    if not weak:
+        return [f"pre-trained control: all {len(flags)} attacks beat their own pre-trained AUC (paired DeLong test)"]
+    return [f"pre-trained control: NOT beating their own pre-trained AUC (paired DeLong test): {', '.join(weak)}"]
 
 
 def gap_lines(records: list[dict], epoch: int) -> list[str]:

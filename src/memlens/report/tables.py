@@ -190,11 +190,19 @@ def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[st
                 Cell(_auc(value_of(auc, "value"), value_of(auc, "ci_low"), value_of(auc, "ci_high")), "num"),
                 _tpr_cell(value_of(tpr, "value"), tpr.get("note")),
                 Cell(_auc(value_of(pick(0, a, "auc"), "value")), "num"),
+                _verdict(value_of(auc, "beats_pretrained")),
                 _verdict(value_of(auc, "beats_blind")),
             ]
         )
     notes = _tpr_notes((pick(epoch, a, "tpr", 0.01) or {}).get("note") for a in attacks)
-    headers = ["attack", f"AUC epoch {epoch} [95% CI]", "TPR @ 1% FPR", "AUC pre-trained", "beats blind?"]
+    headers = [
+        "attack",
+        f"AUC epoch {epoch} [95% CI]",
+        "TPR @ 1% FPR",
+        "AUC pre-trained",
+        "beats pre-trained? (paired)",
+        "beats blind?",
+    ]
     return Table(headers, rows, notes)
 
 
