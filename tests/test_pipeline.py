@@ -208,3 +208,27 @@ def test_a_given_reference_model(tiny, tiny_dir, tmp_path):
     with pytest.raises(MemlensError, match="no-such-model"):
         run(parse_config(tiny_config(tiny_dir, out, attacks={"reference_model": str(tmp_path / "no-such-model")})))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_repeated_texts_count_once_in_the_metrics_unless_asked(tiny_dir, tmp_path, distinct):
+    from helpers import phee_texts, write_jsonl
+
+    members = phee_texts("train", 20)
+    members += [*members[:4], members[0].upper()]  # 4 exact copies, and one that differs only in case
+    data = {
+        "source": "files",
+        "members": str(write_jsonl(tmp_path / "m.jsonl", members)),
+        "nonmembers": str(write_jsonl(tmp_path / "n.jsonl", phee_texts("test", 24))),
+        "validation": str(write_jsonl(tmp_path / "v.jsonl", phee_texts("dev", 8))),
+        "n_members": 0,
+        "n_nonmembers": 0,
+        "n_validation": 0,
+    }
+    cfg = tiny_config(tiny_dir, tmp_path / "out", data=data, attacks={"distinct": distinct, "bootstrap": 50})
+    results = run(parse_config(cfg))
+    loss = auc_of(results, 1, "loss")
+    assert loss["n_members"] == (20 if distinct else 25) and loss["n_nonmembers"] == 24
+    (gap,) = [r for r in results["records"] if r["metric"] == "loss_gap"]
+    assert gap["n_members"] == loss["n_members"]
+    assert results["data"]["duplicates_counted_once"] == (5 if distinct else 0)

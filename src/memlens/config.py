@@ -136,6 +136,9 @@ class AttackConfig(_Section):
     ``reference_model``: the Reference attack's R — by default the pre-trained model itself (its epoch-0
     statistics); or any other causal LM (built-in name, local folder, ``.gguf`` file or hub id), loaded once
     before fine-tuning, scored on its own tokenization of the texts (cached) and released.
+    ``distinct``: count each distinct text once in the attacks' AUC and TPR and in the loss gap (exact
+    duplicates after normalisation, within the members and within the non-members; the split audit reports
+    them); ``false`` weights every copy.
     """
 
     names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
@@ -145,6 +148,7 @@ class AttackConfig(_Section):
     fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
     bootstrap: Annotated[int, Field(ge=0)] = 1000
     blind: bool = True
+    distinct: bool = True
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     seed: Seed = 0
 

@@ -83,7 +83,9 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
             reference, reference_info = reference_model_stats(cfg, texts)
         scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
-        records = stage_records(cfg, scores[0], base["validation"].perplexity(), 0, n_mem)
+        keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
+        n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
+        records = stage_records(cfg, _rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
@@ -96,9 +98,9 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
             scores[epoch] = stage_scores(cfg, stats, reference, scored)
-            ppl = stats["validation"].perplexity()
-            records.extend(stage_records(cfg, scores[epoch], ppl, epoch, n_mem, pretrained=scores[0]))
-            records.extend(effect_records(cfg, scores[0]["nll"], scores[epoch]["nll"], epoch, n_mem))
+            now, before, ppl = _rows(scores[epoch], keep), _rows(scores[0], keep), stats["validation"].perplexity()
+            records.extend(stage_records(cfg, now, ppl, epoch, n_eval, pretrained=before))
+            records.extend(effect_records(cfg, before["nll"], now["nll"], epoch, n_eval))
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
@@ -133,6 +135,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
             "max_tokens": cfg.data.max_tokens,
             "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
+            "duplicates_counted_once": int(len(keep) - keep.sum()),
         },
         "split_audit": audit,
         "extraction": extraction,
@@ -429,6 +432,24 @@ def stage_records(
             for f, t in m.get("tpr", {}).items()
         ]
     return rows
+
+
+def distinct_rows(texts: list[str], n_members: int) -> np.ndarray:
+    """``(N,)`` bool: the first of each set of exact duplicates (after normalisation) within the members and
+    within the non-members (members are the first ``n_members`` texts)."""
+    from memlens.data.audit import normalize
+
+    seen: set[tuple[bool, str]] = set()
+    keep = np.zeros(len(texts), bool)
+    for i, text in enumerate(texts):
+        key = (i < n_members, normalize(text))
+        keep[i] = key not in seen
+        seen.add(key)
+    return keep
+
+
+def _rows(scores: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    return {label: values[keep] for label, values in scores.items()}
 
 
 def effect_records(cfg: RunConfig, before: np.ndarray, after: np.ndarray, epoch: int, n_members: int) -> list[Record]:

@@ -123,6 +123,8 @@ def data_lines(data: dict) -> list[str]:
         lines.append("empty texts dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
     if data.get("renamed_duplicate_ids"):
         lines.append(f"duplicate ids renamed (ID#2, ID#3, ...): {data['renamed_duplicate_ids']}")
+    if data.get("duplicates_counted_once"):
+        lines.append(f"repeated texts counted once in the metrics: {data['duplicates_counted_once']} copies left out")
     if data.get("truncated"):
         lines.append(f"texts truncated to {data['max_tokens']} tokens: {data['truncated']}")
     return lines
