@@ -183,11 +183,35 @@ def test_memorized_canary_is_extracted_and_exposed(memorized, tiny):
     assert rows[32]["extraction_rate"] == 1.0 and rows[0]["extraction_rate"] == 0.0
     assert rows[32]["auc"] == 1.0 and np.isnan(rows[0]["auc"])
     assert rows[32]["mean_exposure"] > rows[0]["mean_exposure"] + 10
+    assert 0 <= rows[32]["at_ceiling"] <= 1 and rows[0]["at_ceiling"] == 0.0
     seen, unseen = cs.canaries[-1], cs.controls[0]
     assert seen.repetitions == 32
     assert exposure(lm.model, lm.tokenizer, seen, n_candidates=200) > exposure(lm.model, lm.tokenizer, unseen) + 10
     untrained = canary_report(tiny.model, tiny.tokenizer, cs, n_candidates=50, n_boot=0)
     assert all(r["extraction_rate"] == 0.0 for r in untrained)
+
+
+@pytest.mark.parametrize(("rank", "tolerance"), [(50, 0.6), (1000, 0.4), (50_000, 0.15)])
+def test_exposure_estimator_recovers_known_ranks(rank, tolerance):
+    """A secret space of 10⁶ with skewed log-likelihoods and the secret at a known rank, 1,000 candidates: the
+    mean estimate over 60 canaries is the true exposure. Counting alone says ~19.9 bits (the ceiling) at
+    rank 50 (true 14.3) and ~14 bits at rank 1,000 (true 10.0)."""
+    from scipy.stats import skewnorm
+
+    from memlens.extraction.exposure import estimate_exposure
+
+    rng = np.random.default_rng(rank)
+    space = 10**6
+    population = np.sort(skewnorm.rvs(-4, loc=-30, scale=6, size=space, random_state=rng))[::-1]
+    others = np.delete(population, rank - 1)
+    candidates = others[rng.integers(0, space - 1, (60, 1000))]
+    estimate, at_ceiling = estimate_exposure(np.full(60, population[rank - 1]), candidates, space)
+    truth = np.log2(space) - np.log2(rank)
+    assert abs(estimate.mean() - truth) < tolerance, (estimate.mean(), truth)
+    assert estimate.max() <= np.log2(space) and estimate.min() >= 0
+    assert (at_ceiling.mean() > 0.9) if rank == 50 else (at_ceiling.mean() < 0.6)
+    with pytest.raises(ValueError, match="candidate log-likelihoods"):
+        estimate_exposure(np.zeros(2), np.zeros((3, 5)), space)
 
 
 def test_extract_rows_and_best_of_n(memorized):

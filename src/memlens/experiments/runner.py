@@ -216,6 +216,7 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
                 replace(row, ci_low=r["auc_ci_low"], ci_high=r["auc_ci_high"]),
                 replace(row, metric="canary_extraction_rate", value=r["extraction_rate"]),
                 replace(row, metric="canary_exposure", value=r["mean_exposure"]),
+                replace(row, metric="canary_at_ceiling", value=r["at_ceiling"]),
             ]
         out["canaries"] = rows
     return out

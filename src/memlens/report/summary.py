@@ -157,10 +157,13 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
             )
     canaries = [r for r in records if r["epoch"] == last and r["kind"] == "canary"]
     for attack in dict.fromkeys(r["attack"] for r in canaries):
-        auc, rate, expo = (
+        auc, rate, expo, top = (
             (find(canaries, attack=attack, metric=f"canary_{k}") or {}).get("value")
-            for k in ("auc", "extraction_rate", "exposure")
+            for k in ("auc", "extraction_rate", "exposure", "at_ceiling")
         )
         auc_s = "" if auc is None or auc != auc else f"AUC vs controls {auc:.3f}, "
-        lines.append(f"{attack}: {auc_s}secret extracted {100 * float(rate or 0):.0f}%, exposure {expo or 0:.1f} bits")
+        top_s = f" ({100 * top:.0f}% beyond every sampled candidate: extrapolated)" if top else ""
+        lines.append(
+            f"{attack}: {auc_s}secret extracted {100 * float(rate or 0):.0f}%, exposure {expo or 0:.1f} bits{top_s}"
+        )
     return lines

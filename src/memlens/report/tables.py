@@ -28,6 +28,7 @@ CANARY_COLUMNS = {
     "canary_auc": "AUC vs controls [95% CI]",
     "canary_extraction_rate": "secrets extracted",
     "canary_exposure": "exposure (bits)",
+    "canary_at_ceiling": "at sampling ceiling (extrapolated)",
 }
 
 
