@@ -124,6 +124,56 @@ def test_packing_shares_rows_and_changes_nothing(tiny):
         np.testing.assert_allclose(getattr(packed, key), getattr(padded, key), atol=1e-5)
 
 
+def _tiny_random(arch: str):
+    """A 2-layer random model of one architecture (no download: built from its config)."""
+    import transformers as tf
+
+    common = {"vocab_size": 101, "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2}
+    configs = {
+        "llama": lambda: tf.LlamaConfig(**common, intermediate_size=64, num_key_value_heads=2),
+        "qwen2": lambda: tf.Qwen2Config(**common, intermediate_size=64, num_key_value_heads=2),
+        "gemma3_text": lambda: tf.Gemma3TextConfig(**common, intermediate_size=64, num_key_value_heads=2, head_dim=8),
+        "gpt2": lambda: tf.GPT2Config(vocab_size=101, n_embd=32, n_head=4, n_layer=2),
+        "gpt_neox": lambda: tf.GPTNeoXConfig(**common, intermediate_size=64),
+        "opt": lambda: tf.OPTConfig(**common, ffn_dim=64, word_embed_proj_dim=32),
+        "bloom": lambda: tf.BloomConfig(vocab_size=101, hidden_size=32, n_head=4, n_layer=2),
+    }
+    torch.manual_seed(0)
+    return tf.AutoModelForCausalLM.from_config(configs[arch]()).eval()
+
+
+RANDOM_IDS = [list(np.random.default_rng(i).integers(3, 100, 3 + 5 * i % 27)) for i in range(20)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3_text", "gpt2", "gpt_neox", "opt", "bloom"])
+def test_only_architectures_whose_mask_restarts_are_packed(arch):
+    """OPT and BLOOM build their causal mask without the position ids: packed texts would see each other
+    (ℓ off by 0.1 and 0.007 nats here), so they are scored padded; the others pack and equal the padded path."""
+    from memlens.scoring import engine
+
+    model = _tiny_random(arch)
+    assert (arch in engine.PACKABLE) == (arch not in ("opt", "bloom"))
+    default = score_ids(model, RANDOM_IDS, 0, batch_size=8)
+    padded = score_ids(model, RANDOM_IDS, 0, batch_size=8, pack=False)
+    np.testing.assert_allclose(default.logprob, padded.logprob, atol=1e-5)
+    forced = score_ids(model, RANDOM_IDS, 0, batch_size=8, _check=False)  # packing as the old code did
+    leak = np.nanmax(np.abs(forced.logprob - padded.logprob))
+    assert (leak > 1e-3) == (arch in ("opt", "bloom")), leak
+
+
+def test_packing_self_check_falls_back_with_a_warning(monkeypatch, capsys):
+    from memlens.scoring import engine
+
+    model = _tiny_random("opt")
+    monkeypatch.setattr(engine, "PACKABLE", engine.PACKABLE | {"opt"})  # as if OPT were wrongly listed
+    monkeypatch.setattr(engine, "_pack_verified", {})
+    stats = score_ids(model, RANDOM_IDS, 0, batch_size=8)
+    padded = score_ids(model, RANDOM_IDS, 0, batch_size=8, pack=False)
+    np.testing.assert_allclose(stats.logprob, padded.logprob, atol=1e-5)
+    assert "packed scoring of OPTForCausalLM differs from padded scoring" in capsys.readouterr().err
+    assert engine._pack_verified == {("OPTForCausalLM", "torch.float32"): False}
+
+
 def test_pack_fills_bins_best_fit():
     from memlens.scoring.engine import _pack
 

@@ -36,6 +36,17 @@ def enabled() -> bool:
     return _enabled
 
 
+@contextmanager
+def quiet() -> Iterator[None]:
+    """No progress output inside the block (warnings still show)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
 def info(message: str) -> None:
     """One status line (e.g. "fine-tuning done in 40 s")."""
     if _enabled:

@@ -1,7 +1,10 @@
 """The scoring pass: one batched forward pass per model gives every per-token statistic.
 
 Texts are packed several to a row of the batch (position ids restart at every text, so ``transformers``
-builds a block-diagonal causal mask and no text sees another): almost no compute goes to padding. Where a
+builds a block-diagonal causal mask and no text sees another): almost no compute goes to padding. Only
+architectures verified to build that mask are packed (:data:`PACKABLE`; OPT and BLOOM, for one, let packed
+texts attend to each other), and the first packed call of each architecture in a process is checked against
+the padded path; a mismatch falls back to padding with a warning. Where a
 pass cannot be packed (a shared prefix, a prompt-learning adapter, left padding) texts are sorted by length,
 padded with EOS and masked. The output head runs only where a text token is predicted and, for a plain
 linear head, one vocabulary slice at a time, with the softmax statistics (ℓ, μ, σ) merged across slices:
@@ -27,6 +30,10 @@ from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
 CHUNK_TOKENS = 64  # positions reduced over the full vocabulary at once where the head is not sliced (cache-sized)
 VOCAB_SLICE = 2048  # vocabulary entries per slice of the output head (fastest measured on a 2-core CPU)
 PACK_WIDTH = 128  # tokens per packed row (at least the longest text)
+# architectures whose attention mask restarts with the position ids (tested: packed == padded); others are padded
+PACKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"}
+PACK_TOLERANCE = {"float32": 1e-4, "float64": 1e-8}  # max |Δℓ| of the self-check; half precision: 2e-2
+_pack_verified: dict[tuple[str, str], bool] = {}  # (architecture class, dtype) -> packed equals padded
 # architectures whose logits are exactly ``lm_head(hidden)``, so the head can be sliced; others use their own head
 SLICEABLE_HEADS = {"llama", "mistral", "qwen2", "qwen3", "gemma3_text", "gemma2", "gpt2"}
 
@@ -85,6 +92,7 @@ def score_ids(
     padding_side: str = "right",
     pack: bool = True,
     desc: str = "scoring",
+    _check: bool = True,
 ) -> TokenStats:
     """Score pre-tokenised sequences (see :func:`score_texts`).
 
@@ -92,7 +100,8 @@ def score_ids(
     the sequence's own tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
     ``padding_side = "left"`` pads on the left with explicit position ids (same results; for models or
     pipelines that need it); it does not combine with ``prefix``. ``pack = False`` pads every text to its
-    batch's longest instead of packing (same results; slower). ``batch_size`` is in texts; packed batches
+    batch's longest instead of packing (same results; slower); packing also needs an architecture in
+    :data:`PACKABLE` that passes the self-check (:func:`packing_verified`). ``batch_size`` is in texts; packed batches
     hold about as many tokens as ``batch_size`` average texts.
     """
     import torch
@@ -104,6 +113,8 @@ def score_ids(
     out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
     device = next(model.parameters()).device
     prompt_learning = _is_prompt_learning(model)
+    packed = pack and not prefix and not prompt_learning and padding_side == "right"
+    packed = packed and (not _check or packing_verified(model, ids, pad_id, batch_size))
     was_training = model.training
     model.eval()
     adapters_off = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
@@ -114,7 +125,7 @@ def score_ids(
                 batches = _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, len(prefix))
             elif padding_side == "left":
                 batches = _left_padded_batches(ids, lengths, pad_id, batch_size)
-            elif pack and not prefix and not prompt_learning:
+            elif packed:
                 batches = _packed_batches(ids, lengths, pad_id, batch_size)
             else:
                 batches = _padded_batches(ids, lengths, pad_id, batch_size, prefix)
@@ -237,6 +248,37 @@ def _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, n_
         full_mask = torch.cat([mask.new_ones(len(rows), n_prefix), mask], dim=1)
         inputs = {"input_ids": input_ids, "attention_mask": full_mask, cache_arg: kv}
         yield _batch(inputs, [(int(i), r, 0, ids[i]) for r, i in enumerate(rows)])
+
+
+def packing_verified(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int) -> bool:
+    """Whether ``model`` may score packed rows: its architecture is in :data:`PACKABLE` and, once per
+    architecture and dtype in this process, the first packed batch's texts score the same packed and padded
+    (within :data:`PACK_TOLERANCE`); otherwise a warning, and the padded path."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    arch = getattr(base.config, "model_type", None)
+    dtype = next(model.parameters()).dtype
+    key = (type(base).__name__, str(dtype))
+    if arch not in PACKABLE:
+        return False
+    if key not in _pack_verified:
+        lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
+        first = next(_packed_batches(ids, lengths, pad_id, batch_size), None)
+        if first is None:
+            return True
+        sample = [ids[i] for i in dict.fromkeys(first.texts.tolist())][:16]
+        with progress.quiet():
+            packed = score_ids(model, sample, pad_id, batch_size=len(sample), pack=True, _check=False)
+            padded = score_ids(model, sample, pad_id, batch_size=len(sample), pack=False)
+        diff = np.abs(packed.logprob - padded.logprob)
+        worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
+        tolerance = PACK_TOLERANCE.get(str(dtype).removeprefix("torch."), 2e-2)
+        _pack_verified[key] = worst <= tolerance
+        if not _pack_verified[key]:
+            progress.warn(
+                f"packed scoring of {key[0]} differs from padded scoring by {worst:.2g} nats (> {tolerance:g}): "
+                "scoring it padded"
+            )
+    return _pack_verified[key]
 
 
 def _is_prompt_learning(model) -> bool:
