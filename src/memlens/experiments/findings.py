@@ -256,6 +256,18 @@ def _groups(scores: Scores, high: list[Config], low: list[Config], attack: str, 
     return {m: [_contrast(scores, units, w, m, attack, f"{names[0]} − {names[1]}", ab=ab)] for m in MEASURES}
 
 
+def _group_finding(
+    f: Finding, scores: Scores, groups: tuple[list[Config], list[Config]], attack: str, names: tuple[str, str]
+) -> Finding:
+    """``f`` tested as mean(high group) − mean(low group), or "not measured" without both groups."""
+    high, low = groups
+    if high and low and scores.same_texts:
+        f.tests = _groups(scores, high, low, attack, names)
+    else:
+        f.fixed = "not measured"
+    return f
+
+
 def _usable(scores: Scores, attack: str) -> list[Config]:
     return [c for c in scores.configs if c.last > 0 and all(scores.has(t.id, c.last, attack) for t in c.trials)]
 
@@ -265,15 +277,16 @@ def savine_findings(scores: Scores) -> list[Finding]:
     attack = STUDY_ATTACK["savine2025"]
     lora = [t for t in _usable(scores, attack) if t.method == "lora"]
     one = {x: [t for t in lora if t.targets == [x]] for x in "qkvo"}
-    f1 = Finding(
-        "(1) W_V and W_O memorize more than W_Q and W_K at equal rank",
-        "rank 4: W_V .83, W_O .80 vs W_Q .72, W_K .71 (reference AUC)",
+    f1 = _group_finding(
+        Finding(
+            "(1) W_V and W_O memorize more than W_Q and W_K at equal rank",
+            "rank 4: W_V .83, W_O .80 vs W_Q .72, W_K .71 (reference AUC)",
+        ),
+        scores,
+        (one["v"] + one["o"], one["q"] + one["k"]),
+        attack,
+        ("mean V,O", "mean Q,K"),
     )
-    high, low = one["v"] + one["o"], one["q"] + one["k"]
-    if high and low and scores.same_texts:
-        f1.tests = _groups(scores, high, low, attack, ("mean V,O", "mean Q,K"))
-    else:
-        f1.fixed = "not measured"
     f3 = Finding(
         "(3) higher rank → more memorization, with diminishing returns",
         "AUC .909 at r=1 → .945 at r=128, plateau near r=50",
@@ -340,14 +353,16 @@ def hou_findings(scores: Scores) -> list[Finding]:
     param = [t for t in trials if t.parameter_based]
     prompt = [t for t in trials if not t.parameter_based]
     paired = scores.same_texts
-    f1 = Finding(
-        "(1) parameter-based methods memorize more than prompt-based ones",
-        "LLaMA2-7B, Wikitext LOSS AUC: FT head .889, LoRA .787 vs prefix .484, prompt .478, P-tuning .487",
+    f1 = _group_finding(
+        Finding(
+            "(1) parameter-based methods memorize more than prompt-based ones",
+            "LLaMA2-7B, Wikitext LOSS AUC: FT head .889, LoRA .787 vs prefix .484, prompt .478, P-tuning .487",
+        ),
+        scores,
+        (param, prompt),
+        attack,
+        ("mean parameter-based", "mean prompt-based"),
     )
-    if param and prompt and paired:
-        f1.tests = _groups(scores, param, prompt, attack, ("mean parameter-based", "mean prompt-based"))
-    else:
-        f1.fixed = "not measured"
     f2 = Finding(
         "(2) parameter-based memorization grows over epochs; prompt-based stays flat",
         "Figures 2–3 of the study",
