@@ -6,8 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memlens.experiments.findings import Scores, Trial, disagreements, evaluate_findings, family_sizes
+from memlens.experiments.findings import Scores, Trial, evaluate_findings, family_sizes
 from memlens.metrics import auc_ci, roc_auc
+from memlens.report.findings import disagreements
 
 M = N = 150
 

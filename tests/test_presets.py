@@ -4,10 +4,10 @@ import pytest
 from helpers import PHEE
 
 from memlens.errors import MemlensError
-from memlens.experiments.findings import findings_markdown
 from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
+from memlens.report.findings import findings_markdown
 
 
 def shrink(spec: dict, tiny_dir, larger=None) -> dict:

@@ -167,9 +167,9 @@ def reproduce_cmd(
     import shlex
 
     from memlens import progress
-    from memlens.experiments.findings import write_findings
     from memlens.experiments.presets import preset_spec
     from memlens.experiments.sweep import expand, run_sweep
+    from memlens.report.findings import write_findings
 
     progress.set_enabled(not quiet)
     spec = preset_spec(preset, scale, _seed_list(seeds))

@@ -19,13 +19,11 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from memlens.comparison import Difference, contrast, group_weights, holm, replicates, slope_weights
-from memlens.files import write_text
 from memlens.metrics import linear_fit
 
 if TYPE_CHECKING:
@@ -463,114 +461,3 @@ def against_baseline(scores: Scores, attack: str) -> BaselineComparison | None:
         for x, p in zip(family, adjusted, strict=True):
             x.p_holm = p
     return BaselineComparison(base, rows)
-
-
-def findings_markdown(name: str, store, command: str) -> str:
-    """The Markdown summary of a preset: each published finding beside memlens's paired tests on the study's
-    measure and on the loss gap, the verdicts, where the two measures disagree, and every trial's numbers."""
-    from memlens.report.tables import md_text
-
-    scores = load_scores(store)
-    findings = evaluate_findings(name, scores)
-    attack = STUDY_ATTACK[name]
-    k = family_sizes(findings)
-    lines = [
-        f"# {name}: published findings vs memlens",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"| finding | published | {attack} AUC (the study's measure): measured here | verdict | "
-        "loss gap: measured here | verdict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for f in findings:
-        cells = [md_text(c) for c in (f.claim, f.published, f.measured("auc"))]
-        cells += [f"**{f.verdict('auc')}**", md_text(f.measured("gap")), f"**{f.verdict('gap')}**"]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Every number is a difference between trials on the same {scores.n_members} members and "
-        f"{scores.n_nonmembers} non-members: a paired bootstrap ({N_BOOT:,} replicates resample the texts once "
-        f"for all trials{_seed_words(scores)}) gives its 95% CI and p-value. A finding **holds** when its "
-        f"difference in the published direction has a Holm-adjusted p below {ALPHA} (over the {k['auc']} AUC "
-        "comparisons of this preset; the "
-        f"{k['gap']} loss-gap comparisons are a family of their own), is **reversed** when significant the other "
-        "way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning lowered the members' mean "
-        "token loss than the non-members' (nats/token; docs/methods.md).",
-    ]
-    notes = [f.note for f in findings if f.note] + disagreements(findings)
-    lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
-    lines += ["", *trial_table(store, attack)]
-    return "\n".join(lines) + "\n"
-
-
-def _seed_words(scores: Scores) -> str:
-    seeds = sorted({c.seeds for c in scores.configs})
-    if seeds == [1]:
-        return "; one training seed per configuration, so the intervals do not cover training randomness"
-    return f", and the training seeds of each configuration ({'/'.join(map(str, seeds))} seeds)"
-
-
-def disagreements(findings: list[Finding]) -> list[str]:
-    """One sentence per tested finding whose two measures reach different verdicts."""
-    out = []
-    for f in findings:
-        va, vg = f.verdict("auc"), f.verdict("gap")
-        if not f.fixed and va != vg:
-            out.append(
-                f"{f.claim.split(' ', 1)[0]}: the two measures disagree — AUC: {va}, loss gap: {vg}. AUC measures how "
-                "well the per-text loss drops separate members from non-members; the gap, how much more the members' "
-                "loss fell on average."
-            )
-    return out
-
-
-def trial_table(store, attack: str) -> list[str]:
-    """Markdown rows: every finished trial's AUC of ``attack``, loss gap and non-members' drop at its last epoch."""
-    from memlens.report.tables import md_text
-
-    df = store.results()
-    df = df[df["epoch"].notna()]
-    lines = [
-        "At each trial's last epoch (95% bootstrap CIs):",
-        "",
-        f"| trial | {attack} AUC | loss gap, nats/token | non-members' loss drop | val PPL pre → post |",
-        "|---|---|---|---|---|",
-    ]
-    for label, g in sorted(df.groupby("label"), key=lambda x: str(x[0])):
-        last = int(g["epoch"].max())
-        ppl = f"{_cell(g, 0, 'utility', 'val_ppl', digits=2)} → {_cell(g, last, 'utility', 'val_ppl', digits=2)}"
-        row = [
-            label,
-            _cell(g, last, "mia", "auc", attack, ci=True),
-            _cell(g, last, "effect", "loss_gap", ci=True),
-            _cell(g, last, "effect", "nonmember_drop"),
-            ppl,
-        ]
-        lines.append("| " + " | ".join(md_text(c) for c in row) + " |")
-    return lines
-
-
-def _cell(
-    g: pd.DataFrame, epoch: int, kind: str, metric: str, attack: str | None = None, *, ci: bool = False, digits: int = 3
-) -> str:
-    """One record of a trial's rows as ``value [low, high]`` (or ``value``); ``—`` where it is missing."""
-    r = g[(g["epoch"] == epoch) & (g["kind"] == kind) & (g["metric"] == metric)]
-    if attack is not None:
-        r = r[r["attack"] == attack]
-    if r.empty or r["value"].isna().all():
-        return "—"
-    v = r.iloc[0]
-    if ci and v["ci_low"] is not None and v["ci_low"] == v["ci_low"]:
-        return f"{v['value']:.{digits}f} [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}]"
-    return f"{v['value']:.{digits}f}"
-
-
-def write_findings(name: str, folder: Path, command: str) -> Path:
-    from memlens.experiments.store import Store
-
-    store = Store(folder, create=False)
-    try:
-        return write_text(folder / "findings.md", findings_markdown(name, store, command))
-    finally:
-        store.close()
