@@ -14,12 +14,14 @@ M = N = 150
 
 
 def frame(drop: np.ndarray, base: np.ndarray) -> pd.DataFrame:
-    """scores.csv of a trial whose fine-tuning lowered each text's loss by ``drop`` (reference = base model)."""
-    ids = [f"t{i}" for i in range(M + N)]
-    member = [1] * M + [0] * N
+    """scores.csv of a trial whose fine-tuning lowered each text's loss by ``drop`` (reference = base model);
+    the first half of the texts are members."""
+    half = len(drop) // 2
+    ids = [f"t{i}" for i in range(len(drop))]
+    member = [1] * half + [0] * (len(drop) - half)
     parts = []
     for epoch, nll in ((0, base), (1, base - drop)):
-        ref = np.zeros(M + N) if epoch == 0 else drop
+        ref = np.zeros(len(drop)) if epoch == 0 else drop
         for attack, score in (("nll", nll), ("loss", -nll), ("reference", ref)):
             parts.append(pd.DataFrame({"id": ids, "member": member, "epoch": epoch, "attack": attack, "score": score}))
     return pd.concat(parts, ignore_index=True)
@@ -30,16 +32,16 @@ def lora(i: int, target: str, rank: int = 4) -> Trial:
     return Trial(i, f"{target} r={rank}", config, 1)
 
 
-def savine_scores(strength: dict[str, float], seed: int = 0, noise: float = 0.15) -> Scores:
+def savine_scores(strength: dict[str, float], seed: int = 0, noise: float = 0.15, per_set: int = M) -> Scores:
     """Every trial's loss drop = a shared per-text part (the texts' own ease) + the target's member effect
     + a little trial noise: the trials are strongly paired, as trials on the same texts are."""
     rng = np.random.default_rng(seed)
-    truth = np.r_[np.ones(M), np.zeros(N)]
-    shared = rng.normal(size=M + N)
-    base = rng.normal(3, 0.3, M + N)
+    truth = np.r_[np.ones(per_set), np.zeros(per_set)]
+    shared = rng.normal(size=2 * per_set)
+    base = rng.normal(3, 0.3, 2 * per_set)
     trials, frames = [], {}
     for i, (target, s) in enumerate(strength.items(), start=1):
-        drop = 0.3 + 0.1 * (shared + s * truth + noise * rng.normal(size=M + N))
+        drop = 0.3 + 0.1 * (shared + s * truth + noise * rng.normal(size=2 * per_set))
         trials.append(lora(i, target))
         frames[i] = frame(drop, base)
     return Scores(trials, frames)

@@ -41,6 +41,12 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     first = rows[0]
     assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md
+    from helpers import invoke
+
+    plan = invoke("reproduce", name, "--scale", "small", "--dry-run", "--pilot", str(tmp_path))
+    assert plan.exit_code == 0, plan.output
+    assert "500 members / 500 non-members per trial" in plan.stdout and "24 members / 24 non-members" in plan.stdout
+    assert "to resolve 0.03 with 80% power" in plan.stdout and "calibrated on the pilot" in plan.stdout
     if name == "savine2025":
         assert "R² =" in md and "r=1:" in md and "slope per doubling of the rank" in md
         assert "**confounded**" in next(r for r in rows if r.startswith("| (2)"))
@@ -54,6 +60,16 @@ def test_preset_seeds_name_their_own_sweep():
     spec = preset_spec("savine2025", "tiny", [0, 1, 2])
     assert spec["name"] == "savine2025-tiny-3seeds" and len(expand(spec).trials) == 45
     assert preset_spec("savine2025", "tiny", [0]) == preset_spec("savine2025", "tiny")
+
+
+def test_dry_run_without_a_pilot_and_a_pilot_without_dry_run():
+    from helpers import assert_one_line_error, invoke
+
+    plan = invoke("reproduce", "hou2025", "--scale", "full", "--dry-run", "--seeds", "0,1,2")
+    assert plan.exit_code == 0, plan.output
+    assert "hou2025-full-3seeds: 27 trials, 2898 members / 968 non-members per trial" in plan.stdout
+    assert_one_line_error(invoke("reproduce", "hou2025", "--pilot", "somewhere"), "use it with --dry-run")
+    assert_one_line_error(invoke("reproduce", "hou2025", "--dry-run", "--pilot", "/nonexistent"), "no results store")
 
 
 def test_bad_seeds_on_the_command_line():

@@ -161,6 +161,13 @@ def reproduce_cmd(
     seeds: Annotated[
         str, typer.Option(help="Training seeds, comma-separated: each trial runs once per seed (e.g. 0,1,2).")
     ] = "0",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the trials, the cost and (with --pilot) the power; run nothing.")
+    ] = False,
+    pilot: Annotated[
+        Path | None,
+        typer.Option(help="With --dry-run: a finished run of the preset (e.g. its tiny scale) to project from."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
@@ -175,12 +182,59 @@ def reproduce_cmd(
     spec = preset_spec(preset, scale, _seed_list(seeds))
     if data_dir is not None:
         spec["base"]["data"]["dir"] = str(data_dir)
+    if dry_run or pilot is not None:
+        if not dry_run:
+            from memlens.errors import MemlensError
+
+            raise MemlensError("--pilot only projects a run: use it with --dry-run")
+        _preset_plan(preset, spec, pilot)
+        return
     folder = folder or Path("runs") / spec["name"]
     counts = run_sweep(expand(spec, f"preset {preset}"), folder)
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     command = "memlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
+
+
+def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
+    """``reproduce --dry-run``: the trials and their cost; with a pilot run, each finding's CI half-width at
+    this size and the texts per set needed to resolve ΔAUC = 0.03, and the wall time calibrated on the pilot."""
+    from memlens.experiments.presets import set_sizes
+    from memlens.experiments.sweep import dry_run_table, expand
+
+    sweep = expand(spec, f"preset {preset}")
+    rows, total = dry_run_table(sweep)
+    sizes = set_sizes(spec)
+    typer.echo(f"{spec['name']}: {len(rows)} trials, {sizes[0]} members / {sizes[1]} non-members per trial")
+    typer.echo(f"FLOP estimate: ~{total / 60:.0f} min in all (rough: ~100 GFLOP/s on CPU)")
+    if pilot is None:
+        return
+    from memlens.experiments.findings import evaluate_findings, load_scores
+    from memlens.experiments.power import power_table, projected_seconds
+    from memlens.experiments.store import Store
+
+    store = Store(pilot, create=False)
+    try:
+        scores, trials = load_scores(store), store.trials()
+    finally:
+        store.close()
+    seconds = projected_seconds(trials, sweep)
+    if seconds is not None:
+        typer.echo(f"calibrated on the pilot's measured trial times: ~{seconds / 3600:.1f} h on the pilot's machine")
+    findings = evaluate_findings(preset, scores)
+    pilot_sizes = (scores.n_members, scores.n_nonmembers)
+    typer.echo(f"pilot {pilot}: {pilot_sizes[0]} members / {pilot_sizes[1]} non-members")
+    for measure, unit in (("auc", "AUC"), ("gap", "nats/token")):
+        for r in power_table(findings, pilot_sizes, sizes, measure=measure):
+            need = "—" if r.needed is None else f"{r.needed:,} texts per set"
+            typer.echo(
+                f"{r.finding} {r.what} ({unit}): pilot {r.diff:+.3f} ± {r.half_width:.3f} → ± {r.projected:.3f} "
+                f"here; to resolve 0.03 with 80% power: {need}"
+            )
+    typer.echo(
+        "Projections assume the effect does not change with size, epochs or seeds (see memlens.experiments.power)."
+    )
 
 
 def _seed_list(text: str) -> list[int]:

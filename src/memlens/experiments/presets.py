@@ -23,6 +23,13 @@ SCALES = {
     "small": (500, 500, 200, 3, 16),
     "full": (0, 0, 0, 3, 16),  # 0 = everything: PHEE's 2,898 train / 968 test sentences
 }
+PHEE_SIZES = (2898, 968)  # members (train split) and non-members (test split) when a scale takes everything
+
+
+def set_sizes(spec: dict) -> tuple[int, int]:
+    """The members and non-members a preset spec scores (PHEE's whole splits where it says 0)."""
+    data = spec["base"]["data"]
+    return data["n_members"] or PHEE_SIZES[0], data["n_nonmembers"] or PHEE_SIZES[1]
 
 
 def _base(scale: str, **training) -> dict:
