@@ -232,11 +232,7 @@ def _contrast(
         seed_point = np.array([sum(c * point[pos[t, e]] for t, e, c in seed) for seed in unit])  # (S,)
         seed_reps = np.stack([sum(c * reps[pos[t, e]] for t, e, c in seed) for seed in unit])  # (S, B)
         unit_point[u] = seed_point.mean()
-        draw = (
-            rng.integers(0, len(unit), (reps.shape[1], len(unit)))
-            if len(unit) > 1
-            else np.zeros((reps.shape[1], 1), int)
-        )
+        draw = rng.integers(0, len(unit), (reps.shape[1], len(unit)))  # seeds resampled per replicate
         unit_reps[u] = seed_reps[draw, np.arange(reps.shape[1])[:, None]].mean(axis=1)
     a, b = (float(v) for v in ab(unit_point)) if ab else (float("nan"), float("nan"))
     return Check(measure, what, contrast(unit_point, unit_reps, weights, metric=measure, a=a, b=b), direction)
