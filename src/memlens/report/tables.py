@@ -239,7 +239,11 @@ def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
 
 def trial_line(r: dict) -> str:
     blind = _auc(r["blind"], r["blind_low"], r["blind_high"])
-    return f"blind baseline AUC {blind} · validation perplexity {_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}"
+    gap = _auc(r["gap"], r["gap_low"], r["gap_high"])
+    return (
+        f"blind baseline AUC {blind} · loss gap {gap} nats/token (non-members' loss drop "
+        f"{_f(r['nonmember_drop'])}) · validation perplexity {_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}"
+    )
 
 
 def first_and_last(error: str | None) -> str:
