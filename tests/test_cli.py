@@ -98,3 +98,18 @@ def test_listing_commands():
     assert "reference" in invoke("attacks").stdout
     assert "smollm2-135m" in invoke("models", "list").stdout
     assert_one_line_error(invoke("data", "download", "wikitext", "/tmp/x"), "unknown dataset")
+
+
+def test_progress_in_a_log_is_a_line_now_and_then(monkeypatch, capsys):
+    from memlens import progress
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)  # every advance prints
+    assert not progress.console.is_terminal  # pytest captures stderr: as in a log file
+    with progress.bar("scoring", 200, "tokens") as bar:
+        bar.advance(50)
+        bar.note("trial 1")
+        bar.advance(150)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("memlens: scoring: 50/200 tokens (25%), 0:00 elapsed, eta ")
+    assert lines[-1] == "memlens: scoring: 200/200 tokens (100%), 0:00 elapsed · trial 1"

@@ -64,6 +64,11 @@ def bar(description: str, total: int, unit: str = "") -> Iterator:
     if not _enabled:
         yield _NoBar()
         return
+    if not console.is_terminal:  # a log file or CI: no live bar, a line now and then instead
+        line = _LineBar(description, total, unit)
+        yield line
+        line.finish()
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -105,6 +110,52 @@ class _Bar:
 
     def note(self, text: str) -> None:
         self._prog.update(self._task, note=escape(text))
+
+
+LOG_EVERY = 30.0  # seconds between progress lines when stderr is not a terminal
+
+
+class _LineBar:
+    """Progress as plain lines (``desc: 40/200 tokens (20%), 0:12 elapsed, eta 0:48``) every
+    :data:`LOG_EVERY` seconds and at the end, for logs where a live bar cannot be drawn."""
+
+    def __init__(self, description: str, total: int, unit: str) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._desc, self._total, self._unit = description, total, unit
+        self._done, self._note = 0.0, ""
+        self._start = self._last = self._clock()
+
+    def advance(self, n: float = 1) -> None:
+        self._done += n
+        if self._clock() - self._last >= LOG_EVERY:
+            self._print()
+
+    def note(self, text: str) -> None:
+        self._note = text
+
+    def finish(self) -> None:
+        self._print()
+
+    def _print(self) -> None:
+        now = self._clock()
+        self._last = now
+        elapsed = now - self._start
+        share = self._done / self._total if self._total else 1.0
+        eta = f", eta {_clock(elapsed / share - elapsed)}" if 0 < share < 1 else ""
+        note = f" · {self._note}" if self._note else ""
+        print(
+            f"memlens: {self._desc}: {self._done:g}/{self._total} {self._unit} ({100 * share:.0f}%), "
+            f"{_clock(elapsed)} elapsed{eta}{note}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 class _NoBar:
