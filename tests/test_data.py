@@ -92,3 +92,35 @@ def test_download_checks_sha256_and_writes_nothing_on_mismatch(tmp_path):
     with pytest.raises(MemlensError, match="sha256 mismatch"):
         download_phee(tmp_path / "bad", url=src.as_uri() + "/{split}.json")
     assert list((tmp_path / "bad").iterdir()) == []
+
+
+@pytest.mark.parametrize("split", ["train", "dev", "test"])
+def test_phee_shipped_inside_memlens_equals_the_original_files(split):
+    from memlens.data.sources import read_phee
+
+    assert read_phee(None, split) == read_phee(PHEE, split)
+
+
+def test_phee_needs_no_data_folder(monkeypatch):
+    monkeypatch.delenv("MEMLENS_DATA_DIR", raising=False)
+    splits = load_splits(DataConfig(n_members=30, n_nonmembers=20, n_validation=10, seed=3))
+    assert (len(splits.members), len(splits.nonmembers), len(splits.validation)) == (30, 20, 10)
+    assert splits == load_splits(DataConfig(dir=PHEE, n_members=30, n_nonmembers=20, n_validation=10, seed=3))
+
+
+def test_gzip_compressed_files_are_read_and_a_broken_one_is_one_error(tmp_path):
+    import gzip
+
+    from memlens.data.sources import read_texts
+
+    plain = write_jsonl(tmp_path / "a.jsonl", ["first text", "second text"])
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes()))
+    assert [t.text for t in read_texts(tmp_path / "a.jsonl.gz")] == ["first text", "second text"]
+    (tmp_path / "b.csv.gz").write_bytes(gzip.compress(b"id,text\n1,hello\n"))
+    assert [t.text for t in read_texts(tmp_path / "b.csv.gz")] == ["hello"]
+    (tmp_path / "c.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(MemlensError, match=r"cannot read data file .*c\.jsonl\.gz: "):
+        read_texts(tmp_path / "c.jsonl.gz")
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes())[:-12])
+    with pytest.raises(MemlensError, match=r"cannot read data file .*d\.jsonl\.gz"):
+        read_texts(tmp_path / "d.jsonl.gz")

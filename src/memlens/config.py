@@ -37,8 +37,9 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Member / non-member / validation texts.
 
-    ``source = "phee"`` reads PHEE from ``dir`` (or ``$MEMLENS_DATA_DIR``): train = members, test = non-members,
-    dev = validation. ``source = "files"`` reads the three JSONL/CSV files named below.
+    ``source = "phee"`` reads PHEE from ``dir`` (or ``$MEMLENS_DATA_DIR``; without either, the copy shipped inside
+    memlens): train = members, test = non-members, dev = validation. ``source = "files"`` reads the three JSONL/CSV
+    files named below (optionally ``.gz``).
     Counts are sampled without replacement with ``seed``; ``0`` or a count above what exists takes all.
     """
 

@@ -1,8 +1,10 @@
-"""Reading texts from disk: JSONL and CSV files, and the PHEE dataset directory."""
+"""Reading texts from disk: JSONL and CSV files (optionally gzip-compressed), and PHEE (a local directory or
+the copy shipped inside memlens)."""
 
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import re
@@ -71,17 +73,24 @@ def read_csv(path: Path, text_field: str = "text") -> list[Text]:
 
 
 def read_texts(path: str | Path, text_field: str = "text") -> list[Text]:
-    """Read a ``.jsonl``/``.json`` (one object a line) or ``.csv`` file."""
+    """Read a ``.jsonl``/``.json`` (one object a line) or ``.csv`` file, optionally ``.gz``-compressed."""
     path = Path(path)
-    if path.suffix.lower() == ".csv":
+    kind = Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
+    if kind == ".csv":
         return read_csv(path, text_field)
-    if path.suffix.lower() in {".jsonl", ".json", ".ndjson"}:
+    if kind in {".jsonl", ".json", ".ndjson"}:
         return read_jsonl(path, text_field)
-    raise MemlensError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .csv)")
+    raise MemlensError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .csv, optionally .gz)")
 
 
-def read_phee(data_dir: str | Path, split: str) -> list[Text]:
-    """One PHEE split (``train``, ``dev`` or ``test``) from a local directory."""
+def read_phee(data_dir: str | Path | None, split: str) -> list[Text]:
+    """One PHEE split (``train``, ``dev`` or ``test``) from a local directory, or (``None``) the copy shipped
+    inside memlens (its sentences and ids; ``memlens/data/phee/README.md``)."""
+    if data_dir is None:
+        from importlib import resources
+
+        with resources.as_file(resources.files("memlens.data") / "phee" / f"{split}.jsonl.gz") as packaged:
+            return read_jsonl(packaged, PHEE_TEXT_FIELD)
     file, _ = PHEE_FILES[split]
     path = Path(data_dir) / file
     if not path.is_file():
@@ -152,8 +161,11 @@ def _read_text(path: Path) -> str:
         raise MemlensError(f"data file not found: {path}")
     try:
         data = path.read_bytes()
-    except OSError as err:
-        raise MemlensError(f"cannot read data file {path}: {describe_os_error(err)}") from None
+        if path.suffix.lower() == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        detail = describe_os_error(err) if isinstance(err, OSError) and err.errno else _first_line(err)
+        raise MemlensError(f"cannot read data file {path}: {detail}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as err:

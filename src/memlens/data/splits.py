@@ -39,30 +39,26 @@ def overlap(a: list[Text], b: list[Text]) -> list[tuple[str, str]]:
     return [(index[_norm(t.text)], t.id) for t in b if _norm(t.text) in index]
 
 
-def resolve_data_dir(cfg: DataConfig) -> Path:
+def resolve_data_dir(cfg: DataConfig) -> Path | None:
+    """``data.dir``, else ``$MEMLENS_DATA_DIR``, else ``None``: PHEE's copy shipped inside memlens."""
     if cfg.dir is not None:
         return cfg.dir
     env = os.environ.get("MEMLENS_DATA_DIR")
-    if env:
-        return Path(env)
-    raise MemlensError(
-        "no data directory: set data.dir in the config, pass --data-dir, or set MEMLENS_DATA_DIR "
-        "(for PHEE: the folder with train.jsonl/dev.jsonl/test.jsonl; `memlens data download phee DIR` fetches it)"
-    )
+    return Path(env) if env else None
 
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load and sample the three sets described by ``cfg``; refuse empty sets and member/non-member overlap."""
     if cfg.source == "phee":
         root = resolve_data_dir(cfg)
-        if not root.is_dir():
+        if root is not None and not root.is_dir():
             raise MemlensError(f"data directory not found: {root}")
         raw = {
             "members": read_phee(root, "train"),
             "nonmembers": read_phee(root, "test"),
             "validation": read_phee(root, "dev"),
         }
-        where = str(root)
+        where = str(root) if root is not None else "PHEE shipped with memlens"
     else:
         missing = [k for k in ("members", "nonmembers", "validation") if getattr(cfg, k) is None]
         if missing:
