@@ -281,3 +281,18 @@ def test_paired_comparison_table_agrees_with_memlens_compare(sweep_dir, report):
     assert all(x.p_holm >= x.difference.p_value for _, ch in data.comparisons.rows for x in ch.values())
     _, md, _ = report
     assert "## Paired comparisons with the first trial" in md and "Δ loss gap, nats/token" in md
+
+
+def test_a_single_run_folder_is_reportable_and_stays_overwritable(tiny_dir, tmp_path):
+    from helpers import invoke, write_config
+
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.toml", tiny_config(tiny_dir, out, attacks={"bootstrap": 50}))
+    assert invoke("run", str(cfg)).exit_code == 0
+    result = invoke("report", "--dir", str(out))
+    assert result.exit_code == 0, result.output
+    page = (out / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Membership inference at the final epoch" in page and str(out) in page
+    assert not (out / "results.db").exists()  # the run folder gains its report, nothing else
+    again = invoke("run", str(cfg), "--overwrite")
+    assert again.exit_code == 0, again.output

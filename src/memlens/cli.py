@@ -256,10 +256,12 @@ def _render(folder: Path, out: Path | None = None) -> None:
 @app.command("report")
 @_guard
 def report_cmd(
-    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store (read only).")],
+    folder: Annotated[
+        Path, typer.Option("--dir", help="A sweep's project folder (results store) or one run's output folder.")
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="Where to write the report (default: DIR/report).")] = None,
 ) -> None:
-    """Render a self-contained HTML report and a Markdown summary from a results store."""
+    """Render a self-contained HTML report and a Markdown summary from a results store or a run folder."""
     _render(folder, out)
 
 

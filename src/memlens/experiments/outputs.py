@@ -25,7 +25,7 @@ from memlens.errors import MemlensError
 from memlens.files import describe_os_error, lock, remove, remove_stale, temp_path
 
 MARKER = ".memlens-run"
-WRITTEN = {MARKER, "results.json", "config.toml", "scores.csv", "model", "checkpoints"}
+WRITTEN = {MARKER, "results.json", "config.toml", "scores.csv", "model", "checkpoints", "report"}
 
 
 def foreign_entries(folder: Path) -> list[str] | None:

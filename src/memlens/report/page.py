@@ -8,6 +8,8 @@ the store is escaped unless marked safe, and only the SVG figures and the styles
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
@@ -35,9 +37,16 @@ REFERENCE_NOTE = "The reference attack has no pre-trained AUC: before fine-tunin
 def render_report(
     store_dir: str | Path, out_dir: str | Path | None = None, *, attack: str = "reference", show_text: bool = False
 ) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` for the store in ``store_dir`` into ``out_dir`` (default
-    ``store_dir/report``); return their paths. ``attack`` is the headline attack of the tables and figures."""
-    data = load_report_data(store_dir, attack)
+    """Write ``report.html`` and ``report.md`` for the store in ``store_dir`` — a sweep's results store, or
+    one run's output folder (``memlens run``) — into ``out_dir`` (default ``store_dir/report``); return their
+    paths. ``attack`` is the headline attack of the tables and figures."""
+    folder = Path(store_dir)
+    if not (folder / "results.db").is_file() and (folder / "results.json").is_file():
+        with _run_as_store(folder) as store:
+            data = load_report_data(store, attack)
+        data.store_dir = folder
+    else:
+        data = load_report_data(folder, attack)
     out = Path(out_dir) if out_dir is not None else data.store_dir / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +57,35 @@ def render_report(
     write_text(html_path, render_html(data, plots, show_text))
     write_text(md_path, render_markdown(data, plots, show_text))
     return html_path, md_path
+
+
+@contextmanager
+def _run_as_store(run_dir: Path) -> Iterator[Path]:
+    """A one-trial results store, in a temporary folder, holding a run folder's results and per-text scores."""
+    import json
+    import shutil
+    import tempfile
+
+    from memlens.config import parse_config, read_toml
+    from memlens.experiments.store import Store
+
+    try:
+        results = json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
+        config = parse_config(read_toml(run_dir / "config.toml"), str(run_dir / "config.toml"))
+    except (OSError, ValueError) as err:
+        raise MemlensError(f"{run_dir} is not a readable memlens run folder ({type(err).__name__})") from None
+    with tempfile.TemporaryDirectory(prefix="memlens-report-") as tmp:
+        store = Store(tmp)
+        name = str(results.get("name") or run_dir.name)
+        store.register_sweep(name, {}, "run", [("run", name, config.model_dump(mode="json"))])
+        store.start(1)
+        info = {k: results.get(k) for k in ("model", "tuning", "training", "timings", "environment", "data")}
+        store.finish(1, results.get("records", []), info, float((results.get("timings") or {}).get("total", 0.0)))
+        if (run_dir / "scores.csv").is_file():
+            store.trial_dir(1).mkdir(parents=True)
+            shutil.copyfile(run_dir / "scores.csv", store.trial_dir(1) / "scores.csv")
+        store.close()
+        yield Path(tmp)
 
 
 def _privacy_note(show_text: bool) -> str:
