@@ -124,3 +124,63 @@ def test_gzip_compressed_files_are_read_and_a_broken_one_is_one_error(tmp_path):
     (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(plain.read_bytes())[:-12])
     with pytest.raises(MemlensError, match=r"cannot read data file .*d\.jsonl\.gz"):
         read_texts(tmp_path / "d.jsonl.gz")
+
+
+def _arrow_table(texts, ids=None):
+    import pyarrow as pa
+
+    columns = {"text": texts, "label": list(range(len(texts)))}
+    return pa.table(({"id": ids} if ids else {}) | columns)
+
+
+def save_to_disk_like(folder, table, chunks=2):
+    """The layout `datasets.Dataset.save_to_disk` writes: Arrow stream files named in state.json."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    names = []
+    step = -(-table.num_rows // chunks)
+    for k in range(chunks):
+        name = f"data-{k:05d}-of-{chunks:05d}.arrow"
+        with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table.slice(k * step, step))
+        names.append({"filename": name})
+    (folder / "state.json").write_text(json.dumps({"_data_files": names, "_split": "train"}))
+    (folder / "dataset_info.json").write_text("{}")
+    return folder
+
+
+def test_parquet_files_and_hugging_face_dataset_folders(tmp_path):
+    import pyarrow.parquet as pq
+
+    from memlens.data.sources import read_texts
+
+    texts = ["alpha beta", "gamma delta", "epsilon"]
+    pq.write_table(_arrow_table(texts, ["a", "b", "c"]), tmp_path / "with_ids.parquet")
+    pq.write_table(_arrow_table(texts), tmp_path / "no_ids.parquet")
+    assert [(t.id, t.text) for t in read_texts(tmp_path / "with_ids.parquet")] == list(zip("abc", texts, strict=True))
+    assert [t.id for t in read_texts(tmp_path / "no_ids.parquet")] == [f"no_ids.parquet:{i}" for i in (1, 2, 3)]
+    folder = save_to_disk_like(tmp_path / "ds" / "train", _arrow_table(texts, ["a", "b", "c"]))
+    assert [t.text for t in read_texts(folder)] == texts
+    with pytest.raises(MemlensError, match="holds the splits train: name one of those folders"):
+        read_texts(tmp_path / "ds")
+    with pytest.raises(MemlensError, match=r"no column 'body' \(columns: id, text, label"):
+        read_texts(folder, "body")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(MemlensError, match="cannot read Parquet file"):
+        read_texts(tmp_path / "bad.parquet")
+
+
+def test_a_run_reads_parquet_and_dataset_folders(tmp_path):
+    import pyarrow.parquet as pq
+
+    from helpers import phee_texts
+
+    pq.write_table(_arrow_table(phee_texts("train", 30)), tmp_path / "m.parquet")
+    save_to_disk_like(tmp_path / "n", _arrow_table(phee_texts("test", 30)))
+    write_jsonl(tmp_path / "v.jsonl", phee_texts("dev", 10))
+    cfg = DataConfig(
+        source="files", members=tmp_path / "m.parquet", nonmembers=tmp_path / "n", validation=tmp_path / "v.jsonl"
+    )
+    splits = load_splits(cfg)
+    assert (len(splits.members), len(splits.nonmembers)) == (30, 30)

@@ -75,12 +75,72 @@ def read_csv(path: Path, text_field: str = "text") -> list[Text]:
 def read_texts(path: str | Path, text_field: str = "text") -> list[Text]:
     """Read a ``.jsonl``/``.json`` (one object a line) or ``.csv`` file, optionally ``.gz``-compressed."""
     path = Path(path)
+    if path.is_dir():
+        return read_hf_folder(path, text_field)
     kind = Path(path.stem).suffix.lower() if path.suffix.lower() == ".gz" else path.suffix.lower()
     if kind == ".csv":
         return read_csv(path, text_field)
+    if kind == ".parquet":
+        return read_parquet(path, text_field)
     if kind in {".jsonl", ".json", ".ndjson"}:
         return read_jsonl(path, text_field)
-    raise MemlensError(f"{path}: unsupported file type {path.suffix!r} (use .jsonl or .csv, optionally .gz)")
+    raise MemlensError(
+        f"{path}: unsupported file type {path.suffix!r} (use .jsonl, .csv (optionally .gz), .parquet, or a "
+        "Hugging Face dataset folder written by save_to_disk)"
+    )
+
+
+def read_parquet(path: Path, text_field: str = "text") -> list[Text]:
+    """A Parquet file's rows (``id`` from an ``id`` column where there is one, else ``FILE:ROW``)."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        raise MemlensError(f"data file not found: {path}")
+    try:
+        table = pq.read_table(path)
+    except (OSError, ValueError) as err:  # pyarrow.ArrowInvalid is a ValueError
+        raise MemlensError(f"cannot read Parquet file {path}: {_first_line(err)}") from None
+    return _table_texts(table, text_field, path)
+
+
+def read_hf_folder(path: Path, text_field: str = "text") -> list[Text]:
+    """A Hugging Face ``Dataset.save_to_disk`` folder (``state.json`` naming its Arrow stream files), read
+    with pyarrow: no ``datasets`` package and no network needed. A ``DatasetDict`` folder is refused with the
+    splits it holds (name one of them)."""
+    import pyarrow as pa
+
+    state = path / "state.json"
+    if not state.is_file():
+        splits = sorted(p.name for p in path.iterdir() if (p / "state.json").is_file())
+        hint = f"; it holds the splits {', '.join(splits)}: name one of those folders" if splits else ""
+        raise MemlensError(f"{path} is a folder but not a Hugging Face dataset saved with save_to_disk{hint}")
+    try:
+        files = [path / f["filename"] for f in json.loads(_read_text(state))["_data_files"]]
+        tables = []
+        for f in files:
+            with pa.memory_map(str(f)) as source:
+                tables.append(pa.ipc.open_stream(source).read_all())
+        table = pa.concat_tables(tables) if tables else None
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise MemlensError(f"cannot read Hugging Face dataset folder {path}: {_first_line(err)}") from None
+    if table is None:
+        return []
+    return _table_texts(table, text_field, path)
+
+
+def _table_texts(table, text_field: str, path: Path) -> list[Text]:
+    """Rows of an Arrow table as texts: the ``text_field`` column (strings) and the ``id`` column if any."""
+    if text_field not in table.column_names:
+        shown = [n for n in table.column_names if _NAME.match(n)]
+        raise MemlensError(
+            f"{path}: no column {text_field!r} (columns: {', '.join(shown[:8]) or 'none shown'}; set data.text_field)"
+        )
+    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
+    texts = table.column(text_field).to_pylist()
+    return [
+        _record({"id": i, text_field: t}, text_field, path, row)
+        for row, (i, t) in enumerate(zip(ids, texts, strict=True), 1)
+    ]
 
 
 def read_phee(data_dir: str | Path | None, split: str) -> list[Text]:
