@@ -173,7 +173,6 @@ def test_parquet_files_and_hugging_face_dataset_folders(tmp_path):
 
 def test_a_run_reads_parquet_and_dataset_folders(tmp_path):
     import pyarrow.parquet as pq
-
     from helpers import phee_texts
 
     pq.write_table(_arrow_table(phee_texts("train", 30)), tmp_path / "m.parquet")
