@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 _API = {
     "run": "memlens.experiments.runner",
+    "audit": "memlens.experiments.audit",
     "RunConfig": "memlens.config",
     "load_config": "memlens.config",
     "builtin_config": "memlens.config",

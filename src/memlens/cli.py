@@ -59,17 +59,20 @@ def _guard(fn):
     return wrapper
 
 
-def _execute(cfg, overrides: dict, quiet: bool, as_json: bool) -> None:
+def _execute(cfg, overrides: dict, quiet: bool, as_json: bool, *, audit: bool = False) -> None:
     import json
 
     from memlens import progress
     from memlens.config import with_overrides
-    from memlens.experiments import run
     from memlens.report import print_summary
 
     progress.set_enabled(not quiet)
     cfg = with_overrides(cfg, overrides)
-    results = run(cfg)
+    if audit:
+        from memlens.experiments.audit import audit as work
+    else:
+        from memlens.experiments import run as work
+    results = work(cfg)
     if as_json:
         typer.echo(json.dumps(results, indent=2, default=str))
     else:
@@ -123,6 +126,59 @@ def run_cmd(
         },
         quiet,
         as_json,
+    )
+
+
+@app.command("audit")
+@_guard
+def audit_cmd(
+    config: Annotated[
+        Path | None, typer.Argument(help="Optional TOML run config ([model], [data], [attacks] …; no training).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="The fine-tuned model, or the base an --adapter belongs to.")
+    ] = None,
+    adapter: Annotated[Path | None, typer.Option(help="A peft adapter folder fine-tuned on --model.")] = None,
+    members: Annotated[Path | None, typer.Option(help="The texts it was fine-tuned on (JSONL/CSV/Parquet/…).")] = None,
+    nonmembers: Annotated[Path | None, typer.Option(help="Texts of the same kind it never saw.")] = None,
+    validation: Annotated[
+        Path | None, typer.Option(help="Other held-out texts: validation perplexity, ReCaLL's prefix.")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference model R (default: the base, when --adapter is given).")
+    ] = None,
+    text_field: Annotated[str | None, typer.Option(help="The text field/column (default text).")] = None,
+    out: Out = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+) -> None:
+    """Measure a model fine-tuned elsewhere (a checkpoint, or a base model plus a peft adapter): no training."""
+    from memlens.config import RunConfig, load_config
+
+    cfg = load_config(config) if config is not None else RunConfig(name="audit")
+    files = {"members": members, "nonmembers": nonmembers, "validation": validation}
+    if (any(files.values()) or config is None) and None in files.values():
+        from memlens.errors import MemlensError
+
+        raise MemlensError("an audit needs --members, --nonmembers and --validation (or a config with [data])")
+    overrides: dict[str, object] = {f"data.{k}": v for k, v in files.items() if v is not None}
+    if overrides:
+        overrides |= {"data.source": "files", "data.n_members": 0, "data.n_nonmembers": 0, "data.n_validation": 0}
+    _execute(
+        cfg,
+        overrides
+        | {
+            "model.name": model,
+            "model.adapter": adapter,
+            "attacks.reference_model": reference,
+            "data.text_field": text_field,
+            "output.dir": out,
+            "output.overwrite": overwrite or None,
+        },
+        quiet,
+        as_json,
+        audit=True,
     )
 
 

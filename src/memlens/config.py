@@ -27,11 +27,13 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    """Which pre-trained model to fine-tune (built-in name, local dir, ``.gguf`` file or Hugging Face id)."""
+    """Which pre-trained model to fine-tune (built-in name, local dir, ``.gguf`` file or Hugging Face id).
+    ``adapter`` (``memlens audit`` only): a peft adapter folder, fine-tuned elsewhere, loaded on that model."""
 
     name: Annotated[str, Field(min_length=1)] = "smollm2-135m"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    adapter: PathField | None = None
 
 
 class DataConfig(_Section):

@@ -37,10 +37,18 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
     :mod:`memlens.experiments.outputs`); results are moved into place only when the run has finished, so an
     interrupted run leaves no half-written results and no folders it created.
     """
+    if cfg.model.adapter is not None:
+        raise MemlensError("model.adapter names a model fine-tuned elsewhere: measure it with `memlens audit`")
+    return published(cfg, _run, write=write)
+
+
+def published(cfg: RunConfig, work, *, write: bool = True) -> dict:
+    """``work(cfg, staging)`` inside a checked, locked output folder, published only when it finished (or
+    with no output at all when not ``write``); shared by :func:`run` and :func:`memlens.experiments.audit.audit`."""
     out_dir = cfg.output_dir()
     output = Output.open(out_dir, cfg.output.overwrite) if write else None
     try:
-        results = _run(cfg, output.staging if output else None)
+        results = work(cfg, output.staging if output else None)
     except BaseException:
         if output is not None:
             output.discard()
@@ -151,11 +159,12 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     return results
 
 
-def extraction_records(cfg: RunConfig, model, tok, splits, canary_set) -> dict:
+def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: int | None = None) -> dict:
     """Extraction on members vs non-members (greedy and each temperature) and the canary report, as tidy rows
-    (attack = decoding or ``canary xN``, metric = ``extraction_*`` / ``canary_*``) plus summaries."""
+    (attack = decoding or ``canary xN``, metric = ``extraction_*`` / ``canary_*``) plus summaries, recorded
+    at ``epoch`` (default: the last training epoch)."""
     out: dict = {"records": []}
-    epoch, e = cfg.training.epochs, cfg.extraction
+    epoch, e = cfg.training.epochs if epoch is None else epoch, cfg.extraction
     if e.enabled:
         from memlens.extraction import GREEDY, Decoding, extract
 
@@ -337,8 +346,11 @@ def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) 
     return out
 
 
-def score_stage(model, inputs: PassInputs, cfg: RunConfig, identity: str, label: str) -> dict[str, TokenStats]:
-    """Every pass the attacks need, under ``model`` as it is now (cached on disk)."""
+def score_stage(
+    model, inputs: PassInputs, cfg: RunConfig, identity: str, label: str, *, disable_adapters: bool = False
+) -> dict[str, TokenStats]:
+    """Every pass the attacks need, under ``model`` as it is now (or its base weights, ``disable_adapters``;
+    cached on disk)."""
     from memlens.scoring import score_cached
 
     def score(ids, what: str, **kw) -> TokenStats:
@@ -350,6 +362,7 @@ def score_stage(model, inputs: PassInputs, cfg: RunConfig, identity: str, label:
             batch_size=cfg.scoring.batch_size,
             use_cache=cfg.scoring.cache,
             desc=f"{what}, {label}",
+            disable_adapters=disable_adapters,
             **kw,
         )[0]
 

@@ -37,9 +37,12 @@ def summary_table(results: dict) -> Table:
     last = results["training"]["epochs"][-1]["epoch"] if results["training"]["epochs"] else 0
     attacks = list(dict.fromkeys(r["attack"] for r in records if r["kind"] == "mia"))
     table = Table(title=f"membership inference · {escape(results['name'])}", title_justify="left")
+    audited = "audit" in results
     table.add_column("attack")
-    table.add_column("AUC pre-trained [95% CI]", justify="right")
-    table.add_column(f"AUC fine-tuned, epoch {last} [95% CI]", justify="right")
+    table.add_column(f"AUC {'base model' if audited else 'pre-trained'} [95% CI]", justify="right")
+    table.add_column(
+        "AUC audited model [95% CI]" if audited else f"AUC fine-tuned, epoch {last} [95% CI]", justify="right"
+    )
     table.add_column("TPR @ 1% FPR", justify="right")
     table.add_column("beats blind?", justify="center")
     for a in attacks:
@@ -70,15 +73,24 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
     lines += gap_lines(records, last) + pretrained_lines(records, last)
     if ppl0 is not None and ppl1 is not None:
-        lines.append(f"validation perplexity: {ppl0['value']:.2f} (pre-trained) → {ppl1['value']:.2f} (fine-tuned)")
-    lines += [
-        f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
-        f"({100 * t['trainable_share']:.2f}%), method {t['method']}",
-        f"training: {tr['train_tokens']:,} tokens at {tr['tokens_per_second']:.0f} tokens/s, "
-        f"padding {100 * tr['padding_fraction']:.1f}%",
-        f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
-        f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
-    ]
+        before, after = ("base", "audited") if "audit" in results else ("pre-trained", "fine-tuned")
+        lines.append(f"validation perplexity: {ppl0['value']:.2f} ({before}) → {ppl1['value']:.2f} ({after})")
+    if "audit" in results:
+        a = results["audit"]
+        adapter = f" + adapter {a['adapter']} ({t['trainable_parameters']:,} parameters)" if a["adapter"] else ""
+        lines.append(f"audited: {results['model']['spec']}{adapter}; no training")
+        lines += [f"note: {n}" for n in a.get("notes", [])]
+        stages = ", ".join(f"{k.replace('_', ' ')} {v:.0f}" for k, v in tm.items() if k != "total")
+        lines.append(f"wall time: {tm['total']:.0f} s ({stages})")
+    else:
+        lines += [
+            f"trainable parameters: {t['trainable_parameters']:,} of {t['total_parameters']:,} "
+            f"({100 * t['trainable_share']:.2f}%), method {t['method']}",
+            f"training: {tr['train_tokens']:,} tokens at {tr['tokens_per_second']:.0f} tokens/s, "
+            f"padding {100 * tr['padding_fraction']:.1f}%",
+            f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
+            f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
+        ]
     lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
     if "output_dir" in results:
