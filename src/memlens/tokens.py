@@ -42,6 +42,8 @@ def ensure_pad_token(tokenizer) -> int:
 
 def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> Encoded:
     """Tokenise with the tokenizer's own special tokens (e.g. BOS where the model uses one)."""
+    if not texts:
+        return Encoded([], [])
     ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
     return Encoded([list(s[:max_tokens]) for s in ids], [len(s) > max_tokens for s in ids])
 

@@ -1,0 +1,79 @@
+"""MemlensCallback inside a real transformers.Trainer: it measures, writes a store the report reads, and
+changes nothing about training."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_one_line_error, invoke, phee_texts
+
+from memlens.errors import MemlensError
+from memlens.integrations import MemlensCallback
+from memlens.models import load_model
+
+MEMBERS, NONMEMBERS, VALIDATION = phee_texts("train", 24), phee_texts("test", 24), phee_texts("dev", 8)
+
+
+def train(tiny_dir, tmp_path, callbacks):
+    """Fine-tune the tiny model on the members with a plain Trainer (2 epochs); the loss of every step."""
+    import torch
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    lm = load_model(str(tiny_dir), device="cpu")
+    tok = lm.tokenizer
+    rows = [{"input_ids": tok(t, truncation=True, max_length=48)["input_ids"]} for t in MEMBERS]
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        num_train_epochs=2,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        use_cpu=True,
+        dataloader_num_workers=0,
+    )
+    torch.manual_seed(0)
+    trainer = Trainer(
+        model=lm.model,
+        args=args,
+        train_dataset=rows,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        processing_class=tok,
+        callbacks=callbacks,
+    )
+    trainer.train()
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_the_callback_measures_and_leaves_training_alone(tiny_dir, tmp_path):
+    out = tmp_path / "store"
+    callback = MemlensCallback(MEMBERS, NONMEMBERS, validation=VALIDATION, out=out, bootstrap=100)
+    with_callback = train(tiny_dir, tmp_path, [callback])
+    without = train(tiny_dir, tmp_path, [])
+    assert with_callback == pytest.approx(without, abs=1e-6) and len(without) == 6
+    aucs = {(r.epoch, r.attack): r for r in callback.records if r.kind == "mia" and r.metric == "auc"}
+    assert {e for e, _ in aucs} == {0, 1, 2} and (2, "reference") in aucs
+    assert aucs[(2, "loss")].value > aucs[(0, "loss")].value
+    assert [r.metric for r in callback.records if r.kind == "effect" and r.epoch == 2] == [
+        "loss_gap", "member_drop", "nonmember_drop"
+    ]  # fmt: skip
+    result = invoke("report", "--dir", str(out))
+    assert result.exit_code == 0, result.output
+    assert "Membership inference at the final epoch" in (out / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_bad_callback_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(MemlensError, match="needs members and non-members"):
+        MemlensCallback([], NONMEMBERS)
+    with pytest.raises(MemlensError, match="every must be 'epoch' or a positive step count"):
+        MemlensCallback(MEMBERS, NONMEMBERS, every=0)
+    with pytest.raises(MemlensError, match="unknown attack"):
+        MemlensCallback(MEMBERS, NONMEMBERS, attacks=("psychic",))
+    assert_one_line_error(invoke("report", "--dir", str(tmp_path / "nothing")), "no results store")
+
+
+def test_every_n_steps(tiny_dir, tmp_path):
+    callback = MemlensCallback(MEMBERS, NONMEMBERS, out=tmp_path / "store", every=3, bootstrap=0, attacks=("loss",))
+    train(tiny_dir, tmp_path, [callback])
+    assert sorted({r.epoch for r in callback.records if r.metric == "auc"}) == [0, 3, 6]  # steps: 3 a epoch
