@@ -30,11 +30,11 @@ from memlens.errors import MemlensError
 from memlens.experiments.outputs import environment, write_outputs
 from memlens.experiments.runner import (
     Stopwatch,
-    _rows,
     distinct_rows,
     effect_records,
     encode_inputs,
     extraction_records,
+    kept_rows,
     published,
     reference_model_stats,
     score_stage,
@@ -108,12 +108,12 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
             reference, reference_info = reference_model_stats(cfg, texts)
         if base is not None:
             scores[0] = stage_scores(cfg, base, reference if reference_info else None, scored)
-            records += stage_records(cfg, _rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
+            records += stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
     with clock("score_audited"):
         after = score_stage(model, inputs, cfg, identity, "audited model")
         scores[AUDITED] = stage_scores(cfg, after, reference, scored)
-        before = _rows(scores[0], keep) if base is not None else None
-        now = _rows(scores[AUDITED], keep)
+        before = kept_rows(scores[0], keep) if base is not None else None
+        now = kept_rows(scores[AUDITED], keep)
         records += stage_records(cfg, now, after["validation"].perplexity(), AUDITED, n_eval, pretrained=before)
     before_nll = _before_nll(base, reference, reference_info, after)
     if before_nll is not None:

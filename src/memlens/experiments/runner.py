@@ -93,7 +93,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
         keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
         n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
-        records = stage_records(cfg, _rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
+        records = stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
@@ -106,7 +106,11 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
             scores[epoch] = stage_scores(cfg, stats, reference, scored)
-            now, before, ppl = _rows(scores[epoch], keep), _rows(scores[0], keep), stats["validation"].perplexity()
+            now, before, ppl = (
+                kept_rows(scores[epoch], keep),
+                kept_rows(scores[0], keep),
+                stats["validation"].perplexity(),
+            )
             records.extend(stage_records(cfg, now, ppl, epoch, n_eval, pretrained=before))
             records.extend(effect_records(cfg, before["nll"], now["nll"], epoch, n_eval))
             if staging is not None and cfg.training.save_checkpoints:
@@ -462,7 +466,8 @@ def distinct_rows(texts: list[str], n_members: int) -> np.ndarray:
     return keep
 
 
-def _rows(scores: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+def kept_rows(scores: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Every attack's ``(N,)`` scores restricted to the texts ``keep`` marks (see :func:`distinct_rows`)."""
     return {label: values[keep] for label, values in scores.items()}
 
 
