@@ -39,6 +39,27 @@ def test_grid_and_variants_expand_to_validated_trials(tiny_dir):
     assert len({t.hash for t in sweep.trials}) == len(sweep.trials)
 
 
+def test_a_new_optional_field_keeps_an_old_sweeps_trials(tiny_dir):
+    """The trial hash leaves out fields that are None (unset), so adding an optional field to a later memlens
+    (model.adapter was one) does not turn every stored trial into a stranger; a value that is set still counts."""
+    import hashlib
+    import json
+
+    (trial,) = expand({"name": "s", "base": base_config(tiny_dir)}).trials
+    dump = trial.config.model_dump(mode="json", exclude={"output"})
+    assert dump["model"]["adapter"] is None and dump["data"]["members"] is None
+
+    def drop_none(d):
+        return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+    expected = hashlib.sha256(json.dumps(drop_none(dump), sort_keys=True).encode()).hexdigest()[:16]
+    assert trial.hash == expected
+    (other,) = expand(
+        {"name": "s", "base": base_config(tiny_dir) | {"model": {"name": str(tiny_dir), "adapter": "x"}}}
+    ).trials
+    assert other.hash != trial.hash
+
+
 def test_seeds_repeat_every_trial_once_per_training_seed(tiny_dir):
     sweep = expand({"name": "s", "base": base_config(tiny_dir), "grid": {"rank": [1, 2]}, "seeds": [0, 1, 2]})
     assert [t.label for t in sweep.trials][:3] == ["rank=1 seed=0", "rank=1 seed=1", "rank=1 seed=2"]
