@@ -133,7 +133,8 @@ def run_cmd(
 @_guard
 def audit_cmd(
     config: Annotated[
-        Path | None, typer.Argument(help="Optional TOML run config (its model, data, attacks, extraction …; no training).")
+        Path | None,
+        typer.Argument(help="Optional TOML run config (its model, data, attacks, extraction …; no training)."),
     ] = None,
     model: Annotated[
         str | None, typer.Option(help="The fine-tuned model, or the base an --adapter belongs to.")

@@ -122,8 +122,8 @@ def gap_lines(records: list[dict], epoch: int) -> list[str]:
         return []
     ratio = math.exp(gap["value"])
     return [
-        f"loss gap (epoch {epoch}): {_auc(gap)} nats/token, ×{ratio:.3f} in perplexity — members' loss fell "
-        f"{mem['value']:.3f}, non-members' {non['value']:.3f} (learning the domain)"
+        f"loss gap (epoch {epoch}): {_auc(gap)} nats/token (×{ratio:.2f} perplexity); loss drop: members "
+        f"{mem['value']:.3f}, non-members {non['value']:.3f}"
     ]
 
 
