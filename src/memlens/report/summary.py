@@ -71,7 +71,8 @@ def summary_lines(results: dict) -> list[str]:
     ref = results.get("reference_model")
     if ref:
         lines.append(f"reference model R: {ref['spec']} ({ref['parameters'] / 1e6:.1f}M parameters), scored once")
-    lines += gap_lines(records, last) + pretrained_lines(records, last)
+    stage = "audited" if "audit" in results else f"epoch {last}"
+    lines += gap_lines(records, last, stage) + pretrained_lines(records, last)
     if ppl0 is not None and ppl1 is not None:
         before, after = ("base", "audited") if "audit" in results else ("pre-trained", "fine-tuned")
         lines.append(f"validation perplexity: {ppl0['value']:.2f} ({before}) → {ppl1['value']:.2f} ({after})")
@@ -113,7 +114,7 @@ def pretrained_lines(records: list[dict], epoch: int) -> list[str]:
     return [f"pre-trained control: NOT beating their own pre-trained AUC (paired DeLong test): {', '.join(weak)}"]
 
 
-def gap_lines(records: list[dict], epoch: int) -> list[str]:
+def gap_lines(records: list[dict], epoch: int, stage: str) -> list[str]:
     """The loss gap at ``epoch`` in words: memorization beside what was learned about the domain."""
     gap, mem, non = (
         find(records, epoch=epoch, kind="effect", metric=m) for m in ("loss_gap", "member_drop", "nonmember_drop")
@@ -122,7 +123,7 @@ def gap_lines(records: list[dict], epoch: int) -> list[str]:
         return []
     ratio = math.exp(gap["value"])
     return [
-        f"loss gap (epoch {epoch}): {_auc(gap)} nats/token (×{ratio:.2f} perplexity); loss drop: members "
+        f"loss gap ({stage}): {_auc(gap)} nats/token (×{ratio:.2f} perplexity); loss drop: members "
         f"{mem['value']:.3f}, non-members {non['value']:.3f}"
     ]
 
