@@ -18,18 +18,18 @@ comparisons read them as a one-epoch run. Split audit, blind baseline, distinct 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from memlens import __version__, progress
+from memlens import progress
 from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import environment, write_outputs
 from memlens.experiments.runner import (
     Stopwatch,
+    data_info,
     distinct_rows,
     effect_records,
     encode_inputs,
@@ -37,13 +37,13 @@ from memlens.experiments.runner import (
     kept_rows,
     published,
     reference_model_stats,
+    results_head,
     score_stage,
     split_checks,
     stage_records,
     stage_scores,
     with_blind,
 )
-from memlens.records import SCHEMA_VERSION
 from memlens.tokens import scored_texts
 
 AUDITED = 1  # the epoch the audited model's records carry (0: its base)
@@ -131,22 +131,10 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
     tag = f".{getattr(model, 'active_adapter', 'default')}."  # peft names the adapter's tensors …lora_A.default.weight
     trainable = sum(p.numel() for n, p in model.named_parameters() if adapter is not None and tag in n)
     total = sum(p.numel() for p in model.parameters())
-    results = {
-        "memlens_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-        "name": cfg.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": lm.info,
-        "reference_model": reference_info,
+    results = results_head(cfg, lm.info, reference_info) | {
         "audit": {"adapter": str(adapter) if adapter else None, "epochs": "0 = the base model, 1 = the audited model"}
         | {"notes": notes},
-        "data": splits.info
-        | {
-            "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
-            "max_tokens": cfg.data.max_tokens,
-            "scored_tokens": int(after["target"].lengths.sum() + after["validation"].lengths.sum()),
-            "duplicates_counted_once": int(len(keep) - keep.sum()),
-        },
+        "data": data_info(cfg, splits, inputs, after, keep),
         "split_audit": split_audit,
         "extraction": extraction,
         "tuning": {

@@ -135,20 +135,8 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         records += extraction.pop("records")
     clock.add("total", time.perf_counter() - t_start)
 
-    results = {
-        "memlens_version": __version__,
-        "schema_version": SCHEMA_VERSION,
-        "name": cfg.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": lm.info,
-        "reference_model": reference_info,
-        "data": splits.info
-        | {
-            "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
-            "max_tokens": cfg.data.max_tokens,
-            "scored_tokens": int(base["target"].lengths.sum() + base["validation"].lengths.sum()),
-            "duplicates_counted_once": int(len(keep) - keep.sum()),
-        },
+    results = results_head(cfg, lm.info, reference_info) | {
+        "data": data_info(cfg, splits, inputs, base, keep),
         "split_audit": audit,
         "extraction": extraction,
         "tuning": tuning_info,
@@ -161,6 +149,28 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         ids = [x.id for x in splits.members + splits.nonmembers]
         write_outputs(staging, cfg.to_toml(), results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
     return results
+
+
+def results_head(cfg: RunConfig, model_info: dict, reference_info: dict | None) -> dict:
+    """The first fields of ``results.json``: versions, name, time, the model and the reference model."""
+    return {
+        "memlens_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "name": cfg.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": model_info,
+        "reference_model": reference_info,
+    }
+
+
+def data_info(cfg: RunConfig, splits, inputs: PassInputs, stats: dict[str, TokenStats], keep: np.ndarray) -> dict:
+    """``results.json``'s ``data``: the splits' counts and what tokenising and de-duplicating did to them."""
+    return splits.info | {
+        "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
+        "max_tokens": cfg.data.max_tokens,
+        "scored_tokens": int(stats["target"].lengths.sum() + stats["validation"].lengths.sum()),
+        "duplicates_counted_once": int(len(keep) - keep.sum()),
+    }
 
 
 def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: int | None = None) -> dict:
