@@ -10,8 +10,9 @@ finding's bootstrap standard error SE (its 95% CI width / 3.92); at another size
 the CI half-width is 1.96 · SE', and a difference Δ is resolved with power 1 − β at level α (two-sided) when
 (z_{1−α/2} + z_{1−β}) · SE' ≤ Δ, which with m' = n' gives the texts per set needed. What a pilot cannot
 predict: that more epochs or another model change the effect itself, and the seed variance when the pilot
-had one seed. The wall time is the pilot's measured time per trial scaled by the ratio of the sweep's FLOP
-estimates (:func:`memlens.experiments.sweep.estimate_seconds`) of the two sizes.
+had one seed. The wall time is the target trials' FLOP estimates
+(:func:`memlens.experiments.sweep.estimate_seconds`) times the median ratio of measured to estimated seconds
+over the pilot's trials.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 from scipy.stats import norm
 
 from memlens.experiments.findings import Finding
@@ -73,8 +75,8 @@ def power_table(
 
 
 def projected_seconds(pilot_trials, sweep) -> float | None:
-    """The target sweep's wall time: the pilot's mean measured seconds per finished trial, times the ratio of
-    the FLOP estimates of a target trial and a pilot trial, times the number of target trials."""
+    """The target sweep's wall time: each finished pilot trial's measured seconds over its FLOP estimate (the
+    median of those ratios), times the target trials' FLOP estimates."""
     from memlens.config import parse_config
     from memlens.experiments.sweep import approx_parameters, estimate_seconds
 
@@ -90,4 +92,5 @@ def projected_seconds(pilot_trials, sweep) -> float | None:
     target = [estimate_seconds(t.config, p) for t in sweep.trials if (p := approx_parameters(t.config.model.name))]
     if not ratios or not target:
         return None
-    return sum(ratios) / len(ratios) * sum(target) * len(sweep.trials) / len(target)
+    # the median measured/estimated ratio: robust to a trial slowed by other work on the machine
+    return float(np.median(ratios)) * sum(target) * len(sweep.trials) / len(target)
