@@ -77,3 +77,38 @@ def test_every_n_steps(tiny_dir, tmp_path):
     callback = MemlensCallback(MEMBERS, NONMEMBERS, out=tmp_path / "store", every=3, bootstrap=0, attacks=("loss",))
     train(tiny_dir, tmp_path, [callback])
     assert sorted({r.epoch for r in callback.records if r.metric == "auc"}) == [0, 3, 6]  # steps: 3 a epoch
+
+
+def test_the_callback_in_trls_sft_trainer(tiny_dir, tmp_path):
+    """TRL's SFTTrainer (plain-text dataset): the callback measures every epoch and changes no loss."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    def sft(callbacks):
+        lm = load_model(str(tiny_dir), device="cpu")
+        args = SFTConfig(
+            output_dir=str(tmp_path / "sft"),
+            num_train_epochs=2,
+            per_device_train_batch_size=8,
+            learning_rate=3e-3,
+            max_length=48,
+            packing=False,
+            dataset_text_field="text",
+            logging_steps=1,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            seed=0,
+        )
+        data = Dataset.from_dict({"text": MEMBERS})
+        trainer = SFTTrainer(
+            model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer, callbacks=callbacks
+        )
+        trainer.train()
+        return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+    callback = MemlensCallback(MEMBERS, NONMEMBERS, out=tmp_path / "store", bootstrap=50, attacks=("loss", "reference"))
+    assert sft([callback]) == pytest.approx(sft([]), abs=1e-6)
+    assert sorted({(r.epoch, r.attack) for r in callback.records if r.metric == "auc"}) == [
+        (0, "loss"), (1, "loss"), (1, "reference"), (2, "loss"), (2, "reference")
+    ]  # fmt: skip
