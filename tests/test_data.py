@@ -183,3 +183,19 @@ def test_a_run_reads_parquet_and_dataset_folders(tmp_path):
     )
     splits = load_splits(cfg)
     assert (len(splits.members), len(splits.nonmembers)) == (30, 30)
+
+
+def test_a_folder_written_by_datasets_save_to_disk_is_read(tmp_path):
+    """The real `datasets` library (installed with the dev extras, through TRL) writes the folders."""
+    from datasets import Dataset, DatasetDict
+
+    from memlens.data.sources import read_texts
+
+    texts = ["first sentence", "second sentence", "third sentence"]
+    Dataset.from_dict({"id": ["a", "b", "c"], "text": texts}).save_to_disk(str(tmp_path / "one"))
+    assert [(t.id, t.text) for t in read_texts(tmp_path / "one")] == list(zip("abc", texts, strict=True))
+    splits = DatasetDict({"train": Dataset.from_dict({"text": texts}), "test": Dataset.from_dict({"text": texts[:1]})})
+    splits.save_to_disk(str(tmp_path / "dict"))
+    assert [t.text for t in read_texts(tmp_path / "dict" / "test")] == texts[:1]
+    with pytest.raises(MemlensError, match="holds the splits test, train"):
+        read_texts(tmp_path / "dict")
