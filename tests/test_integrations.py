@@ -61,6 +61,16 @@ def test_the_callback_measures_and_leaves_training_alone(tiny_dir, tmp_path):
     result = invoke("report", "--dir", str(out))
     assert result.exit_code == 0, result.output
     assert "Membership inference at the final epoch" in (out / "report" / "report.html").read_text(encoding="utf-8")
+    # a second training into the same store adds a trial; the first one's rows are kept
+    from memlens.experiments.store import Store
+
+    before = Store(out, create=False).results()
+    again = MemlensCallback(MEMBERS, NONMEMBERS, out=out, bootstrap=0, attacks=("loss",))
+    train(tiny_dir, tmp_path, [again])
+    store = Store(out, create=False)
+    assert len(store.trials()) == 2
+    first = store.results().query("trial == 1")
+    assert len(first) == len(before) and first["value"].tolist() == pytest.approx(before["value"].tolist(), nan_ok=True)
 
 
 def test_bad_callback_arguments_are_clear_errors(tmp_path):

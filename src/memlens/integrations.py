@@ -12,10 +12,11 @@
 At the start of training the model is scored once (the pre-trained statistics: epoch 0 of every attack and
 the Reference attack's reference), then after every epoch (``every="epoch"``) or every ``every`` optimizer
 steps, with memlens's batched engine and the same attacks, CIs, loss gap and pre-trained control as
-``memlens run``. Rows go into a memlens results store (one trial, rewritten after each evaluation, so a
-stopped training keeps what was measured). Training itself is untouched: scoring runs in eval mode under
-``torch.inference_mode``, draws from no torch random generator, and restores the train mode (tested: the same
-loss trajectory with and without the callback). On multi-process training only the main process scores.
+``memlens run``. Rows go into a memlens results store (one trial per training, rewritten after each
+evaluation, so a stopped training keeps what was measured; earlier trainings in the same store are kept).
+Training itself is untouched: scoring runs in eval mode under ``torch.inference_mode``, draws from no torch
+random generator, and restores the train mode (tested: the same loss trajectory with and without the
+callback). On multi-process training only the main process scores.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class MemlensCallback(TrainerCallback):
         self.records: list = []
         self._inputs = None
         self._started = time.perf_counter()
+        self._trial: int | None = None  # this training's trial in the store (one per callback instance)
 
     # -- Trainer events ----------------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
@@ -135,8 +137,14 @@ class MemlensCallback(TrainerCallback):
         try:
             config = self.cfg.model_dump(mode="json")
             config["tuning"] = {"method": "trainer"}  # trained by the user's Trainer, not by memlens
-            store.register_sweep(self.cfg.name, {"trainer": True}, "trainer", [("trainer", self.cfg.name, config)])
-            trial = int(store.trials().query("label == @self.cfg.name")["id"].iloc[0])
+            if self._trial is None:  # a new trial for every training: an earlier one in the same store is kept
+                from datetime import UTC, datetime
+
+                stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+                label = f"{self.cfg.name} {stamp[:19]}"
+                store.register_sweep(self.cfg.name, {"trainer": True}, "trainer", [(f"trainer {stamp}", label, config)])
+                self._trial = int(store.trials()["id"].max())
+            trial = self._trial
             last = max(self.scores)
             info = {
                 "training": {"epochs": [{"epoch": e} for e in sorted(self.scores) if e]},
