@@ -11,6 +11,17 @@ from memlens.integrations import MemlensCallback
 from memlens.models import load_model
 
 MEMBERS, NONMEMBERS, VALIDATION = phee_texts("train", 24), phee_texts("test", 24), phee_texts("dev", 8)
+# the training arguments both trainers share: 2 epochs of 3 steps, a loss logged at every step, CPU, no files
+TRAINING = {
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 8,
+    "learning_rate": 3e-3,
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "report_to": [],
+    "seed": 0,
+    "use_cpu": True,
+}
 
 
 def train(tiny_dir, tmp_path, callbacks):
@@ -21,18 +32,7 @@ def train(tiny_dir, tmp_path, callbacks):
     lm = load_model(str(tiny_dir), device="cpu")
     tok = lm.tokenizer
     rows = [{"input_ids": tok(t, truncation=True, max_length=48)["input_ids"]} for t in MEMBERS]
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "trainer"),
-        num_train_epochs=2,
-        per_device_train_batch_size=8,
-        learning_rate=3e-3,
-        logging_steps=1,
-        save_strategy="no",
-        report_to=[],
-        seed=0,
-        use_cpu=True,
-        dataloader_num_workers=0,
-    )
+    args = TrainingArguments(output_dir=str(tmp_path / "trainer"), dataloader_num_workers=0, **TRAINING)
     torch.manual_seed(0)
     trainer = Trainer(
         model=lm.model,
@@ -97,18 +97,7 @@ def test_the_callback_in_trls_sft_trainer(tiny_dir, tmp_path):
     def sft(callbacks):
         lm = load_model(str(tiny_dir), device="cpu")
         args = SFTConfig(
-            output_dir=str(tmp_path / "sft"),
-            num_train_epochs=2,
-            per_device_train_batch_size=8,
-            learning_rate=3e-3,
-            max_length=48,
-            packing=False,
-            dataset_text_field="text",
-            logging_steps=1,
-            save_strategy="no",
-            report_to=[],
-            use_cpu=True,
-            seed=0,
+            output_dir=str(tmp_path / "sft"), max_length=48, packing=False, dataset_text_field="text", **TRAINING
         )
         data = Dataset.from_dict({"text": MEMBERS})
         trainer = SFTTrainer(
