@@ -74,3 +74,17 @@ def test_too_few_texts_is_a_user_error():
         blind_baseline(phee_texts("dev", 4), phee_texts("test", 10))
     with pytest.raises(MemlensError, match="folds ≥ 2"):
         blind_baseline(phee_texts("dev", 10), phee_texts("test", 10), folds=1)
+
+
+def test_the_same_split_is_fitted_once_per_process(monkeypatch):
+    import memlens.attacks.blind as blind
+
+    texts = phee_texts("train", 40)
+    calls = []
+    real = blind.cross_val_predict
+    monkeypatch.setattr(blind, "cross_val_predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    first = blind_baseline(texts[:20], texts[20:], folds=2, repeats=2, n_boot=50, seed=11)
+    again = blind_baseline(texts[:20], texts[20:], folds=2, repeats=2, n_boot=50, seed=11)
+    assert first == again and len(calls) == 2  # two repeats, fitted once
+    blind_baseline(texts[:20], texts[20:], folds=2, repeats=2, n_boot=50, seed=12)
+    assert len(calls) == 4  # other settings: fitted again

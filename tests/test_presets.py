@@ -62,7 +62,7 @@ def test_preset_seeds_name_their_own_sweep():
     assert preset_spec("savine2025", "tiny", [0]) == preset_spec("savine2025", "tiny")
 
 
-def test_dry_run_without_a_pilot_and_a_pilot_without_dry_run():
+def test_dry_run_without_a_pilot_and_a_pilot_without_dry_run(tmp_path):
     from helpers import assert_one_line_error, invoke
 
     plan = invoke("reproduce", "hou2025", "--scale", "full", "--dry-run", "--seeds", "0,1,2")
@@ -70,6 +70,12 @@ def test_dry_run_without_a_pilot_and_a_pilot_without_dry_run():
     assert "hou2025-full-3seeds: 27 trials, 2898 members / 968 non-members per trial" in plan.stdout
     assert_one_line_error(invoke("reproduce", "hou2025", "--pilot", "somewhere"), "use it with --dry-run")
     assert_one_line_error(invoke("reproduce", "hou2025", "--dry-run", "--pilot", "/nonexistent"), "no results store")
+    from memlens.experiments.store import Store
+
+    Store(tmp_path / "empty").close()
+    assert_one_line_error(
+        invoke("reproduce", "hou2025", "--dry-run", "--pilot", str(tmp_path / "empty")), "holds no finished trial"
+    )
 
 
 def test_bad_seeds_on_the_command_line():

@@ -276,6 +276,10 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
         scores, trials = load_scores(store), store.trials()
     finally:
         store.close()
+    if not scores.trials:
+        from memlens.errors import MemlensError
+
+        raise MemlensError(f"the pilot {pilot} holds no finished trial with per-text scores to project from")
     seconds = projected_seconds(trials, sweep)
     if seconds is not None:
         typer.echo(f"calibrated on the pilot's measured trial times: ~{seconds / 3600:.1f} h on the pilot's machine")

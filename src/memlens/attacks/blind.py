@@ -11,7 +11,9 @@ inflated by that shift. An attack is only credible when its CI lies above the bl
 - Cross-validation is repeated with ``repeats`` different fold splits; the AUC is their mean, and the CI's bootstrap
   draws a split as well as the texts in each replicate, so it covers the refit variance, not only text sampling.
 
-Not a registered attack: it reads no model statistics. Features are fitted inside each fold (no leakage).
+Not a registered attack: it reads no model statistics. Features are fitted inside each fold (no leakage). The
+result is kept per texts and settings for the process, so the trials of a sweep, which share their split, fit it
+once.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def duplicate_clusters(texts: list[str]) -> np.ndarray:
     return np.array([root(i) for i in range(len(texts))])
 
 
+_fitted: dict[str, dict] = {}  # one fit per texts and settings in a process: a sweep's trials share their split
+
+
 def blind_baseline(
     member_texts: list[str],
     nonmember_texts: list[str],
@@ -63,6 +68,14 @@ def blind_baseline(
     "n_clusters"}``; folds are stratified, grouped by duplicate cluster and shuffled with ``seed + r`` for
     repeat ``r``; ``seed`` also seeds the bootstrap.
     """
+    import hashlib
+    import json
+
+    key = hashlib.sha256(
+        json.dumps([member_texts, nonmember_texts, folds, repeats, seed, n_boot, confidence]).encode()
+    ).hexdigest()
+    if key in _fitted:
+        return dict(_fitted[key])
     n_m, n_n = len(member_texts), len(nonmember_texts)
     if folds < 2 or repeats < 1 or min(n_m, n_n) < folds:
         raise MemlensError(
@@ -97,7 +110,7 @@ def blind_baseline(
         ]
     )
     low, high = _split_and_text_ci(scores, n_m, n_boot=n_boot, confidence=confidence, seed=seed)
-    return {
+    _fitted[key] = {
         "auc": float(np.mean([roc_auc(s[:n_m], s[n_m:]) for s in scores])),
         "auc_ci_low": low,
         "auc_ci_high": high,
@@ -107,6 +120,7 @@ def blind_baseline(
         "n_nonmembers": n_n,
         "n_clusters": len(np.unique(groups)),
     }
+    return dict(_fitted[key])
 
 
 def _split_and_text_ci(

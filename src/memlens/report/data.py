@@ -151,6 +151,8 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 "gap_low": value_of(pick(last, None, "loss_gap"), "ci_low"),
                 "gap_high": value_of(pick(last, None, "loss_gap"), "ci_high"),
                 "nonmember_drop": value_of(pick(last, None, "nonmember_drop"), "value"),
+                "nonmember_low": value_of(pick(last, None, "nonmember_drop"), "ci_low"),
+                "nonmember_high": value_of(pick(last, None, "nonmember_drop"), "ci_high"),
                 "val_ppl0": value_of(pick(0, None, "val_ppl"), "value"),
                 "val_ppl": value_of(pick(last, None, "val_ppl"), "value"),
                 "rank": tuning.get("rank") if t.method == "lora" else None,

@@ -99,7 +99,7 @@ def trial_table(store, attack: str) -> list[str]:
             label,
             _cell(g, last, "mia", "auc", attack, ci=True),
             _cell(g, last, "effect", "loss_gap", ci=True),
-            _cell(g, last, "effect", "nonmember_drop"),
+            _cell(g, last, "effect", "nonmember_drop", ci=True),
             ppl,
         ]
         lines.append("| " + " | ".join(md_text(c) for c in row) + " |")

@@ -121,10 +121,13 @@ def gap_lines(records: list[dict], epoch: int, stage: str) -> list[str]:
     )
     if gap is None or mem is None or non is None or gap["value"] is None:
         return []
-    ratio = math.exp(gap["value"])
+    lo, hi = gap["ci_low"], gap["ci_high"]
+    ratio = f"×{math.exp(gap['value']):.2f}" + (
+        f" [{math.exp(lo):.2f}, {math.exp(hi):.2f}]" if None not in (lo, hi) else ""
+    )
     return [
-        f"loss gap ({stage}): {_auc(gap)} nats/token (×{ratio:.2f} perplexity); loss drop: members "
-        f"{mem['value']:.3f}, non-members {non['value']:.3f}"
+        f"loss gap ({stage}): {_auc(gap)} nats/token, {ratio} in perplexity",
+        f"loss drop ({stage}): members {_auc(mem)}, non-members {_auc(non)} nats/token (the latter: the domain)",
     ]
 
 

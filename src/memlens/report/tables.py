@@ -104,7 +104,7 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
             Cell(_auc(r["blind"], r["blind_low"], r["blind_high"]), "num"),
             _verdict(r["beats_blind"]),
             Cell(_auc(r["gap"], r["gap_low"], r["gap_high"]), "num"),
-            Cell(_f(r["nonmember_drop"]), "num"),
+            Cell(_auc(r["nonmember_drop"], r["nonmember_low"], r["nonmember_high"]), "num"),
             Cell(f"{_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}", "num"),
         ]
         for r in final.to_dict("records")
@@ -118,7 +118,7 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
         "blind AUC [95% CI]",
         "beats blind?",
         "loss gap, nats/token [95% CI]",
-        "non-members' loss drop",
+        "non-members' loss drop [95% CI]",
         "val PPL pre → post",
     ]
     notes = (*_tpr_notes(r["tpr_note"] for r in final.to_dict("records")), GAP_NOTE)
@@ -240,9 +240,11 @@ def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
 def trial_line(r: dict) -> str:
     blind = _auc(r["blind"], r["blind_low"], r["blind_high"])
     gap = _auc(r["gap"], r["gap_low"], r["gap_high"])
+    drop = _auc(r["nonmember_drop"], r["nonmember_low"], r["nonmember_high"])
+    ppl = f"{_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}"
     return (
-        f"blind baseline AUC {blind} · loss gap {gap} nats/token (non-members' loss drop "
-        f"{_f(r['nonmember_drop'])}) · validation perplexity {_f(r['val_ppl0'], 2)} → {_f(r['val_ppl'], 2)}"
+        f"blind baseline AUC {blind} · loss gap {gap} nats/token (non-members' loss drop {drop}) "
+        f"· validation perplexity {ppl}"
     )
 
 
