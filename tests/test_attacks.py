@@ -8,7 +8,7 @@ import torch
 from helpers import phee_texts
 
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
-from memlens.attacks.min_k import mean_of_lowest
+from memlens.attacks.min_k import SIGMA_FLOOR, mean_of_lowest
 from memlens.errors import MemlensError
 from memlens.scoring import score_cached, score_ids, score_texts
 from memlens.tokens import encode
@@ -17,12 +17,13 @@ TEXTS = [*phee_texts("test", 7), "Rash.", "Severe HEPATOTOXICITY after Valproate
 
 
 def token_logprobs(model, ids, prefix=()):
-    """ℓ_i, μ_i, σ_i of one sequence, scored alone, for tokens 1..n-1 (after an optional prefix)."""
-    x = torch.tensor([[*prefix, *ids]])
+    """ℓ_i, μ_i, σ_i of one sequence, scored alone, for tokens 1..n-1; a prefix (ReCaLL's, with its own start
+    token) takes the place of the sequence's start token."""
+    x = torch.tensor([[*prefix, *ids[1:]]] if prefix else [ids])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
     rows = []
-    for pos in range(len(prefix) + 1, x.shape[1]):
+    for pos in range(max(len(prefix), 1), x.shape[1]):
         dist = logp[pos - 1]
         mu = float((dist.exp() * dist).sum())
         sd = float((dist.exp() * (dist - mu) ** 2).sum().sqrt())
@@ -40,7 +41,7 @@ def readable_min_k(values, k):
 def inputs(tiny):
     tok, model = tiny.tokenizer, tiny.model
     ids = encode(tok, TEXTS, 64).ids
-    prefix = tok("A prefix of non-member text. ")["input_ids"]
+    prefix = encode(tok, ["A prefix of non-member text. "], 64).ids[0]
     target = score_ids(model, ids, tok.pad_token_id, batch_size=4)
     ref = score_ids(model, ids[::-1], tok.pad_token_id).take(np.arange(len(ids))[::-1])  # any other stats will do
     lower = score_texts(model, tok, [t.lower() for t in TEXTS], max_tokens=64)
@@ -55,7 +56,7 @@ def test_every_attack_matches_its_definition(inputs):
     for i, seq in enumerate(ids):
         rows = token_logprobs(model, seq)
         ll = [r[0] for r in rows]
-        z = [(r[0] - r[1]) / r[2] for r in rows]
+        z = [(r[0] - r[1]) / max(r[2], SIGMA_FLOOR) for r in rows]
         L = -np.mean(ll)
         L_ref = -np.nanmean(inp.reference.logprob[i])
         L_lower = -np.mean([r[0] for r in token_logprobs(model, lower_ids[i])])

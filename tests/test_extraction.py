@@ -116,6 +116,9 @@ def test_extract_skips_and_counts_short_texts(tiny):
     texts = ["A", *phee_texts("dev", 3)]
     res = extract(tiny.model, tiny.tokenizer, texts, max_tokens=24)
     assert res.skipped == [0] and res.summary["n_skipped"] == 1 and [r["index"] for r in res.rows] == [1, 2, 3]
+    for r in res.rows:  # the split is over the text's own tokens; the start token is always prompted, never counted
+        n = min(len(tiny.tokenizer(texts[r["index"]], add_special_tokens=False)["input_ids"]), 23)
+        assert (r["prefix_tokens"], r["suffix_tokens"]) == (n // 2, n - n // 2)
 
 
 # ---------------------------------------------------------------- canaries
@@ -153,8 +156,9 @@ def test_secret_spans_spell_the_secret(tiny, kind):
     cs = make_canaries(3, seed=0, kind=kind, repetitions=(1,), n_controls=1)
     for c, (ids, a, b) in zip(cs.canaries, secret_spans(tiny.tokenizer, cs.canaries), strict=True):
         assert ids == encode(tiny.tokenizer, [c.text], 64).ids[0]
+        assert ids[0] == tiny.tokenizer.eos_token_id  # the start token (the tiny tokenizer has no BOS)
         assert tiny.tokenizer.decode(ids[a:b]).strip() == c.secret
-        assert tiny.tokenizer.decode(ids[:a]).strip() == c.prefix.strip()
+        assert tiny.tokenizer.decode(ids[:a], skip_special_tokens=True).strip() == c.prefix.strip()
 
 
 # ---------------------------------------------------------------- a tiny model that memorized canaries

@@ -218,3 +218,45 @@ def test_output_head_is_restored_and_other_heads_use_their_own_logits(tiny, monk
     assert spy  # the model's own logits were reduced
     for key in ("logprob", "mu", "sigma"):
         np.testing.assert_allclose(getattr(own, key), getattr(sliced, key), atol=1e-5)
+
+
+def bos_adding_copy(tok):
+    """The tiny tokenizer, made to put ``<eos>`` before every text itself (as Gemma's adds ``<bos>``)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    other = copy.deepcopy(tok)
+    eos = (tok.eos_token, tok.eos_token_id)
+    other.backend_tokenizer.post_processor = TemplateProcessing(single="<eos> $A", special_tokens=[eos])
+    assert other("Rash.")["input_ids"][0] == tok.eos_token_id
+    return other
+
+
+def test_every_tokenizer_gives_one_start_token_and_the_first_word_is_scored(tiny):
+    """With or without a BOS of the tokenizer's own, every text starts with exactly one start token, so the
+    first word is scored (and trained on) for every model."""
+    texts = ["Rash.", "Severe hepatotoxicity after valproate."]
+    plain = [tiny.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    for tok in (tiny.tokenizer, bos_adding_copy(tiny.tokenizer)):
+        ids = encode(tok, texts, 64).ids
+        assert ids == [[tok.eos_token_id, *p] for p in plain]
+        stats = score_texts(tiny.model, tok, texts, max_tokens=64)
+        assert stats.lengths.tolist() == [len(p) for p in plain]
+    assert encode(tiny.tokenizer, texts, 3).ids[1] == [tiny.tokenizer.eos_token_id, *plain[1][:2]]
+
+
+def test_a_prefix_takes_the_place_of_the_start_token(tiny):
+    """ReCaLL's join: the prefix (with its start token) then the text's tokens, never a start token between."""
+    tok, model = tiny.tokenizer, tiny.model
+    prefix = encode(tok, ["Context sentence. "], 64).ids[0]
+    ids = encode(tok, TEXTS[:4], 64).ids
+    got = score_ids(model, ids, tok.pad_token_id, prefix=prefix)
+    joined = score_ids(model, [[*prefix, *s[1:]] for s in ids], tok.pad_token_id)
+    for i, s in enumerate(ids):
+        n = len(s) - 1
+        assert got.lengths[i] == n
+        at = len(prefix) - 1  # the prefix's last token predicts the text's token 1
+        np.testing.assert_allclose(got.logprob[i, :n], joined.logprob[i, at : at + n], atol=1e-4)
+    one = score_ids(model, ids, tok.pad_token_id, prefix=[tok.eos_token_id])  # the start token alone: no change
+    np.testing.assert_allclose(one.logprob, score_ids(model, ids, tok.pad_token_id).logprob, atol=1e-5)

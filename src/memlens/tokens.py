@@ -40,12 +40,32 @@ def ensure_pad_token(tokenizer) -> int:
     return int(tokenizer.pad_token_id)
 
 
+def start_id(tokenizer) -> int | None:
+    """The token put before every text where the tokenizer adds no leading special token of its own: BOS, else
+    EOS (the lm-evaluation-harness convention), so that every model scores and learns a text's first word.
+    ``None`` where the tokenizer adds one itself (e.g. Gemma's ``<bos>``) or has neither token."""
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    if with_special[:1] != plain[:1]:
+        return None
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return None if start is None else int(start)
+
+
+def with_start(tokenizer, ids: Sequence[Sequence[int]]) -> list[list[int]]:
+    """``ids`` (as the tokenizer gives them with its special tokens) behind :func:`start_id` where needed."""
+    start = start_id(tokenizer)
+    return [list(s) if start is None else [start, *s] for s in ids]
+
+
 def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> Encoded:
-    """Tokenise with the tokenizer's own special tokens (e.g. BOS where the model uses one)."""
+    """Token ids of ``texts`` behind one start token (the tokenizer's own BOS, else :func:`start_id`), cut to
+    ``max_tokens`` (the start token included). Training, scoring and generation all use these ids, so the first
+    word of every text is predicted from the start token whatever the model."""
     if not texts:
         return Encoded([], [])
-    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    return Encoded([list(s[:max_tokens]) for s in ids], [len(s) > max_tokens for s in ids])
+    ids = with_start(tokenizer, tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"])
+    return Encoded([s[:max_tokens] for s in ids], [len(s) > max_tokens for s in ids])
 
 
 def scored_texts(tokenizer, texts: Sequence[str], encoded: Encoded) -> list[str]:

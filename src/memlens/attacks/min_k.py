@@ -6,7 +6,10 @@ import numpy as np
 
 from memlens.attacks import AttackInputs, register
 
-SIGMA_FLOOR = 1e-6  # a next-token distribution with all mass on one token has σ = 0
+# A next-token distribution with (almost) all mass on one token has σ ≈ 0 and ℓ ≈ μ ≈ 0: z = 0/0. ℓ − μ is
+# computed in float32 (rounding ~1e-7), so below this floor z would be rounding noise blown up; a token the
+# model did not expect still gets a large negative z.
+SIGMA_FLOOR = 1e-3
 
 
 def mean_of_lowest(values: np.ndarray, lengths: np.ndarray, k: float) -> np.ndarray:

@@ -355,8 +355,8 @@ def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) 
     if "lowercase" in needed:
         out.lowercase = encode(tok, [t.lower() for t in texts], cfg.data.max_tokens)
     if "recall" in needed:
-        prefix = " ".join(validation[: cfg.attacks.recall_shots]) + " "
-        out.recall_prefix = tok(prefix)["input_ids"]
+        # the start token and the shots' tokens; each text then follows it in place of its own start token
+        out.recall_prefix = encode(tok, [" ".join(validation[: cfg.attacks.recall_shots]) + " "], 10**9).ids[0]
     return out
 
 

@@ -28,7 +28,7 @@ from memlens.extraction.canaries import KINDS, Canary, CanarySet
 from memlens.extraction.generate import GREEDY, Decoding, generate_suffixes
 from memlens.extraction.metrics import exact_match
 from memlens.scoring import score_ids
-from memlens.tokens import encode, ensure_pad_token
+from memlens.tokens import encode, ensure_pad_token, with_start
 
 MAX_TOKENS = 1024  # canaries are one short sentence; nothing is cut
 MIN_BEATEN = 10  # sampled candidates above the secret needed to trust the counted rank
@@ -69,11 +69,12 @@ def secret_spans(tokenizer, canaries: Sequence[Canary]) -> list[tuple[list[int],
         raise MemlensError("canaries need a fast tokenizer (one that reports character offsets)")
     enc = tokenizer([c.text for c in canaries], add_special_tokens=True, return_offsets_mapping=True)
     spans = []
-    for c, ids, offsets in zip(canaries, enc["input_ids"], enc["offset_mapping"], strict=True):
+    for c, ids, offsets in zip(canaries, with_start(tokenizer, enc["input_ids"]), enc["offset_mapping"], strict=True):
         lo, hi = len(c.prefix), len(c.prefix) + len(c.secret)
         o = np.asarray(offsets).reshape(-1, 2)
         inside = np.flatnonzero((o[:, 1] > lo) & (o[:, 0] < hi) & (o[:, 1] > o[:, 0]))
-        spans.append((list(ids), int(inside[0]), int(inside[-1]) + 1))
+        shift = len(ids) - len(o)  # the start token memlens puts before the tokenizer's ids
+        spans.append((ids, int(inside[0]) + shift, int(inside[-1]) + 1 + shift))
     return spans
 
 

@@ -3,10 +3,10 @@ the true rest (Study B: split at the token midpoint, generate as many tokens as 
 
 Conventions:
 
-- Texts are tokenised with :func:`memlens.tokens.encode`, so special tokens the tokenizer adds (e.g. BOS)
-  count as prefix tokens. ``prefix`` is a token count (int ≥ 1) or a fraction in (0, 1) of the text's tokens,
-  rounded down. A text whose split leaves an empty prefix or suffix is an error for :func:`split_prefix`;
-  :func:`extract` skips such texts and reports their indices and count.
+- Texts are tokenised with :func:`memlens.tokens.encode`: every prompt begins with the start token, which is
+  not counted. ``prefix`` is a count (int ≥ 1) or a fraction in (0, 1) of the text's own tokens, rounded
+  down. A text whose split leaves an empty prefix or suffix is an error for :func:`split_prefix`; :func:`extract`
+  skips such texts and reports their indices and count.
 - Every generation is exactly as long as its true suffix: ``generate`` runs with ``min_new_tokens =
   max_new_tokens``, which masks EOS until then, so generation never stops early (and never emits EOS; a true
   suffix ending in an EOS that the tokenizer appends cannot match on that token).
@@ -169,7 +169,8 @@ def generate_suffixes(
 class ExtractionResult:
     """Extraction of a set of texts; no text is stored, only indices and scores.
 
-    - ``rows``: one per extracted text: ``index`` (into the input texts), ``prefix_tokens``, ``suffix_tokens``,
+    - ``rows``: one per extracted text: ``index`` (into the input texts), ``prefix_tokens`` (the start token not
+      counted), ``suffix_tokens``,
       ``best_sample`` (the sample with the highest ``select`` metric, first on ties) and that sample's metrics;
     - ``samples``: metric -> ``(n_rows, num_samples)`` array, every sample's score;
     - ``summary``: :func:`~memlens.extraction.metrics.aggregate` of the rows (best of N), ``sample_mean``
@@ -214,12 +215,12 @@ def extract(
     kept, prefixes, suffixes, skipped = [], [], [], []
     for i, ids in enumerate(enc.ids):
         try:
-            p, s = split_prefix(ids, prefix)
+            p, s = split_prefix(ids[1:], prefix)  # ids[0] is the start token
         except MemlensError:  # too short: ``prefix`` itself was checked above
             skipped.append(i)
             continue
         kept.append(i)
-        prefixes.append(p)
+        prefixes.append([ids[0], *p])
         suffixes.append(s)
     if not kept:
         raise MemlensError(f"none of the {len(texts)} texts is long enough to split at prefix={prefix}")
@@ -239,7 +240,7 @@ def extract(
     samples = {m: np.array([[s[m] for s in per_text] for per_text in scores]) for m in METRICS}
     best = samples[select].argmax(axis=1)
     rows = [
-        {"index": i, "prefix_tokens": len(p), "suffix_tokens": len(s), "best_sample": int(b), **sc[b]}
+        {"index": i, "prefix_tokens": len(p) - 1, "suffix_tokens": len(s), "best_sample": int(b), **sc[b]}
         for i, p, s, b, sc in zip(kept, prefixes, suffixes, best, scores, strict=True)
     ]
     generated = n * sum(len(s) for s in suffixes)

@@ -19,7 +19,7 @@ from memlens import progress
 from memlens.files import atomic_path, cache_dir, describe_os_error, remove_stale
 from memlens.scoring.stats import TokenStats
 
-SCORING_VERSION = 2  # bump when scoring could compute different statistics for the same weights and ids
+SCORING_VERSION = 3  # bump when scoring could compute different statistics for the same weights and ids
 SAMPLE = 1024  # values hashed per parameter tensor, evenly strided, plus its exact float64 sum
 
 

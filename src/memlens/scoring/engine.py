@@ -96,8 +96,9 @@ def score_ids(
 ) -> TokenStats:
     """Score pre-tokenised sequences (see :func:`score_texts`).
 
-    With ``prefix``, every sequence is scored after those tokens (e.g. ReCaLL's non-member context), yet only
-    the sequence's own tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
+    With ``prefix`` (which starts with its own start token, e.g. ReCaLL's non-member context), the prefix takes
+    the place of each sequence's first (start) token: token 1 is predicted from the prefix's last token, and only
+    the sequence's tokens 1..n−1 are kept, so the result lines up with the unprefixed statistics.
     ``padding_side = "left"`` pads on the left with explicit position ids (same results; for models or
     pipelines that need it); it does not combine with ``prefix``. ``pack = False`` pads every text to its
     batch's longest instead of packing (same results; slower); packing also needs an architecture in
@@ -108,6 +109,9 @@ def score_ids(
 
     if padding_side not in ("right", "left") or (padding_side == "left" and prefix):
         raise ValueError(f"padding_side must be 'right' or 'left' (left without a prefix), got {padding_side!r}")
+    if prefix:  # the prefix's last token stands in for each sequence's start token; the rest is shared context
+        ids = [[prefix[-1], *s[1:]] if len(s) else [] for s in ids]
+        prefix = prefix[:-1]
     lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
     width = int(lengths.max()) if len(lengths) else 0
     out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
