@@ -68,6 +68,20 @@ def test_slope_and_group_contrasts():
         slope_weights([2, 2, 2])
     with pytest.raises(ValueError, match="one weight"):
         contrast(point, reps, [1, -1], metric="auc")
+
+
+def test_slope_within_groups_is_not_fooled_by_a_group_sampled_at_higher_x():
+    """W_V at ranks 1, 4, 16, 64 and W_Q at 1, 4: a flat rank effect, but W_V sits 0.1 higher. The pooled slope
+    sees a rise; the slope within matrices does not (and equals the common slope when there is one)."""
+    x = np.log2([1, 4, 16, 64, 1, 4])
+    groups = ["v", "v", "v", "v", "q", "q"]
+    level = np.array([0.1, 0.1, 0.1, 0.1, 0.0, 0.0])
+    assert slope_weights(x) @ level > 0.005
+    assert slope_weights(x, groups) @ level == pytest.approx(0.0, abs=1e-12)
+    assert slope_weights(x, groups) @ (level + 0.02 * x) == pytest.approx(0.02)
+    assert np.allclose(slope_weights(np.tile([0.0, 1.0], 3), list("aabbcc")), slope_weights(np.tile([0.0, 1.0], 3)))
+    with pytest.raises(ValueError, match="within a group"):
+        slope_weights([0.0, 1.0], ["a", "b"])
     with pytest.raises(ValueError, match="statistic"):
         replicates(np.zeros((2, 4)), 2, statistic="median")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memlens.experiments.findings import Scores, Trial, evaluate_findings, family_sizes
+from memlens.experiments.findings import SHARE, Scores, Trial, evaluate_findings, family_sizes
 from memlens.metrics import auc_ci, roc_auc
 from memlens.report.findings import disagreements
 
@@ -83,8 +83,8 @@ def test_without_an_effect_verdicts_are_false_about_five_percent_of_the_time(mon
 
 def test_holm_counts_the_family_and_adjusts_upward():
     findings = evaluate_findings("savine2025", savine_scores({"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7}))
-    assert family_sizes(findings) == {"auc": 1, "gap": 1}  # (3) needs two ranks, (2) is never tested
-    assert findings[1].verdict("auc") == "confounded"
+    assert family_sizes(findings) == {"auc": 1, "gap": 1}  # (3) needs two ranks, (2) an extraction
+    assert findings[1].verdict("auc") == "not measured"
     assert findings[2].verdict("auc") == "not measured"
     t = findings[0].tests["auc"][0]
     assert t.p_holm == pytest.approx(t.difference.p_value)  # a family of one: no adjustment
@@ -158,3 +158,30 @@ def test_trials_that_differ_only_in_seed_are_one_configuration_and_seed_variatio
     assert alone.verdict("auc") == "holds" and together.verdict("auc") == "inconclusive"
     a, b = (f.tests["auc"][0].difference for f in (alone, together))
     assert b.ci_high - b.ci_low > 2 * (a.ci_high - a.ci_low)
+
+
+def with_shares(scores: Scores, coupling: float, seed: int = 0) -> Scores:
+    """``scores`` plus each member's greedy share of n-gram at epoch 1: ``coupling`` × (its fine-tuned loss,
+    centred) + noise, for the first 100 members (the rest were not extracted)."""
+    rng = np.random.default_rng(seed + 100)  # not savine_scores' stream
+    frames = {}
+    for t in scores.trials:
+        f = scores._frames[t.id]
+        nll = f[(f["attack"] == "nll") & (f["epoch"] == 1) & (f["member"] == 1)].iloc[:100]
+        share = np.clip(0.4 + coupling * (nll["score"] - nll["score"].mean()) + rng.normal(0, 0.05, len(nll)), 0, 1)
+        extra = nll.assign(attack=SHARE, score=share.to_numpy())
+        frames[t.id] = pd.concat([f, extra], ignore_index=True)
+    return Scores(scores.trials, frames)
+
+
+@pytest.mark.parametrize(("coupling", "expected"), [(-0.3, "holds"), (0.0, "inconclusive")])
+def test_perplexity_finding_regresses_the_extraction_share_with_bootstrap_intervals(coupling, expected):
+    strength = {"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7}
+    findings = evaluate_findings("savine2025", with_shares(savine_scores(strength), coupling))
+    f = findings[1]
+    assert f.verdict("auc") == expected and f.verdict("gap") == "not measured"
+    slope, r2 = f.tests["auc"]
+    assert slope.direction == -1 and slope.difference.ci_low < slope.difference.diff < slope.difference.ci_high
+    assert r2.direction == 1 and r2.what.startswith("R² vs fine-tuned − R² vs base")
+    assert "100 extracted members" in f.described
+    assert family_sizes(findings)["auc"] == 3  # (1) and (2)'s two tests, Holm-adjusted together

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import tiny_config
 
@@ -161,7 +162,7 @@ def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
             tmp_path / "ex",
             training={"epochs": 40, "eval_every": 0, "batch_size": 4},
             data={"n_members": 8, "n_nonmembers": 8, "n_validation": 8},
-            extraction={"enabled": True, "n_texts": 8, "temperatures": [0.5], "num_samples": 2},
+            extraction={"enabled": True, "n_texts": 6, "temperatures": [0.5], "num_samples": 2},
             canaries={"enabled": True, "kind": "digits", "n": 2, "repetitions": [1, 16], "n_candidates": 200},
         )
     )
@@ -170,6 +171,9 @@ def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
     ext = {(r["decoding"], r["metric"], r["subset"]): r for r in last if r["kind"] == "extraction"}
     share_m, share_n = (ext[("greedy", "ngram_share", s)]["value"] for s in ("members", "nonmembers"))
     assert share_m > share_n  # a memorizing model continues members better than non-members
+    per_text = pd.read_csv(tmp_path / "ex" / "scores.csv").query("attack == 'extraction greedy ngram_share'")
+    assert len(per_text) == 12 and set(per_text["epoch"]) == {40}  # the 6 + 6 extracted texts, no others
+    assert per_text.groupby("member")["score"].mean()[1] == pytest.approx(share_m, abs=1e-6)
     sampled = ext[("T=0.5", "exact_match_rate", "members")]
     assert sampled["temperature"] == 0.5 and sampled["attack"] == "extraction T=0.5"
     can = {(r["repetitions"], r["metric"]): r["value"] for r in last if r["kind"] == "canary"}

@@ -45,11 +45,13 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
 
     plan = invoke("reproduce", name, "--scale", "small", "--dry-run", "--pilot", str(tmp_path))
     assert plan.exit_code == 0, plan.output
-    assert "500 members / 500 non-members per trial" in plan.stdout and "24 members / 24 non-members" in plan.stdout
+    size = {"savine2025": 500, "hou2025": 250}[name]
+    assert f"{size} members / {size} non-members per trial" in plan.stdout
+    assert "24 members / 24 non-members" in plan.stdout
     assert "to resolve 0.03 with 80% power" in plan.stdout and "calibrated on the pilot" in plan.stdout
     if name == "savine2025":
         assert "R² =" in md and "r=1:" in md and "slope per doubling of the rank" in md
-        assert "**confounded**" in next(r for r in rows if r.startswith("| (2)"))
+        assert "24 extracted members" in next(r for r in rows if r.startswith("| (2)"))  # (2) on the extraction
     else:
         assert "attention &lt; MLP &lt; both" in md and "growth parameter-based − growth prompt-based" in md
         size = next(r for r in rows if "larger models memorize more" in r)
@@ -90,3 +92,13 @@ def test_unknown_preset_or_scale():
         preset_spec("smith2024", "tiny")
     with pytest.raises(MemlensError, match="unknown scale"):
         preset_spec("hou2025", "huge")
+
+
+def test_small_scales_buy_power_with_fewer_configurations():
+    savine = expand(preset_spec("savine2025", "small", [0, 1, 2]))
+    configs = {(tuple(t.config.tuning.targets), t.config.tuning.rank) for t in savine.trials}
+    assert len(savine.trials) == 30 and len(configs) == 10
+    assert {r for t, r in configs if t == ("v",)} == {1, 4, 16, 64} and {r for t, r in configs if t == ("q",)} == {1, 4}
+    assert all(t.config.extraction.enabled and t.config.training.epochs >= 3 for t in savine.trials)
+    hou = expand(preset_spec("hou2025", "small", [0, 1, 2]))
+    assert all(t.config.training.epochs >= 4 and t.config.data.n_members == 250 for t in hou.trials)

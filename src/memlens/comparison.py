@@ -222,13 +222,19 @@ def group_weights(n_total: int, high: list[int], low: list[int]) -> np.ndarray:
     return w
 
 
-def slope_weights(x) -> np.ndarray:
-    """Weights of the least-squares slope of the statistics against ``x`` (at least two distinct values)."""
+def slope_weights(x, groups=None) -> np.ndarray:
+    """Weights of the least-squares slope of the statistics against ``x`` (at least two distinct values).
+
+    With ``groups`` (one label per statistic), the slope within groups (a fixed effect per group: ``x`` centred
+    on its group's mean), so that groups sampled at different ``x`` do not pass their own level off as slope;
+    on a balanced grid it equals the pooled slope."""
     x = np.asarray(x, float)
-    centred = x - x.mean()
+    labels = np.zeros(len(x), int) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+    means = np.bincount(labels, x) / np.bincount(labels)
+    centred = x - means[labels]
     ss = float((centred**2).sum())
     if ss == 0:
-        raise ValueError("a slope needs at least two distinct x values")
+        raise ValueError("a slope needs at least two distinct x values (within a group)")
     return centred / ss
 
 

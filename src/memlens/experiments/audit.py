@@ -122,6 +122,7 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
     with clock("extraction"):
         extraction = extraction_records(cfg, model, tok, splits, None, epoch=AUDITED)
         records += extraction.pop("records")
+        scores[AUDITED].update(extraction.pop("per_text"))
     clock.add("total", time.perf_counter() - t_start)
     notes = []
     if reference is None:

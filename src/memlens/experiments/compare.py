@@ -20,6 +20,7 @@ import numpy as np
 
 from memlens.comparison import Difference, contrast, delong, holm, paired_difference, replicates
 from memlens.errors import MemlensError
+from memlens.experiments.outputs import EXTRACTION
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ def compare_trials(
     attacks = [
         x
         for x in dict.fromkeys(sa.loc[sa["epoch"] == epoch, "attack"])
-        if x != "nll" and x in set(sb.loc[sb["epoch"] == epoch, "attack"])
+        if x != "nll" and not x.startswith(EXTRACTION) and x in set(sb.loc[sb["epoch"] == epoch, "attack"])
     ]
     if not attacks:
         raise MemlensError(f"the two trials share no attack at epoch {epoch}")

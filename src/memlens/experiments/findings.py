@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memlens.comparison import Difference, contrast, group_weights, holm, replicates, slope_weights
-from memlens.metrics import linear_fit
+from memlens.experiments.outputs import extraction_label
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -271,6 +271,9 @@ def savine_findings(scores: Scores) -> list[Finding]:
     attack = STUDY_ATTACK["savine2025"]
     lora = [t for t in _usable(scores, attack) if t.method == "lora"]
     one = {x: [t for t in lora if t.targets == [x]] for x in "qkvo"}
+    ranks = [{t.rank for t in ts} for ts in one.values() if ts]
+    shared = set.intersection(*ranks) if ranks else set()  # (1) compares the matrices at equal ranks
+    one = {x: [t for t in ts if t.rank in shared] for x, ts in one.items()}
     f1 = _group_finding(
         Finding(
             "(1) W_V and W_O memorize more than W_Q and W_K at equal rank",
@@ -289,8 +292,9 @@ def savine_findings(scores: Scores) -> list[Finding]:
     ranks = sorted({t.rank for t in lora})
     if len(ranks) >= 2 and scores.same_texts:
         units = [_at_last(c) for c in lora]
-        w = slope_weights([math.log2(c.rank) for c in lora])
-        f3.tests = {m: [_contrast(scores, units, w, m, attack, "slope per doubling of the rank")] for m in MEASURES}
+        w = slope_weights([math.log2(c.rank) for c in lora], groups=[",".join(c.targets) for c in lora])
+        what = "slope per doubling of the rank (within matrices)"
+        f3.tests = {m: [_contrast(scores, units, w, m, attack, what)] for m in MEASURES}
         per_rank = {r: np.mean([_stat(scores, t, "auc", attack) for t in lora if t.rank == r]) for r in ranks}
         f3.described = "mean AUC " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
     else:
@@ -305,34 +309,64 @@ def _stat(scores: Scores, c: Config, measure: str, attack: str) -> float:
     return float(point.mean())
 
 
+SHARE = extraction_label("greedy", "ngram_share")  # Study B's prefix-generation measure, per text
+MIN_EXTRACTED = 20  # members with an extraction score needed to fit (2)
+
+
 def _perplexity_finding(scores: Scores, lora: list[Config], attack: str) -> Finding:
-    """(2): the per-text reference score against the fine-tuned and the base log-perplexity (members of the
-    trial with the highest AUC). Reported with fits, but not tested: the reference score L_base − L_ft
-    contains the fine-tuned loss it is regressed on (and the base loss), so the slope is partly built in."""
+    """(2) on a measure that does not contain the perplexities: each extracted member's greedy share of n-gram
+    (Study B's prefix-generation memorization) against its fine-tuned and its base log-perplexity, in the
+    trial with the highest AUC. Tested: the slope against the fine-tuned log-PPL (published: negative) and
+    R²(fine-tuned) − R²(base) (published: positive), each with a bootstrap over the texts."""
     f = Finding(
         "(2) lower fine-tuned perplexity goes with more memorization; base perplexity does not",
         "R² = 0.135 (negative slope) vs fine-tuned PPL; R² = 0.004 vs base PPL",
-        fixed="confounded",
         note=(
-            "(2) is not tested: its memorization measure (the reference score L_base − L_ft) shares a term with "
-            "each perplexity it is regressed on, so a slope appears by construction."
+            "(2) is tested on the greedy share of n-gram of each extracted member, not on an attack score: the "
+            "reference score L_base − L_ft and the loss gap contain the perplexities they would be regressed on, "
+            "so a slope would appear by construction. The loss-gap column has no test of (2)."
         ),
     )
-    if not lora:
-        f.fixed = "not measured"
-        return f
-    best = max(lora, key=lambda c: _stat(scores, c, "auc", attack)).first
+    best = max(lora, key=lambda c: _stat(scores, c, "auc", attack)).first if lora else None
     m = scores.n_members
-    ref = scores.row(best.id, best.last, "auc", attack)[:m]
-    tuned = -scores.row(best.id, best.last, "auc", "loss")[:m] if scores.has(best.id, best.last, "loss") else None
-    base = -scores.row(best.id, 0, "auc", "loss")[:m] if scores.has(best.id, 0, "loss") else None
-    if tuned is None or base is None:
+    if best is None or not all(scores.has(best.id, e, a) for e, a in ((best.last, SHARE), (best.last, "nll"))):
         f.fixed = "not measured"
+        f.note = "(2) needs extraction in the trials (the per-text share of n-gram in scores.csv)."
         return f
-    slope_t, _, r2_t = linear_fit(tuned, ref)
-    *_, r2_b = linear_fit(base, ref)
-    f.described = f"{best.label}: R² = {r2_t:.3f} (slope {slope_t:+.2f}) vs fine-tuned log-PPL; R² = {r2_b:.3f} vs base"
+    share = scores.row(best.id, best.last, "auc", SHARE)[:m]
+    tuned = scores.row(best.id, best.last, "auc", "nll")[:m]
+    base = scores.row(best.id, 0, "auc", "nll")[:m]
+    ok = np.isfinite(share) & np.isfinite(tuned) & np.isfinite(base)
+    if ok.sum() < MIN_EXTRACTED or np.ptp(share[ok]) == 0:
+        f.fixed = "not measured"
+        f.note = f"(2) needs at least {MIN_EXTRACTED} extracted members with varying shares; {int(ok.sum())} here."
+        return f
+    y, xs = share[ok], np.stack([tuned[ok], base[ok]])  # (n,), (2, n)
+    rng = np.random.default_rng(0)
+    draw = np.concatenate([np.arange(len(y))[None], rng.integers(0, len(y), (N_BOOT, len(y)))])  # row 0: the data
+    slope, r2 = _fits(xs[:, draw], y[draw])  # (2, 1 + B) each
+    f.tests["auc"] = [
+        Check("auc", "slope of the share per nat of fine-tuned log-PPL", _boot(slope[:1], [1.0], "slope"), -1),
+        Check("auc", "R² vs fine-tuned − R² vs base log-PPL", _boot(r2, [1.0, -1.0], "r2"), 1),
+    ]
+    f.described = (
+        f"{best.label}, {len(y)} extracted members: R² = {r2[0, 0]:.3f} (slope {slope[0, 0]:+.3f}) vs fine-tuned "
+        f"log-PPL; R² = {r2[1, 0]:.3f} (slope {slope[1, 0]:+.3f}) vs base"
+    )
     return f
+
+
+def _fits(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares slope and R² of ``y`` (R, n) on each of ``x`` (K, R, n), per row: two (K, R) arrays."""
+    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    sxy, sxx, syy = (xc * yc).sum(-1), (xc * xc).sum(-1), (yc * yc).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sxy / sxx, sxy**2 / (sxx * syy)
+
+
+def _boot(values: np.ndarray, weights: list[float], metric: str) -> Difference:
+    """:func:`contrast` of statistics whose column 0 is the point estimate and the rest bootstrap replicates."""
+    return contrast(values[:, 0], values[:, 1:], weights, metric=metric, method="bootstrap over texts")
 
 
 def hou_findings(scores: Scores) -> list[Finding]:

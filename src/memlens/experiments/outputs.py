@@ -25,6 +25,14 @@ from memlens.errors import MemlensError
 from memlens.files import describe_os_error, lock, remove, remove_stale, temp_path
 
 MARKER = ".memlens-run"
+EXTRACTION = "extraction"  # scores.csv rows whose attack starts with this word hold per-text extraction scores
+
+
+def extraction_label(decoding: str, metric: str) -> str:
+    """The ``attack`` column of a text's extraction score in ``scores.csv``, e.g. ``extraction greedy ngram_share``."""
+    return f"{EXTRACTION} {decoding} {metric}"
+
+
 WRITTEN = {MARKER, "results.json", "config.toml", "scores.csv", "model", "checkpoints", "report"}
 
 
@@ -212,7 +220,8 @@ def _write_outputs(staging: Path, config_toml: str, results: dict, ids: list, n_
         w.writerow(["id", "member", "epoch", "attack", "score"])
         for epoch, per_attack in scores.items():
             for label, values in per_attack.items():
-                w.writerows((ids[i], int(i < n_members), epoch, label, f"{v:.7g}") for i, v in enumerate(values))
+                rows = ((ids[i], int(i < n_members), epoch, label, f"{v:.7g}") for i, v in enumerate(values))
+                w.writerows(r for r in rows if not (label.startswith(EXTRACTION) and r[-1] == "nan"))
     if model is not None:
         save_trainable(model, staging / "model")
 

@@ -20,7 +20,7 @@ from memlens.errors import MemlensError
 SCALES = {
     #        members, non-members, validation, epochs, batch
     "tiny": (96, 96, 48, 2, 8),
-    "small": (500, 500, 200, 3, 16),
+    "small": (500, 500, 200, 3, 16),  # hou2025 small: 250 + 250 texts, 4 epochs
     "full": (0, 0, 0, 3, 16),  # 0 = everything: PHEE's 2,898 train / 968 test sentences
 }
 PHEE_SIZES = (2898, 968)  # members (train split) and non-members (test split) when a scale takes everything
@@ -48,14 +48,29 @@ def _base(scale: str, **training) -> dict:
     }
 
 
+SMALL_RANKS = (1, 4)  # savine2025 small: every matrix at these ranks, W_V also at RANK_SERIES
+RANK_SERIES = (16, 64)
+
+
 def savine2025(scale: str) -> dict:
-    """Study B: one matrix at a time, ranks 1/2/4, alpha 16, dropout 0.05, lr 1e-3, warm-up."""
+    """Study B: one matrix at a time, alpha 16, dropout 0.05, lr 1e-3, warm-up; greedy extraction of members
+    and non-members (Study B's prefix-generation measure, per text for finding (2)). ``tiny`` and ``full``:
+    W_Q, W_K, W_V, W_O, [W_Q, W_K] at ranks 1, 2, 4. ``small`` buys power with fewer configurations: the four
+    matrices at ranks 1 and 4 (finding (1) at equal rank; the rank slope on four matrices) and W_V also at 16 and
+    64 (the rank series of finding (3)), meant for three seeds."""
     base = _base(scale, lr=1e-3, warmup_ratio=0.1, eval_every=0)
     base["tuning"] = {"method": "lora", "alpha": 16, "dropout": 0.05}
+    n_members = base["data"]["n_members"]
+    n_extracted = min(n_members or 1000, 250)  # members (and as many non-members) extracted, greedy
+    base["extraction"] = {"enabled": True, "n_texts": n_extracted, "prefix": 0.5, "greedy": True}
     if scale == "full":
         base["training"] |= {"grad_accum": 4}
+    name = f"savine2025-{scale}"
+    if scale == "small":
+        series = [(t, r) for t in "qkvo" for r in SMALL_RANKS] + [("v", r) for r in RANK_SERIES]
+        return {"name": name, "base": base, "variants": [{"targets": [t], "rank": r} for t, r in series]}
     return {
-        "name": f"savine2025-{scale}",
+        "name": name,
         "base": base,
         "grid": {"targets": [["q"], ["k"], ["v"], ["o"], ["q", "k"]], "rank": [1, 2, 4]},
     }
@@ -73,6 +88,9 @@ def hou2025(scale: str) -> dict:
     base["tuning"] = {"method": "lora", "rank": 8, "alpha": 16, "virtual_tokens": 20}
     if scale == "full":
         base["training"]["epochs"] = 15
+    if scale == "small":  # 4 epochs for the growth finding; 250 + 250 texts resolve ΔAUC 0.03 (tiny pilot)
+        base["training"]["epochs"] = 4
+        base["data"] |= {"n_members": 250, "n_nonmembers": 250}
     methods = [{"label": m, "method": m} for m in ("head", "prefix", "prompt", "ptuning", "full")]
     placement = [{"label": f"lora {t}", "method": "lora", "targets": [t]} for t in ("attn", "mlp", "all")]
     size = [{"label": SIZE_LABEL, "method": "lora", "targets": ["all"], "model": SIZE_MODEL}]

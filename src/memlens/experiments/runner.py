@@ -22,7 +22,7 @@ from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
-from memlens.experiments.outputs import Output, environment, save_trainable, write_outputs
+from memlens.experiments.outputs import Output, environment, extraction_label, save_trainable, write_outputs
 from memlens.metrics import evaluate, loss_gap
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
@@ -133,6 +133,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     with clock("extraction"):
         extraction = extraction_records(cfg, model, tok, splits, canary_set)
         records += extraction.pop("records")
+        scores.setdefault(cfg.training.epochs, {}).update(extraction.pop("per_text"))
     clock.add("total", time.perf_counter() - t_start)
 
     results = results_head(cfg, lm.info, reference_info) | {
@@ -176,14 +177,18 @@ def data_info(cfg: RunConfig, splits, inputs: PassInputs, stats: dict[str, Token
 def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: int | None = None) -> dict:
     """Extraction on members vs non-members (greedy and each temperature) and the canary report, as tidy rows
     (attack = decoding or ``canary xN``, metric = ``extraction_*`` / ``canary_*``) plus summaries, recorded
-    at ``epoch`` (default: the last training epoch)."""
-    out: dict = {"records": []}
+    at ``epoch`` (default: the last training epoch). ``per_text`` maps :func:`extraction_label` to every
+    text's ``select`` metric (members, then non-members; NaN where the text was not extracted)."""
+    out: dict = {"records": [], "per_text": {}}
     epoch, e = cfg.training.epochs if epoch is None else epoch, cfg.extraction
     if e.enabled:
         from memlens.extraction import GREEDY, Decoding, extract
 
         rng = np.random.default_rng(cfg.data.seed)
-        pick = {n: [x.text for x in sample(getattr(splits, n), e.n_texts, rng)] for n in ("members", "nonmembers")}
+        everyone = splits.members + splits.nonmembers
+        position = {id(x): i for i, x in enumerate(everyone)}  # row in scores.csv
+        picked = {n: sample(getattr(splits, n), e.n_texts, rng) for n in ("members", "nonmembers")}
+        pick = {n: [x.text for x in xs] for n, xs in picked.items()}
         sampling = Decoding("sample", top_p=e.top_p, top_k=e.top_k, num_samples=e.num_samples)
         decodings = ([("greedy", GREEDY)] if e.greedy else []) + [
             (f"T={t:g}", replace(sampling, temperature=t)) for t in e.temperatures
@@ -203,6 +208,9 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: in
                     seed=cfg.training.seed,
                 )
                 summaries[f"{label}/{name}"] = res.summary
+                per_text = out["per_text"].setdefault(extraction_label(label, e.select), np.full(len(everyone), np.nan))
+                for r in res.rows:
+                    per_text[position[id(picked[name][r["index"]])]] = r[e.select]
                 out["records"] += [
                     Record(
                         metric=m,
