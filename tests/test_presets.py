@@ -102,3 +102,14 @@ def test_small_scales_buy_power_with_fewer_configurations():
     assert all(t.config.extraction.enabled and t.config.training.epochs >= 3 for t in savine.trials)
     hou = expand(preset_spec("hou2025", "small", [0, 1, 2]))
     assert all(t.config.training.epochs >= 4 and t.config.data.n_members == 250 for t in hou.trials)
+
+
+def test_a_preset_runs_on_the_second_shipped_dataset():
+    from helpers import assert_one_line_error, invoke
+
+    spec = preset_spec("hou2025", "small", [0, 1, 2], data="sotu")
+    assert spec["name"] == "hou2025-small-sotu-3seeds" and spec["base"]["data"]["source"] == "sotu"
+    plan = invoke("reproduce", "hou2025", "--scale", "tiny", "--data", "sotu", "--dry-run")
+    assert plan.exit_code == 0 and "hou2025-tiny-sotu: 9 trials, 96 members / 96 non-members" in plan.stdout
+    assert_one_line_error(invoke("reproduce", "hou2025", "--data", "wikitext", "--dry-run"), "unknown preset dataset")
+    assert_one_line_error(invoke("reproduce", "hou2025", "--data", "sotu", "--data-dir", "."), "shipped inside")

@@ -218,6 +218,9 @@ def reproduce_cmd(
     seeds: Annotated[
         str, typer.Option(help="Training seeds, comma-separated: each trial runs once per seed (e.g. 0,1,2).")
     ] = "0",
+    data: Annotated[
+        str, typer.Option(help="Dataset shipped with memlens: phee (medical) or sotu (State of the Union).")
+    ] = "phee",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the trials, the cost and (with --pilot) the power; run nothing.")
     ] = False,
@@ -236,8 +239,12 @@ def reproduce_cmd(
     from memlens.report.findings import write_findings
 
     progress.set_enabled(not quiet)
-    spec = preset_spec(preset, scale, _seed_list(seeds))
+    spec = preset_spec(preset, scale, _seed_list(seeds), data)
     if data_dir is not None:
+        if data != "phee":
+            from memlens.errors import MemlensError
+
+            raise MemlensError(f"--data-dir points at PHEE's files; {data} is shipped inside memlens")
         spec["base"]["data"]["dir"] = str(data_dir)
     if dry_run or pilot is not None:
         if not dry_run:

@@ -40,12 +40,13 @@ class DataConfig(_Section):
     """Member / non-member / validation texts.
 
     ``source = "phee"`` reads PHEE from ``dir`` (or ``$MEMLENS_DATA_DIR``; without either, the copy shipped inside
-    memlens): train = members, test = non-members, dev = validation. ``source = "files"`` reads the three JSONL/CSV
-    files named below (optionally ``.gz``).
+    memlens): train = members, test = non-members, dev = validation. ``source = "sotu"``: sentences of the US State
+    of the Union addresses since 1946, shipped inside memlens (public domain; ``memlens/data/sotu/README.md``),
+    split the same way. ``source = "files"`` reads the three JSONL/CSV files named below (optionally ``.gz``).
     Counts are sampled without replacement with ``seed``; ``0`` or a count above what exists takes all.
     """
 
-    source: Literal["phee", "files"] = "phee"
+    source: Literal["phee", "sotu", "files"] = "phee"
     dir: PathField | None = None
     members: PathField | None = None
     nonmembers: PathField | None = None

@@ -143,14 +143,23 @@ def _table_texts(table, text_field: str, path: Path) -> list[Text]:
     ]
 
 
+PACKAGED = {"phee": PHEE_TEXT_FIELD, "sotu": "text"}  # datasets shipped inside memlens -> their text field
+
+
+def read_packaged(name: str, split: str) -> list[Text]:
+    """One split (``train``, ``dev`` or ``test``) of a dataset shipped inside memlens (:data:`PACKAGED`; each
+    folder's README.md says where it comes from and under which license)."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("memlens.data") / name / f"{split}.jsonl.gz") as packaged:
+        return read_jsonl(packaged, PACKAGED[name])
+
+
 def read_phee(data_dir: str | Path | None, split: str) -> list[Text]:
     """One PHEE split (``train``, ``dev`` or ``test``) from a local directory, or (``None``) the copy shipped
     inside memlens (its sentences and ids; ``memlens/data/phee/README.md``)."""
     if data_dir is None:
-        from importlib import resources
-
-        with resources.as_file(resources.files("memlens.data") / "phee" / f"{split}.jsonl.gz") as packaged:
-            return read_jsonl(packaged, PHEE_TEXT_FIELD)
+        return read_packaged("phee", split)
     file, _ = PHEE_FILES[split]
     path = Path(data_dir) / file
     if not path.is_file():

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from memlens.config import DataConfig
-from memlens.data.sources import PHEE_TEXT_FIELD, Text, read_phee, read_texts
+from memlens.data.sources import PACKAGED, Text, read_packaged, read_phee, read_texts
 from memlens.errors import MemlensError
 
 
@@ -59,6 +59,12 @@ def load_splits(cfg: DataConfig) -> Splits:
             "validation": read_phee(root, "dev"),
         }
         where = str(root) if root is not None else "PHEE shipped with memlens"
+    elif cfg.source == "sotu":
+        raw = {
+            k: read_packaged("sotu", s)
+            for k, s in (("members", "train"), ("nonmembers", "test"), ("validation", "dev"))
+        }
+        where = "SOTU shipped with memlens"
     else:
         missing = [k for k in ("members", "nonmembers", "validation") if getattr(cfg, k) is None]
         if missing:
@@ -66,8 +72,8 @@ def load_splits(cfg: DataConfig) -> Splits:
         text_field = cfg.text_field or "text"
         raw = {k: read_texts(getattr(cfg, k), text_field) for k in ("members", "nonmembers", "validation")}
         where = ", ".join(str(getattr(cfg, k)) for k in raw)
-    if cfg.source == "phee" and cfg.text_field not in (None, PHEE_TEXT_FIELD):
-        raise MemlensError(f"PHEE texts are in field {PHEE_TEXT_FIELD!r}; leave data.text_field unset")
+    if cfg.source in PACKAGED and cfg.text_field not in (None, PACKAGED[cfg.source]):
+        raise MemlensError(f"{cfg.source} texts are in field {PACKAGED[cfg.source]!r}; leave data.text_field unset")
     dropped = {}
     for name, texts in raw.items():
         kept = [t for t in texts if t.text.strip()]

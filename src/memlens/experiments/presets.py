@@ -23,13 +23,14 @@ SCALES = {
     "small": (500, 500, 200, 3, 16),  # hou2025 small: 250 + 250 texts, 4 epochs
     "full": (0, 0, 0, 3, 16),  # 0 = everything: PHEE's 2,898 train / 968 test sentences
 }
-PHEE_SIZES = (2898, 968)  # members (train split) and non-members (test split) when a scale takes everything
+DATA_SIZES = {"phee": (2898, 968), "sotu": (3000, 1000)}  # members (train), non-members (test): "everything"
 
 
 def set_sizes(spec: dict) -> tuple[int, int]:
-    """The members and non-members a preset spec scores (PHEE's whole splits where it says 0)."""
+    """The members and non-members a preset spec scores (the dataset's whole splits where it says 0)."""
     data = spec["base"]["data"]
-    return data["n_members"] or PHEE_SIZES[0], data["n_nonmembers"] or PHEE_SIZES[1]
+    everything = DATA_SIZES[data["source"]]
+    return data["n_members"] or everything[0], data["n_nonmembers"] or everything[1]
 
 
 def _base(scale: str, **training) -> dict:
@@ -100,14 +101,20 @@ def hou2025(scale: str) -> dict:
 PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
 
 
-def preset_spec(name: str, scale: str, seeds: list[int] | None = None) -> dict:
+def preset_spec(name: str, scale: str, seeds: list[int] | None = None, data: str = "phee") -> dict:
     """The preset's sweep; with several ``seeds`` every trial runs once per training seed (sweep name
-    ``NAME-SCALE-Nseeds``, so it never mixes with a one-seed store)."""
+    ``NAME-SCALE-Nseeds``, so it never mixes with a one-seed store). ``data``: a dataset shipped inside memlens
+    (``phee``, the studies' stand-in; ``sotu``, non-medical English), named in the sweep unless it is PHEE."""
     if name not in PRESETS:
         raise MemlensError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     if scale not in SCALES:
         raise MemlensError(f"unknown scale {scale!r}; use tiny, small or full")
+    if data not in DATA_SIZES:
+        raise MemlensError(f"unknown preset dataset {data!r}; use {' or '.join(DATA_SIZES)}")
     spec = PRESETS[name](scale)
+    spec["base"]["data"]["source"] = data
+    if data != "phee":
+        spec["name"] += f"-{data}"
     if seeds is not None and seeds != [0]:
         spec["seeds"] = list(seeds)
         spec["name"] += f"-{len(seeds)}seeds"

@@ -36,6 +36,8 @@ def findings_markdown(name: str, store, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
+        f"Data: {_dataset(scores)}.",
+        "",
         f"| finding | published | {attack} AUC (the study's measure): measured here | verdict | "
         "loss gap: measured here | verdict |",
         "|---|---|---|---|---|---|",
@@ -59,6 +61,17 @@ def findings_markdown(name: str, store, command: str) -> str:
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
     lines += ["", *trial_table(store, attack)]
     return "\n".join(lines) + "\n"
+
+
+DATASETS = {
+    "phee": "PHEE (pharmacovigilance sentences; the studies' own datasets cannot be fetched here)",
+    "sotu": "SOTU (sentences of US State of the Union addresses since 1946, shipped with memlens)",
+}
+
+
+def _dataset(scores: Scores) -> str:
+    sources = sorted({t.config.get("data", {}).get("source", "phee") for t in scores.trials})
+    return ", ".join(DATASETS.get(s, f"the files of data.source = {s!r}") for s in sources) or "no finished trial"
 
 
 def _seed_words(scores: Scores) -> str:
