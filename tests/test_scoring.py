@@ -260,3 +260,19 @@ def test_a_prefix_takes_the_place_of_the_start_token(tiny):
         np.testing.assert_allclose(got.logprob[i, :n], joined.logprob[i, at : at + n], atol=1e-4)
     one = score_ids(model, ids, tok.pad_token_id, prefix=[tok.eos_token_id])  # the start token alone: no change
     np.testing.assert_allclose(one.logprob, score_ids(model, ids, tok.pad_token_id).logprob, atol=1e-5)
+
+
+@pytest.mark.parametrize("path", [{"pack": True}, {"pack": False}, {"padding_side": "left"}])
+def test_a_prompt_is_context_only_the_completion_is_scored(tiny, path):
+    """``starts[i]``: tokens before it are context; the rest equal the full pass's statistics, on every path."""
+    ids = encode(tiny.tokenizer, TEXTS, 40).ids
+    starts = [1 + (i * 3) % max(len(s) - 1, 1) for i, s in enumerate(ids)]
+    full = score_ids(tiny.model, ids, 0, batch_size=4)
+    part = score_ids(tiny.model, ids, 0, batch_size=4, starts=starts, **path)
+    for i, (s, k) in enumerate(zip(ids, starts, strict=True)):
+        n = len(s) - k
+        assert part.lengths[i] == max(n, 0)
+        np.testing.assert_allclose(part.logprob[i, :n], full.logprob[i, k - 1 : k - 1 + n], atol=1e-4)
+        np.testing.assert_allclose(part.sigma[i, :n], full.sigma[i, k - 1 : k - 1 + n], atol=1e-4)
+    with pytest.raises(ValueError, match="starts"):
+        score_ids(tiny.model, ids, 0, starts=[0] * len(ids))

@@ -120,3 +120,20 @@ def test_unsupported_combination_is_a_clean_error(tmp_path):
         apply_method(gpt2, TuningConfig(method="lora", targets=["q"]))
     with pytest.raises(MemlensError, match="tuning target 'k' does not exist"):
         apply_method(gpt2, TuningConfig(method="ia3"))
+
+
+def test_the_loss_covers_exactly_the_completion_tokens(tiny):
+    """With ``starts``, every label before a sequence's first completion token (and every pad) is -100; the rest
+    are the token ids, checked token by token on the batch the model receives."""
+    ids = encode(tiny.tokenizer, phee_texts("train", 6), 32).ids
+    starts = [3, 1, 5, 2, 7, 4]
+    seen = []
+    hook = tiny.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["labels"].clone()), with_kwargs=True)
+    try:
+        train(tiny.model, ids, 0, TrainingConfig(epochs=1, batch_size=6), lr=0.0, starts=starts)
+    finally:
+        hook.remove()
+    (labels,) = seen
+    rows = {tuple(r[r != -100].tolist()) for r in labels}
+    assert rows == {tuple(s[k:]) for s, k in zip(ids, starts, strict=True)}
+    assert int((labels != -100).sum()) == sum(len(s) - k for s, k in zip(ids, starts, strict=True))

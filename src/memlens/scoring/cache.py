@@ -37,9 +37,18 @@ def weights_fingerprint(model, identity: str = "") -> str:
     return h.hexdigest()[:24]
 
 
-def cache_key(fingerprint: str, ids: Sequence[Sequence[int]], *, prefix: Sequence[int] = (), extra: str = "") -> str:
+def cache_key(
+    fingerprint: str,
+    ids: Sequence[Sequence[int]],
+    *,
+    prefix: Sequence[int] = (),
+    starts: Sequence[int] | None = None,
+    extra: str = "",
+) -> str:
     h = hashlib.sha256(f"v{SCORING_VERSION}|{fingerprint}|{extra}|{len(ids)}|".encode())
     h.update(np.asarray(list(prefix), dtype=np.int64).tobytes())
+    if starts is not None and any(k != 1 for k in starts):  # the default (score from token 1) keeps old keys
+        h.update(b"starts" + np.asarray(list(starts), dtype=np.int64).tobytes())
     for s in ids:
         h.update(np.asarray(s, dtype=np.int64).tobytes())
         h.update(b"|")

@@ -72,7 +72,8 @@ def score_cached(
         return score_ids(model, ids, pad_id, **kw), False
     dev = next(model.parameters())
     extra = f"{dev.dtype}|{dev.device.type}|adapters_off={kw.get('disable_adapters', False)}"
-    key = cache.cache_key(cache.weights_fingerprint(model, identity), ids, prefix=kw.get("prefix", ()), extra=extra)
+    fingerprint = cache.weights_fingerprint(model, identity)
+    key = cache.cache_key(fingerprint, ids, prefix=kw.get("prefix", ()), starts=kw.get("starts"), extra=extra)
     hit = cache.load(key)
     if hit is not None:
         return hit, True
@@ -89,12 +90,16 @@ def score_ids(
     batch_size: int = 16,
     disable_adapters: bool = False,
     prefix: Sequence[int] = (),
+    starts: Sequence[int] | None = None,
     padding_side: str = "right",
     pack: bool = True,
     desc: str = "scoring",
     _check: bool = True,
 ) -> TokenStats:
     """Score pre-tokenised sequences (see :func:`score_texts`).
+
+    ``starts[i]`` (default 1) is the first token of sequence ``i`` that is scored: a chat or instruction record's
+    prompt is context, and only its completion (tokens ``starts[i]..n−1``) is kept.
 
     With ``prefix`` (which starts with its own start token, e.g. ReCaLL's non-member context), the prefix takes
     the place of each sequence's first (start) token: token 1 is predicted from the prefix's last token, and only
@@ -112,13 +117,14 @@ def score_ids(
     if prefix:  # the prefix's last token stands in for each sequence's start token; the rest is shared context
         ids = [[prefix[-1], *s[1:]] if len(s) else [] for s in ids]
         prefix = prefix[:-1]
-    lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
+    starts = _starts(ids, starts)
+    lengths = np.array([max(len(s) - k, 0) for s, k in zip(ids, starts, strict=True)], dtype=np.int64)
     width = int(lengths.max()) if len(lengths) else 0
     out = {k: np.full((len(ids), width), np.nan, dtype=np.float32) for k in ("logprob", "mu", "sigma")}
     device = next(model.parameters()).device
     prompt_learning = _is_prompt_learning(model)
     packed = pack and not prefix and not prompt_learning and padding_side == "right"
-    packed = packed and (not _check or packing_verified(model, ids, pad_id, batch_size))
+    packed = packed and (not _check or packing_verified(model, ids, pad_id, batch_size, starts))
     was_training = model.training
     model.eval()
     adapters_off = model.disable_adapter() if disable_adapters else contextlib.nullcontext()
@@ -126,13 +132,13 @@ def score_ids(
         with torch.inference_mode(), adapters_off, progress.bar(desc, int(lengths.sum()), "tokens") as bar:
             prefix_cache = None if prompt_learning else _prefix_cache(model, prefix, device)
             if prefix_cache is not None:
-                batches = _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, len(prefix))
+                batches = _kv_prefix_batches(model, ids, starts, lengths, pad_id, batch_size, prefix_cache, len(prefix))
             elif padding_side == "left":
-                batches = _left_padded_batches(ids, lengths, pad_id, batch_size)
+                batches = _left_padded_batches(ids, starts, lengths, pad_id, batch_size)
             elif packed:
-                batches = _packed_batches(ids, lengths, pad_id, batch_size)
+                batches = _packed_batches(ids, starts, lengths, pad_id, batch_size)
             else:
-                batches = _padded_batches(ids, lengths, pad_id, batch_size, prefix)
+                batches = _padded_batches(ids, starts, lengths, pad_id, batch_size, prefix)
             with _deferred_head(model) as head:
                 for batch in batches:
                     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
@@ -165,16 +171,26 @@ class _Batch:
     targets: np.ndarray
 
 
-def _batch(inputs: dict, placed: list[tuple[int, int, int, Sequence[int]]]) -> _Batch:
-    """A :class:`_Batch` from ``(text index, row, column of its first prediction, token ids)`` per text."""
-    counts = [max(len(s) - 1, 0) for *_, s in placed]
+def _starts(ids: Sequence[Sequence[int]], starts: Sequence[int] | None) -> list[int]:
+    if starts is None:
+        return [1] * len(ids)
+    if len(starts) != len(ids) or any(k < 1 for k in starts):
+        raise ValueError("starts needs one first scored position (≥ 1) per sequence")
+    return [int(k) for k in starts]
+
+
+def _batch(inputs: dict, placed: list[tuple[int, int, int, Sequence[int], int]]) -> _Batch:
+    """A :class:`_Batch` from ``(text index, row, column of its token 0, token ids, first scored token)`` per
+    text: token ``j ≥ start`` is predicted by the output at column ``col + j − 1``."""
+    counts = [max(len(s) - k, 0) for *_, s, k in placed]
     steps = np.concatenate([np.arange(n) for n in counts]) if placed else np.zeros(0, np.int64)
-    texts, rows, starts = (np.repeat([p[k] for p in placed], counts).astype(np.int64) for k in range(3))
-    targets = np.concatenate([np.asarray(s[1:], dtype=np.int64) for *_, s in placed]) if placed else steps
-    return _Batch(inputs, texts, steps, rows, starts + steps, targets)
+    texts, rows, cols = (np.repeat([p[k] for p in placed], counts).astype(np.int64) for k in range(3))
+    first = np.repeat([p[4] for p in placed], counts).astype(np.int64)
+    targets = np.concatenate([np.asarray(s[k:], dtype=np.int64) for *_, s, k in placed]) if placed else steps
+    return _Batch(inputs, texts, steps, rows, cols + first - 1 + steps, targets)
 
 
-def _packed_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
+def _packed_batches(ids, starts, lengths, pad_id, batch_size) -> Iterator[_Batch]:
     """Texts packed into rows (best-fit decreasing), position ids restarting at every text; a row's unused
     tail is one more dummy 'text' of EOS tokens that nothing reads."""
     import torch
@@ -182,9 +198,10 @@ def _packed_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
     scored = np.flatnonzero(lengths > 0)
     if not len(scored):
         return
-    width = max(PACK_WIDTH, int(lengths.max()) + 1)
-    rows = _pack(lengths[scored] + 1, width)
-    per_batch = max(1, round(batch_size * float(lengths[scored].mean() + 1) / width))
+    sizes = np.array([len(ids[i]) for i in scored], dtype=np.int64)
+    width = max(PACK_WIDTH, int(sizes.max()))
+    rows = _pack(sizes, width)
+    per_batch = max(1, round(batch_size * float(sizes.mean()) / width))
     for start in range(0, len(rows), per_batch):
         group = [[int(scored[i]) for i in row] for row in rows[start : start + per_batch]]
         used = max(sum(len(ids[i]) for i in row) for row in group)
@@ -197,7 +214,7 @@ def _packed_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
                 n = len(ids[i])
                 input_ids[r, col : col + n] = torch.as_tensor(ids[i])
                 position_ids[r, col : col + n] = torch.arange(n)
-                placed.append((i, r, col, ids[i]))
+                placed.append((i, r, col, ids[i], starts[i]))
                 col += n
             position_ids[r, col:] = torch.arange(used - col)
         yield _batch({"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}, placed)
@@ -221,25 +238,25 @@ def _pack(sizes: np.ndarray, width: int) -> list[list[int]]:
     return bins
 
 
-def _padded_batches(ids, lengths, pad_id, batch_size, prefix) -> Iterator[_Batch]:
+def _padded_batches(ids, starts, lengths, pad_id, batch_size, prefix) -> Iterator[_Batch]:
     """Right-padded batches of similar length; a prefix is prepended to every row (the output head runs
     only on the text's positions, which also drops a prompt-learning adapter's virtual tokens)."""
     for rows in sorted_batches(lengths, batch_size):
         input_ids, mask = pad_batch([[*prefix, *ids[i]] for i in rows], pad_id)
         inputs = {"input_ids": input_ids, "attention_mask": mask, "logits_to_keep": input_ids.shape[1] - len(prefix)}
-        yield _batch(inputs, [(int(i), r, 0, ids[i]) for r, i in enumerate(rows)])
+        yield _batch(inputs, [(int(i), r, 0, ids[i], starts[i]) for r, i in enumerate(rows)])
 
 
-def _left_padded_batches(ids, lengths, pad_id, batch_size) -> Iterator[_Batch]:
+def _left_padded_batches(ids, starts, lengths, pad_id, batch_size) -> Iterator[_Batch]:
     for rows in sorted_batches(lengths, batch_size):
         input_ids, mask = pad_batch([ids[i] for i in rows], pad_id, side="left")
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         inputs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": positions}
         w = input_ids.shape[1]
-        yield _batch(inputs, [(int(i), r, w - len(ids[i]), ids[i]) for r, i in enumerate(rows)])
+        yield _batch(inputs, [(int(i), r, w - len(ids[i]), ids[i], starts[i]) for r, i in enumerate(rows)])
 
 
-def _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, n_prefix) -> Iterator[_Batch]:
+def _kv_prefix_batches(model, ids, starts, lengths, pad_id, batch_size, prefix_cache, n_prefix) -> Iterator[_Batch]:
     """Right-padded batches that run after the prefix's keys/values (computed once, copied per batch)."""
     import torch
 
@@ -251,10 +268,12 @@ def _kv_prefix_batches(model, ids, lengths, pad_id, batch_size, prefix_cache, n_
         kv.batch_repeat_interleave(len(rows))
         full_mask = torch.cat([mask.new_ones(len(rows), n_prefix), mask], dim=1)
         inputs = {"input_ids": input_ids, "attention_mask": full_mask, cache_arg: kv}
-        yield _batch(inputs, [(int(i), r, 0, ids[i]) for r, i in enumerate(rows)])
+        yield _batch(inputs, [(int(i), r, 0, ids[i], starts[i]) for r, i in enumerate(rows)])
 
 
-def packing_verified(model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int) -> bool:
+def packing_verified(
+    model, ids: Sequence[Sequence[int]], pad_id: int, batch_size: int, starts: Sequence[int] | None = None
+) -> bool:
     """Whether ``model`` may score packed rows: its architecture is in :data:`PACKABLE` and, once per
     architecture and dtype in this process, the first packed batch's texts score the same packed and padded
     (within :data:`PACK_TOLERANCE`); otherwise a warning, and the padded path."""
@@ -265,14 +284,17 @@ def packing_verified(model, ids: Sequence[Sequence[int]], pad_id: int, batch_siz
     if arch not in PACKABLE:
         return False
     if key not in _pack_verified:
-        lengths = np.array([max(len(s) - 1, 0) for s in ids], dtype=np.int64)
-        first = next(_packed_batches(ids, lengths, pad_id, batch_size), None)
+        starts = _starts(ids, starts)
+        lengths = np.array([max(len(s) - k, 0) for s, k in zip(ids, starts, strict=True)], dtype=np.int64)
+        first = next(_packed_batches(ids, starts, lengths, pad_id, batch_size), None)
         if first is None:
             return True
-        sample = [ids[i] for i in dict.fromkeys(first.texts.tolist())][:16]
+        which = list(dict.fromkeys(first.texts.tolist()))[:16]
+        sample, sample_starts = [ids[i] for i in which], [starts[i] for i in which]
+        n = len(sample)
         with progress.quiet():
-            packed = score_ids(model, sample, pad_id, batch_size=len(sample), pack=True, _check=False)
-            padded = score_ids(model, sample, pad_id, batch_size=len(sample), pack=False)
+            packed = score_ids(model, sample, pad_id, batch_size=n, starts=sample_starts, pack=True, _check=False)
+            padded = score_ids(model, sample, pad_id, batch_size=n, starts=sample_starts, pack=False)
         diff = np.abs(packed.logprob - padded.logprob)
         worst = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
         tolerance = PACK_TOLERANCE.get(str(dtype).removeprefix("torch."), 2e-2)

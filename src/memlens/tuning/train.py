@@ -26,10 +26,13 @@ def train(
     *,
     lr: float,
     on_epoch_end: Callable[[int], None] | None = None,
+    starts: Sequence[int] | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place on token sequences ``ids``; return a summary (losses, tokens/s, time).
 
-    ``on_epoch_end(epoch)`` is called after each epoch (1-based), e.g. to evaluate memorization.
+    ``on_epoch_end(epoch)`` is called after each epoch (1-based), e.g. to evaluate memorization. ``starts[i]``
+    (default 1): the first token of sequence ``i`` in the loss (a prompt before it is context only, as SFT
+    trainers do for completions).
     """
     import torch
     from transformers import get_scheduler
@@ -37,6 +40,8 @@ def train(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    first = np.ones(len(ids), dtype=np.int64) if starts is None else np.asarray(starts, dtype=np.int64)
+    learned = (lengths - first).clip(min=0)  # tokens in the loss, per sequence
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -62,14 +67,16 @@ def train(
             loss_sum, tok_sum = 0.0, 0
             for start in range(0, len(batches), cfg.grad_accum):
                 window = batches[start : start + cfg.grad_accum]
-                window_tokens = int(sum((lengths[b] - 1).clip(min=0).sum() for b in window))
+                window_tokens = int(sum(learned[b].sum() for b in window))
                 if window_tokens == 0:
                     continue
                 for rows in window:
                     batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
                     batch_ids, mask = batch_ids.to(device), mask.to(device)
-                    labels = batch_ids.masked_fill(mask == 0, -100)
-                    n_lab = int(mask[:, 1:].sum())
+                    cols = torch.arange(batch_ids.shape[1], device=device)
+                    context = cols[None, :] < torch.as_tensor(first[rows], device=device)[:, None]
+                    labels = batch_ids.masked_fill((mask == 0) | context, -100)
+                    n_lab = int((labels[:, 1:] != -100).sum())
                     if n_lab == 0:
                         continue
                     out = model(input_ids=batch_ids, attention_mask=mask, labels=labels)
