@@ -111,11 +111,12 @@ def test_packing_shares_rows_and_changes_nothing(tiny):
 
     ids = encode(tiny.tokenizer, TEXTS, 40).ids
     lengths = np.array([len(s) - 1 for s in ids])
-    batches = list(engine._packed_batches(ids, lengths, tiny.tokenizer.pad_token_id, batch_size=4))
+    starts = [1] * len(ids)
+    batches = list(engine._packed_batches(ids, starts, lengths, tiny.tokenizer.pad_token_id, batch_size=4))
     restarts = [int((b.inputs["position_ids"][:, 1:] == 0).sum()) for b in batches]
     assert sum(restarts) > 0  # some row holds more than one text
     assert sorted(np.concatenate([np.unique(b.texts) for b in batches]).tolist()) == np.flatnonzero(lengths).tolist()
-    padded_batches = engine._padded_batches(ids, lengths, tiny.tokenizer.pad_token_id, 4, ())
+    padded_batches = engine._padded_batches(ids, starts, lengths, tiny.tokenizer.pad_token_id, 4, ())
     slots = [sum(b.inputs["input_ids"].numel() for b in bs) for bs in (batches, padded_batches)]
     assert slots[0] < slots[1]  # fewer token slots: less padding
     packed = score_ids(tiny.model, ids, tiny.tokenizer.pad_token_id, batch_size=4)
