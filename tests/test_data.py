@@ -39,7 +39,9 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
 def test_missing_field_and_wrong_type(tmp_path):
     p = tmp_path / "x.jsonl"
     p.write_text(json.dumps({"body": "hi"}) + "\n")
-    with pytest.raises(MemlensError, match=r"x\.jsonl:1: no field 'text' \(fields: body\)"):
+    with pytest.raises(
+        MemlensError, match=r"x\.jsonl:1: no field 'text', 'messages' or 'prompt' \+ 'completion' \(fields: body\)"
+    ):
         read_jsonl(p)
     p.write_text(json.dumps({"text": 3}) + "\n")
     with pytest.raises(MemlensError, match="is int, not a string"):
@@ -177,7 +179,9 @@ def test_parquet_files_and_hugging_face_dataset_folders(tmp_path):
     assert [t.text for t in read_texts(folder)] == texts
     with pytest.raises(MemlensError, match="holds the splits train: name one of those folders"):
         read_texts(tmp_path / "ds")
-    with pytest.raises(MemlensError, match=r"no column 'body' \(columns: id, text, label"):
+    with pytest.raises(
+        MemlensError, match=r"no column 'body', 'messages' or 'prompt' \+ 'completion' \(columns: id, text, label"
+    ):
         read_texts(folder, "body")
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     with pytest.raises(MemlensError, match="cannot read Parquet file"):

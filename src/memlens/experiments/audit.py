@@ -85,9 +85,10 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
         adapter = cfg.model.adapter
         if adapter is not None:
             model = load_adapter(model, adapter, cfg.model.name)
-        texts = [x.text for x in splits.members + splits.nonmembers]
+        corpus = splits.members + splits.nonmembers
+        texts = [x.text for x in corpus]  # what is scored (a chat record's reply)
         n_mem = len(splits.members)
-        inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
+        inputs = encode_inputs(cfg, tok, corpus, splits.validation)
         scored = scored_texts(tok, texts, inputs.target)
     progress.info(
         f"auditing {lm.info['spec']}{f' + adapter {adapter}' if adapter else ''}: {n_mem} members, "
@@ -105,7 +106,7 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
             base = score_stage(model, inputs, cfg, identity, "base model", disable_adapters=True)
             reference = base["target"]
         if cfg.attacks.reference_model:
-            reference, reference_info = reference_model_stats(cfg, texts)
+            reference, reference_info = reference_model_stats(cfg, corpus)
         if base is not None:
             scores[0] = stage_scores(cfg, base, reference if reference_info else None, scored)
             records += stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)

@@ -8,7 +8,7 @@ held (a different reference model, when configured, is scored before fine-tuning
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +20,7 @@ from memlens import __version__, progress
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.config import RunConfig
 from memlens.data import load_splits
+from memlens.data.sources import Text
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, extraction_label, save_trainable, write_outputs
@@ -72,9 +73,10 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
         model, tok = lm.model, lm.tokenizer
         check_method(model, cfg.tuning)  # a target the architecture lacks fails now, not after scoring
-        texts = [x.text for x in splits.members + splits.nonmembers]
+        corpus = splits.members + splits.nonmembers
+        texts = [x.text for x in corpus]  # what is scored (a chat record's reply)
         n_mem = len(splits.members)
-        inputs = encode_inputs(cfg, tok, texts, [x.text for x in splits.validation])
+        inputs = encode_inputs(cfg, tok, corpus, splits.validation)
         scored = scored_texts(tok, texts, inputs.target)  # what zlib compresses: the scored part of each text
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
@@ -89,7 +91,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
         reference, reference_info = base["target"], None
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
-            reference, reference_info = reference_model_stats(cfg, texts)
+            reference, reference_info = reference_model_stats(cfg, corpus)
         scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
         keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
         n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
@@ -116,17 +118,18 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
-    canary_set, train_ids = None, inputs.target.ids[:n_mem]
+    canary_set, train_set = None, Encoded(inputs.target.ids[:n_mem], [], inputs.target.first[:n_mem])
     if cfg.canaries.enabled:
         from memlens.extraction import insert, make_canaries
-        from memlens.tokens import encode
+        from memlens.tokens import encode_records
 
         c = cfg.canaries
         canary_set = make_canaries(c.n, seed=c.seed, kind=c.kind, repetitions=tuple(c.repetitions))
-        planted = insert(splits.members, canary_set, seed=c.seed)
-        train_ids = encode(tok, [x.text for x in planted], cfg.data.max_tokens).ids
+        train_set = encode_records(tok, insert(splits.members, canary_set, seed=c.seed), cfg.data.max_tokens)
     with clock("train"):
-        train_info = train(model, train_ids, inputs.pad_id, cfg.training, lr=lr, on_epoch_end=on_epoch_end)
+        train_info = train(
+            model, train_set.ids, inputs.pad_id, cfg.training, lr=lr, on_epoch_end=on_epoch_end, starts=train_set.first
+        )
     clock.add("train", -clock["score_finetuned"])  # the evaluations ran inside training
     with clock("attacks"):
         records = with_blind(records, blind)
@@ -188,14 +191,13 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: in
         everyone = splits.members + splits.nonmembers
         position = {id(x): i for i, x in enumerate(everyone)}  # row in scores.csv
         picked = {n: sample(getattr(splits, n), e.n_texts, rng) for n in ("members", "nonmembers")}
-        pick = {n: [x.text for x in xs] for n, xs in picked.items()}
         sampling = Decoding("sample", top_p=e.top_p, top_k=e.top_k, num_samples=e.num_samples)
         decodings = ([("greedy", GREEDY)] if e.greedy else []) + [
             (f"T={t:g}", replace(sampling, temperature=t)) for t in e.temperatures
         ]
         summaries = {}
         for label, dec in decodings:
-            for name, texts in pick.items():
+            for name, texts in picked.items():
                 res = extract(
                     model,
                     tok,
@@ -351,20 +353,25 @@ class PassInputs:
     recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
 
 
-def encode_inputs(cfg: RunConfig, tok, texts: list[str], validation: list[str]) -> PassInputs:
-    """Token ids of every pass: the texts, the validation set and, where needed, lower-cased texts and the
-    ReCaLL prefix (the first ``recall_shots`` validation texts: non-members that are never scored as such)."""
-    from memlens.tokens import encode
+def as_records(texts: Sequence[Text | str]) -> list[Text]:
+    return [t if isinstance(t, Text) else Text("", t) for t in texts]
 
-    out = PassInputs(
-        int(tok.pad_token_id), encode(tok, texts, cfg.data.max_tokens), encode(tok, validation, cfg.data.max_tokens)
-    )
+
+def encode_inputs(cfg: RunConfig, tok, texts: Sequence[Text | str], validation: Sequence[Text | str]) -> PassInputs:
+    """Token ids of every pass: the texts (records: a chat or instruction record's completion after its prompt),
+    the validation set and, where needed, lower-cased texts and the ReCaLL prefix (the first ``recall_shots``
+    validation texts: non-members that are never scored as such)."""
+    from memlens.tokens import encode, encode_records
+
+    records, val, n = as_records(texts), as_records(validation), cfg.data.max_tokens
+    out = PassInputs(int(tok.pad_token_id), encode_records(tok, records, n), encode_records(tok, val, n))
     needed = passes_needed(cfg)
     if "lowercase" in needed:
-        out.lowercase = encode(tok, [t.lower() for t in texts], cfg.data.max_tokens)
+        out.lowercase = encode_records(tok, [replace(r, text=r.text.lower()) for r in records], n)
     if "recall" in needed:
         # the start token and the shots' tokens; each text then follows it in place of its own start token
-        out.recall_prefix = encode(tok, [" ".join(validation[: cfg.attacks.recall_shots]) + " "], 10**9).ids[0]
+        shots = " ".join(r.text for r in val[: cfg.attacks.recall_shots]) + " "
+        out.recall_prefix = encode(tok, [shots], 10**9).ids[0]
     return out
 
 
@@ -375,11 +382,12 @@ def score_stage(
     cached on disk)."""
     from memlens.scoring import score_cached
 
-    def score(ids, what: str, **kw) -> TokenStats:
+    def score(enc: Encoded, what: str, **kw) -> TokenStats:
         return score_cached(
             model,
-            ids,
+            enc.ids,
             inputs.pad_id,
+            starts=enc.starts,
             identity=identity,
             batch_size=cfg.scoring.batch_size,
             use_cache=cfg.scoring.cache,
@@ -389,29 +397,31 @@ def score_stage(
         )[0]
 
     out = {
-        "target": score(inputs.target.ids, "scoring"),
-        "validation": score(inputs.validation.ids, "validation"),
+        "target": score(inputs.target, "scoring"),
+        "validation": score(inputs.validation, "validation"),
     }
     if inputs.lowercase is not None:
-        out["lowercase"] = score(inputs.lowercase.ids, "lower-cased")
+        out["lowercase"] = score(inputs.lowercase, "lower-cased")
     if inputs.recall_prefix is not None:
-        out["recall"] = score(inputs.target.ids, "ReCaLL-prefixed", prefix=inputs.recall_prefix)
+        out["recall"] = score(inputs.target, "ReCaLL-prefixed", prefix=inputs.recall_prefix)
     return out
 
 
-def reference_model_stats(cfg: RunConfig, texts: list[str]) -> tuple[TokenStats, dict]:
+def reference_model_stats(cfg: RunConfig, texts: Sequence[Text]) -> tuple[TokenStats, dict]:
     """Statistics of ``texts`` under ``cfg.attacks.reference_model`` (its own tokenizer), and its info; the
     model is released before fine-tuning starts."""
     from memlens.models import load_model
     from memlens.scoring import score_cached
-    from memlens.tokens import encode, ensure_pad_token
+    from memlens.tokens import encode_records, ensure_pad_token
 
     assert cfg.attacks.reference_model is not None
     ref = load_model(cfg.attacks.reference_model, device=cfg.model.device, dtype=cfg.model.dtype)
+    enc = encode_records(ref.tokenizer, texts, cfg.data.max_tokens)
     stats, _ = score_cached(
         ref.model,
-        encode(ref.tokenizer, texts, cfg.data.max_tokens).ids,
+        enc.ids,
         ensure_pad_token(ref.tokenizer),
+        starts=enc.starts,
         identity=ref.info["identity"],
         batch_size=cfg.scoring.batch_size,
         use_cache=cfg.scoring.cache,

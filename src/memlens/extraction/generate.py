@@ -3,10 +3,11 @@ the true rest (Study B: split at the token midpoint, generate as many tokens as 
 
 Conventions:
 
-- Texts are tokenised with :func:`memlens.tokens.encode`: every prompt begins with the start token, which is
-  not counted. ``prefix`` is a count (int ≥ 1) or a fraction in (0, 1) of the text's own tokens, rounded
-  down. A text whose split leaves an empty prefix or suffix is an error for :func:`split_prefix`; :func:`extract`
-  skips such texts and reports their indices and count.
+- Texts are tokenised with :func:`memlens.tokens.encode_records`: every prompt begins with the start token (a
+  chat or instruction record: with its own prompt), which is not counted. ``prefix`` is a count (int ≥ 1) or a
+  fraction in (0, 1) of the text's own tokens (a record's completion), rounded down. A text whose split leaves
+  an empty prefix or suffix is an error for :func:`split_prefix`; :func:`extract` skips such texts and reports
+  their indices and count.
 - Every generation is exactly as long as its true suffix: ``generate`` runs with ``min_new_tokens =
   max_new_tokens``, which masks EOS until then, so generation never stops early (and never emits EOS; a true
   suffix ending in an EOS that the tokenizer appends cannot match on that token).
@@ -30,9 +31,10 @@ from typing import Literal
 import numpy as np
 
 from memlens import progress
+from memlens.data.sources import Text
 from memlens.errors import MemlensError
 from memlens.extraction.metrics import METRICS, aggregate, score_pair
-from memlens.tokens import encode, ensure_pad_token, pad_batch, sorted_batches
+from memlens.tokens import encode_records, ensure_pad_token, pad_batch, sorted_batches
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,7 @@ class ExtractionResult:
 def extract(
     model,
     tokenizer,
-    texts: Sequence[str],
+    texts: Sequence,
     *,
     prefix: int | float = 0.5,
     decoding: Decoding = GREEDY,
@@ -207,20 +209,24 @@ def extract(
 ) -> ExtractionResult:
     """Split each text (cut to ``max_tokens``) at ``prefix``, generate its suffix and score every sample against
     the true suffix; per text keep the best sample by ``select`` (a metric of
-    :data:`~memlens.extraction.metrics.METRICS`)."""
+    :data:`~memlens.extraction.metrics.METRICS`). ``texts``: strings, or data records
+    (:class:`memlens.data.Text`): a chat or instruction record is prompted with its prompt plus ``prefix`` of
+    its completion, and the rest of the completion is the suffix."""
     _check_prefix(prefix)
     if select not in METRICS:
         raise MemlensError(f"unknown extraction metric {select!r}; valid: {', '.join(METRICS)}")
-    enc = encode(tokenizer, texts, max_tokens)
-    kept, prefixes, suffixes, skipped = [], [], [], []
-    for i, ids in enumerate(enc.ids):
+    records = [t if hasattr(t, "text") else Text("", t) for t in texts]
+    enc = encode_records(tokenizer, records, max_tokens)
+    kept, prefixes, suffixes, skipped, context_tokens = [], [], [], [], []
+    for i, (ids, k) in enumerate(zip(enc.ids, enc.first, strict=True)):
         try:
-            p, s = split_prefix(ids[1:], prefix)  # ids[0] is the start token
+            p, s = split_prefix(ids[k:], prefix)  # ids[:k]: the start token, or a record's prompt
         except MemlensError:  # too short: ``prefix`` itself was checked above
             skipped.append(i)
             continue
         kept.append(i)
-        prefixes.append([ids[0], *p])
+        prefixes.append([*ids[:k], *p])
+        context_tokens.append(k)
         suffixes.append(s)
     if not kept:
         raise MemlensError(f"none of the {len(texts)} texts is long enough to split at prefix={prefix}")
@@ -240,8 +246,8 @@ def extract(
     samples = {m: np.array([[s[m] for s in per_text] for per_text in scores]) for m in METRICS}
     best = samples[select].argmax(axis=1)
     rows = [
-        {"index": i, "prefix_tokens": len(p) - 1, "suffix_tokens": len(s), "best_sample": int(b), **sc[b]}
-        for i, p, s, b, sc in zip(kept, prefixes, suffixes, best, scores, strict=True)
+        {"index": i, "prefix_tokens": len(p) - k, "suffix_tokens": len(s), "best_sample": int(b), **sc[b]}
+        for i, p, k, s, b, sc in zip(kept, prefixes, context_tokens, suffixes, best, scores, strict=True)
     ]
     generated = n * sum(len(s) for s in suffixes)
     summary = aggregate(rows) | {
