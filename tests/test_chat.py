@@ -110,6 +110,9 @@ def test_a_run_on_chat_records_trains_and_scores_the_replies(tiny_dir, tmp_path)
     cfg["data"].pop("dir")
     results = run(parse_config(cfg))
     assert results["data"]["format"] == "chat"
+    from memlens.report.summary import summary_lines
+
+    assert "chat records: only the completions are trained on and scored; prompts are context" in summary_lines(results)
     tok = load_model(str(tiny_dir)).tokenizer  # no chat template: the fallback; the reply's tokens are scored
     replies_scored = sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in replies)
     assert results["data"]["scored_tokens"] == replies_scored  # members, non-members and validation

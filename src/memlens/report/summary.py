@@ -132,8 +132,11 @@ def gap_lines(records: list[dict], epoch: int, stage: str) -> list[str]:
 
 
 def data_lines(data: dict) -> list[str]:
-    """What reading the data changed: empty texts dropped, duplicate ids renamed, texts truncated."""
+    """What reading the data changed: empty texts dropped, duplicate ids renamed, texts truncated; and, for chat
+    or instruction records, that only their completions are measured."""
     lines = []
+    if data.get("format") in ("chat", "instruction"):
+        lines.append(f"{data['format']} records: only the completions are trained on and scored; prompts are context")
     dropped = {k: v for k, v in data.get("dropped_empty", {}).items() if v}
     if dropped:
         lines.append("empty texts dropped: " + ", ".join(f"{v} {k}" for k, v in dropped.items()))
