@@ -1,5 +1,6 @@
 import shutil
 
+import pandas as pd
 import pytest
 from helpers import PHEE
 
@@ -7,7 +8,7 @@ from memlens.errors import MemlensError
 from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
-from memlens.report.findings import findings_markdown
+from memlens.report.findings import findings_markdown, write_findings
 
 
 def shrink(spec: dict, tiny_dir, larger=None) -> dict:
@@ -32,7 +33,12 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     counts = run_sweep(sweep, tmp_path)
     assert counts == {"done": len(sweep.trials)}, Store(tmp_path).trials()[["label", "error"]]
     md = findings_markdown(name, Store(tmp_path), "memlens reproduce ...")
-    (tmp_path / "findings.md").write_text(md)
+    written = write_findings(name, tmp_path, "memlens reproduce ...")
+    trials_csv = pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")
+    assert len(trials_csv) == len(sweep.trials) and trials_csv["val_ppl"].notna().all()
+    assert trials_csv["trainable"].gt(0).all() and trials_csv["auc"].between(0, 1).all()
+    assert (tmp_path / f"{tmp_path.name}-frontier.svg").read_text().lstrip().startswith("<svg")
+    assert written.read_text().startswith(md) and f"({tmp_path.name}-frontier.svg)" in written.read_text()
     assert md.startswith(f"# {name}: published findings vs memlens")
     rows = [line for line in md.splitlines() if line.startswith("| (")]
     verdicts = {"holds", "reversed", "inconclusive", "does not hold", "confounded", "not measured"}

@@ -134,11 +134,35 @@ def _cell(
     return f"{v['value']:.{digits}f}"
 
 
-def write_findings(name: str, folder: Path, command: str) -> Path:
-    from memlens.experiments.store import Store
+TRIAL_COLUMNS = [  # trials.csv: the privacy–utility frontier's numbers, one row per finished trial
+    "trial", "label", "method", "targets", "rank", "trainable", "epoch", "auc", "ci_low", "ci_high", "auc0",
+    "gap", "gap_low", "gap_high", "nonmember_drop", "val_ppl0", "val_ppl",
+]  # fmt: skip
 
+
+def write_findings(name: str, folder: Path, command: str) -> Path:
+    """``findings.md`` in ``folder``, beside ``FOLDER-trials.csv`` (each trial's AUC of the study's attack, loss
+    gap, trainable parameters and validation perplexity) and ``FOLDER-frontier.svg`` (the privacy–utility
+    frontier), named after the folder so that they can be published together."""
+    from memlens.experiments.store import Store
+    from memlens.report.data import load_report_data
+    from memlens.report.plots import privacy_utility_frontier
+
+    attack = STUDY_ATTACK[name]
+    final = load_report_data(folder, attack=attack).final
+    stem = Path(folder).resolve().name
+    extra = [f"{stem}-trials.csv"]
+    write_text(folder / extra[0], final.reindex(columns=TRIAL_COLUMNS).to_csv(index=False))
+    svg = privacy_utility_frontier(final, attack=attack)
+    if svg is not None:
+        extra.append(f"{stem}-frontier.svg")
+        write_text(folder / extra[1], svg)
     store = Store(folder, create=False)
     try:
-        return write_text(folder / "findings.md", findings_markdown(name, store, command))
+        md = findings_markdown(name, store, command)
     finally:
         store.close()
+    links = " and ".join(f"[{f}]({f})" for f in extra)
+    return write_text(
+        folder / "findings.md", md + f"\nEvery trial's numbers and the privacy–utility frontier: {links}.\n"
+    )
