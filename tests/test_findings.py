@@ -185,3 +185,21 @@ def test_perplexity_finding_regresses_the_extraction_share_with_bootstrap_interv
     assert r2.direction == 1 and r2.what.startswith("R² vs fine-tuned − R² vs base")
     assert "100 extracted members" in f.described
     assert family_sizes(findings)["auc"] == 3  # (1) and (2)'s two tests, Holm-adjusted together
+
+
+def test_the_matrix_finding_is_also_tested_on_the_extraction_share():
+    """Study B's prefix-generation measure: members' mean share of n-gram minus non-members', per trial; V,O
+    trials regurgitate more here, so (1) holds on the share too, in a family of its own."""
+    rng = np.random.default_rng(5)
+    scores = savine_scores({"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7})
+    frames = {}
+    for t in scores.trials:
+        f = scores._frames[t.id]
+        texts = f[(f["attack"] == "nll") & (f["epoch"] == 1)].iloc[::2]  # half the texts were extracted
+        boost = 0.1 * (t.targets[0] in "vo") * texts["member"].to_numpy()
+        share = np.clip(0.3 + boost + rng.normal(0, 0.05, len(texts)), 0, 1)
+        frames[t.id] = pd.concat([f, texts.assign(attack=SHARE, score=share)], ignore_index=True)
+    findings = evaluate_findings("savine2025", Scores(scores.trials, frames))
+    assert family_sizes(findings) == {"auc": 3, "gap": 1, "share": 1}  # auc: (1) and (2)'s two
+    (check,) = findings[0].tests["share"]
+    assert findings[0].verdict("share") == "holds" and check.difference.diff == pytest.approx(0.1, abs=0.02)

@@ -58,6 +58,7 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     if name == "savine2025":
         assert "R² =" in md and "r=1:" in md and "slope per doubling of the rank" in md
         assert "24 extracted members" in next(r for r in rows if r.startswith("| (2)"))  # (2) on the extraction
+        assert "extraction share: measured here" in md and "a third family" in md
     else:
         assert "attention &lt; MLP &lt; both" in md and "growth parameter-based − growth prompt-based" in md
         size = next(r for r in rows if "larger models memorize more" in r)

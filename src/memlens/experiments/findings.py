@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 N_BOOT = 2000  # enough to resolve Holm-adjusted p-values of a handful of comparisons (smallest p: 2 / 2001)
 ALPHA = 0.05
-MEASURES = ("auc", "gap")
+MEASURES = ("auc", "gap")  # every finding, every preset
+SHARE_MEASURE = "share"  # savine2025 also: members' greedy share of n-gram minus non-members' (extraction)
+ALL_MEASURES = (*MEASURES, SHARE_MEASURE)
 STUDY_ATTACK = {"savine2025": "reference", "hou2025": "loss"}
 PROMPT_BASED = ("prefix", "prompt", "ptuning")
 
@@ -128,7 +130,10 @@ class Scores:
     def row(self, trial: int, epoch: int, measure: str, attack: str) -> np.ndarray:
         """``(N,)``: the attack's scores (``auc``) or the loss drop since epoch 0 (``gap``) of every text."""
         s = self._series[trial]
-        values = s["nll", 0] - s["nll", epoch] if measure == "gap" else s[attack, epoch]
+        if measure == "gap":
+            values = s["nll", 0] - s["nll", epoch]
+        else:
+            values = s[SHARE if measure == SHARE_MEASURE else attack, epoch]
         return values.reindex(self.index).to_numpy(float)
 
     def has(self, trial: int, epoch: int, attack: str) -> bool:
@@ -225,7 +230,8 @@ def _contrast(
     keys = sorted({(t, e) for unit in units for seed in unit for t, e, _ in seed})
     pos = {k: i for i, k in enumerate(keys)}
     rows = np.stack([scores.row(t, e, measure, attack) for t, e in keys])
-    point, reps, _ = replicates(rows, scores.n_members, statistic=measure, n_boot=N_BOOT, seed=0)
+    statistic = "auc" if measure == "auc" else "gap"  # gap and share: members' mean minus non-members'
+    point, reps, _ = replicates(rows, scores.n_members, statistic=statistic, n_boot=N_BOOT, seed=0)
     rng = np.random.default_rng(1)
     unit_point, unit_reps = np.empty(len(units)), np.empty((len(units), reps.shape[1]))
     for u, unit in enumerate(units):
@@ -247,7 +253,20 @@ def _groups(scores: Scores, high: list[Config], low: list[Config], attack: str, 
     def ab(point: np.ndarray) -> tuple[float, float]:
         return float(point[:h].mean()), float(point[h:].mean())
 
-    return {m: [_contrast(scores, units, w, m, attack, f"{names[0]} − {names[1]}", ab=ab)] for m in MEASURES}
+    what = f"{names[0]} − {names[1]}"
+    return {m: [_contrast(scores, units, w, m, attack, what, ab=ab)] for m in _measures(scores, units)}
+
+
+def _measures(scores: Scores, units: list[Unit]) -> tuple[str, ...]:
+    """:data:`MEASURES`, plus the extraction share where every trial and epoch of ``units`` has it."""
+    cells = {(t, e) for unit in units for seed in unit for t, e, _ in seed}
+    m = scores.n_members
+
+    def extracted(t: int, e: int) -> bool:  # some member and some non-member have a share
+        row = scores.row(t, e, SHARE_MEASURE, "") if scores.has(t, e, SHARE) else np.array([np.nan])
+        return bool(np.isfinite(row[:m]).any() and np.isfinite(row[m:]).any())
+
+    return ALL_MEASURES if all(extracted(t, e) for t, e in cells) else MEASURES
 
 
 def _group_finding(
@@ -294,7 +313,7 @@ def savine_findings(scores: Scores) -> list[Finding]:
         units = [_at_last(c) for c in lora]
         w = slope_weights([math.log2(c.rank) for c in lora], groups=[",".join(c.targets) for c in lora])
         what = "slope per doubling of the rank (within matrices)"
-        f3.tests = {m: [_contrast(scores, units, w, m, attack, what)] for m in MEASURES}
+        f3.tests = {m: [_contrast(scores, units, w, m, attack, what)] for m in _measures(scores, units)}
         per_rank = {r: np.mean([_stat(scores, t, "auc", attack) for t in lora if t.rank == r]) for r in ranks}
         f3.described = "mean AUC " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
     else:
@@ -444,7 +463,7 @@ def evaluate_findings(name: str, scores: Scores) -> list[Finding]:
     """The preset's findings with Holm-adjusted p-values, one family per measure (``fixed`` findings apart:
     their tests keep their unadjusted p-values)."""
     findings = FINDINGS[name](scores)
-    for m in MEASURES:
+    for m in ALL_MEASURES:
         family = [t for f in findings if not f.fixed for t in f.tests.get(m, [])]
         adjusted = holm([t.difference.p_value if t.difference.p_value is not None else 1.0 for t in family])
         for t, p in zip(family, adjusted, strict=True):
@@ -457,7 +476,8 @@ def evaluate_findings(name: str, scores: Scores) -> list[Finding]:
 
 
 def family_sizes(findings: list[Finding]) -> dict[str, int]:
-    return {m: sum(len(f.tests.get(m, [])) for f in findings if not f.fixed) for m in MEASURES}
+    sizes = {m: sum(len(f.tests.get(m, [])) for f in findings if not f.fixed) for m in ALL_MEASURES}
+    return {m: n for m, n in sizes.items() if m in MEASURES or n}
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ def findings_markdown(name: str, store, command: str) -> str:
     findings = evaluate_findings(name, scores)
     attack = STUDY_ATTACK[name]
     k = family_sizes(findings)
+    share = "share" in k  # savine2025 with extraction: Study B's prefix-generation measure as a third column
     lines = [
         f"# {name}: published findings vs memlens",
         "",
@@ -39,12 +40,13 @@ def findings_markdown(name: str, store, command: str) -> str:
         f"Data: {_dataset(scores)}.",
         "",
         f"| finding | published | {attack} AUC (the study's measure): measured here | verdict | "
-        "loss gap: measured here | verdict |",
-        "|---|---|---|---|---|---|",
+        "loss gap: measured here | verdict |" + (" extraction share: measured here | verdict |" if share else ""),
+        "|---|---|---|---|---|---|" + ("---|---|" if share else ""),
     ]
     for f in findings:
-        cells = [md_text(c) for c in (f.claim, f.published, f.measured("auc"))]
-        cells += [f"**{f.verdict('auc')}**", md_text(f.measured("gap")), f"**{f.verdict('gap')}**"]
+        cells = [md_text(c) for c in (f.claim, f.published)]
+        for m in ("auc", "gap", *(["share"] if share else [])):
+            cells += [md_text(f.measured(m)), f"**{f.verdict(m)}**"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -55,7 +57,13 @@ def findings_markdown(name: str, store, command: str) -> str:
         "comparisons of this preset; the "
         f"{k['gap']} loss-gap comparisons are a family of their own), is **reversed** when significant the other "
         "way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning lowered the members' mean "
-        "token loss than the non-members' (nats/token; docs/methods.md).",
+        "token loss than the non-members' (nats/token; docs/methods.md)."
+        + (
+            f" The extraction share is Study B's prefix-generation measure: the extracted members' mean greedy share "
+            f"of n-gram minus the non-members' ({k['share']} comparisons, a third family)."
+            if share
+            else ""
+        ),
     ]
     notes = [f.note for f in findings if f.note] + disagreements(findings)
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
