@@ -184,6 +184,7 @@ def test_perplexity_finding_regresses_the_extraction_share_with_bootstrap_interv
     assert slope.direction == -1 and slope.difference.ci_low < slope.difference.diff < slope.difference.ci_high
     assert r2.direction == 1 and r2.what.startswith("R² vs fine-tuned − R² vs base")
     assert "100 extracted members" in f.described
+    assert not [d for d in disagreements(findings) if d.startswith("(2)")]  # no gap test of (2): nothing to compare
     assert family_sizes(findings)["auc"] == 3  # (1) and (2)'s two tests, Holm-adjusted together
 
 

@@ -90,11 +90,11 @@ def _seed_words(scores: Scores) -> str:
 
 
 def disagreements(findings: list[Finding]) -> list[str]:
-    """One sentence per tested finding whose two measures reach different verdicts."""
+    """One sentence per finding tested on both measures whose verdicts differ."""
     out = []
     for f in findings:
         va, vg = f.verdict("auc"), f.verdict("gap")
-        if not f.fixed and va != vg:
+        if not f.fixed and va != vg and "not measured" not in (va, vg):
             out.append(
                 f"{f.claim.split(' ', 1)[0]}: the two measures disagree — AUC: {va}, loss gap: {vg}. AUC measures how "
                 "well the per-text loss drops separate members from non-members; the gap, how much more the members' "
