@@ -38,3 +38,14 @@ def test_texts_needed_solve_the_power_equation():
         power_table(findings, (0, N), (M, N))
     with pytest.raises(ValueError, match="power"):
         power_table(findings, (M, N), (M, N), power=1.5)
+
+
+def test_a_regression_is_not_projected_as_if_it_were_a_paired_auc():
+    """Study B's (2) lives in the AUC column but is a slope and an R² difference over extracted members: the
+    power table leaves it out rather than scale it as 1/m + 1/n."""
+    from test_findings import with_shares
+
+    strengths = {"q": 0.5, "k": 0.5, "v": 0.7, "o": 0.7}
+    findings = evaluate_findings("savine2025", with_shares(savine_scores(strengths), -0.3))
+    assert len(findings[1].tests["auc"]) == 2
+    assert [r.finding for r in power_table(findings, (M, N), (M, N))] == ["(1)"]

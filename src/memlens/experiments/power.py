@@ -64,6 +64,8 @@ def power_table(
     for f in findings:
         for check in f.tests.get(measure, []):
             d = check.difference
+            if d.metric != measure:  # a regression's slope or R² (Study B's (2)) does not scale as 1/m + 1/n
+                continue
             se = (d.ci_high - d.ci_low) / (2 * Z95)
             if not math.isfinite(se):
                 continue
