@@ -213,3 +213,14 @@ def test_a_sweep_already_running_is_refused(tiny_dir, tmp_path):
             run_sweep(expand(spec), tmp_path)
         assert store.counts() == {}  # nothing was registered or reset
     assert run_sweep(expand(spec), tmp_path) == {"done": 1}  # the lock died with its holder
+
+
+def test_trial_hashes_stay_those_of_earlier_versions():
+    """Stores made by earlier versions resume: the hashes of a plain sweep are pinned (a change here strands
+    every stored trial — make new fields optional, None by default, instead)."""
+    spec = {
+        "name": "s",
+        "base": {"model": {"name": "smollm2-135m"}, "data": {"n_members": 10}},
+        "grid": {"rank": [1, 4]},
+    }
+    assert [t.hash for t in expand(spec).trials] == ["6a7a06271757f1f8", "b9d7616f9d241d0e"]

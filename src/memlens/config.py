@@ -43,8 +43,9 @@ class DataConfig(_Section):
     memlens): train = members, test = non-members, dev = validation. ``source = "sotu"``: sentences of the US State
     of the Union addresses since 1946, shipped inside memlens (public domain; ``memlens/data/sotu/README.md``),
     split the same way. ``source = "files"`` reads the three JSONL/CSV files named below (optionally ``.gz``).
-    ``source = "hf"`` reads the ``splits`` (members, non-members, validation) of the Hugging Face dataset
-    ``dataset`` (a hub id, with ``dataset_config``; or a local ``save_to_disk`` folder of a ``DatasetDict``).
+    ``source = "hf"`` reads the ``splits`` (members, non-members, validation; default train, test, validation)
+    of the Hugging Face dataset ``dataset`` (a hub id, with ``dataset_config``; or a local ``save_to_disk``
+    folder of a ``DatasetDict``).
     Counts are sampled without replacement with ``seed``; ``0`` or a count above what exists takes all.
     """
 
@@ -56,9 +57,7 @@ class DataConfig(_Section):
     text_field: str | None = None
     dataset: str | None = None
     dataset_config: str | None = None
-    splits: Annotated[list[str], Field(min_length=3, max_length=3)] = Field(
-        default_factory=lambda: ["train", "test", "validation"]
-    )
+    splits: Annotated[list[str], Field(min_length=3, max_length=3)] | None = None  # default: HF_SPLITS
     n_members: Annotated[int, Field(ge=0)] = 200
     n_nonmembers: Annotated[int, Field(ge=0)] = 200
     n_validation: Annotated[int, Field(ge=0)] = 100

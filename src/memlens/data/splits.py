@@ -39,6 +39,9 @@ def overlap(a: list[Text], b: list[Text]) -> list[tuple[str, str]]:
     return [(index[_norm(t.text)], t.id) for t in b if _norm(t.text) in index]
 
 
+HF_SPLITS = ["train", "test", "validation"]  # source = "hf": members, non-members, validation
+
+
 def resolve_data_dir(cfg: DataConfig) -> Path | None:
     """``data.dir``, else ``$MEMLENS_DATA_DIR``, else ``None``: PHEE's copy shipped inside memlens."""
     if cfg.dir is not None:
@@ -64,9 +67,10 @@ def load_splits(cfg: DataConfig) -> Splits:
             raise MemlensError("data.source = 'hf' needs data.dataset (a hub id or a save_to_disk folder)")
         names = ("members", "nonmembers", "validation")
         field_name = cfg.text_field or "text"
-        pairs = zip(names, cfg.splits, strict=True)
+        splits = cfg.splits or HF_SPLITS
+        pairs = zip(names, splits, strict=True)
         raw = {k: read_hf(cfg.dataset, cfg.dataset_config, split, field_name) for k, split in pairs}
-        where = f"{cfg.dataset} ({', '.join(cfg.splits)})"
+        where = f"{cfg.dataset} ({', '.join(splits)})"
     elif cfg.source == "sotu":
         raw = {
             k: read_packaged("sotu", s)
