@@ -236,3 +236,29 @@ def test_repeated_texts_count_once_in_the_metrics_unless_asked(tiny_dir, tmp_pat
     (gap,) = [r for r in results["records"] if r["metric"] == "loss_gap"]
     assert gap["n_members"] == loss["n_members"]
     assert results["data"]["duplicates_counted_once"] == (5 if distinct else 0)
+
+
+def test_dedup_trains_on_one_copy_of_each_repeated_text(tiny_dir, tmp_path):
+    """[mitigation] dedup: a canary repeated 6 times is trained on once; members are still all attacked; the
+    left-out ids are reported (never text), and a run without the table trains on everything."""
+    from memlens.report.summary import summary_lines
+
+    def go(out, **extra):
+        cfg = tiny_config(
+            tiny_dir,
+            tmp_path / out,
+            data={"n_members": 12, "n_nonmembers": 12, "n_validation": 8},
+            canaries={"enabled": True, "kind": "digits", "n": 1, "repetitions": [1, 6], "n_candidates": 20},
+            **extra,
+        )
+        return run(parse_config(cfg))
+
+    plain, dedup = go("plain"), go("dedup", mitigation={"method": "dedup"})
+    m = dedup["mitigation"]
+    assert plain["mitigation"] is None and m["dropped"] == 5 and m["trained"] == 12 + 1 + 1
+    assert len({i.split("#")[0] for i in m["dropped_ids"]}) == 1 and m["dropped_ids"][0].startswith("canary")
+    assert dedup["training"]["train_tokens"] < plain["training"]["train_tokens"]
+    assert sum(r["kind"] == "mia" for r in dedup["records"]) == sum(r["kind"] == "mia" for r in plain["records"])
+    assert "mitigation dedup: trained on 14 texts, 5 duplicates left out" in summary_lines(dedup)
+    with pytest.raises(MemlensError, match="mitigation"):
+        parse_config({"mitigation": {"method": "scrub"}})

@@ -217,6 +217,14 @@ class CanaryConfig(_Section):
     seed: Seed = 0
 
 
+class MitigationConfig(_Section):
+    """A lever that lowers memorization. ``dedup``: fine-tune on one copy of each group of exact or near-duplicate
+    training texts (the split audit's definition; planted canaries included), so that no text is learned
+    several times over. The attacked members are unchanged."""
+
+    method: Literal["dedup"] = "dedup"
+
+
 class OutputConfig(_Section):
     """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
     refused unless ``overwrite``."""
@@ -245,6 +253,7 @@ class RunConfig(_Section):
     attacks: AttackConfig = Field(default_factory=AttackConfig)
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
+    mitigation: MitigationConfig | None = None  # None (no [mitigation] table): train on every text as given
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")

@@ -24,29 +24,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from sklearn.pipeline import FeatureUnion, make_pipeline
 
+from memlens.data.audit import duplicate_clusters
 from memlens.errors import MemlensError
 from memlens.metrics import auc_rows, boot_batches, roc_auc
-
-
-def duplicate_clusters(texts: list[str]) -> np.ndarray:
-    """``(N,)`` cluster ids: texts joined by an exact or near-duplicate pair (the split audit's definition,
-    :func:`memlens.data.audit.find_duplicates`) share an id, transitively."""
-    from memlens.data.audit import find_duplicates
-    from memlens.data.sources import Text
-
-    parent = list(range(len(texts)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    report = find_duplicates({"all": [Text(str(i), t) for i, t in enumerate(texts)]})
-    for p in report.pairs:
-        parent[root(int(p.id_a))] = root(int(p.id_b))
-    return np.array([root(i) for i in range(len(texts))])
-
 
 _fitted: dict[str, dict] = {}  # one fit per texts and settings in a process: a sweep's trials share their split
 

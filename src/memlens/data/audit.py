@@ -143,6 +143,23 @@ def find_duplicates(
     return AuditReport({name: len(texts) for name, texts in sets.items()}, pairs, near_threshold, ngram)
 
 
+def duplicate_clusters(texts: list[str]) -> np.ndarray:
+    """``(N,)`` cluster ids: texts joined by an exact or near-duplicate pair (the split audit's definition,
+    :func:`memlens.data.audit.find_duplicates`) share an id, transitively."""
+    parent = list(range(len(texts)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    report = find_duplicates({"all": [Text(str(i), t) for i, t in enumerate(texts)]})
+    for p in report.pairs:
+        parent[root(int(p.id_a))] = root(int(p.id_b))
+    return np.array([root(i) for i in range(len(texts))])
+
+
 def _shingle(norm: str, n: int) -> set[str]:
     return {norm[i : i + n] for i in range(len(norm) - n + 1)} or ({norm} if norm else set())
 

@@ -118,14 +118,20 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
-    canary_set, train_set = None, Encoded(inputs.target.ids[:n_mem], [], inputs.target.first[:n_mem])
+    canary_set, train_texts = None, splits.members
+    train_set = Encoded(inputs.target.ids[:n_mem], [], inputs.target.first[:n_mem])
     if cfg.canaries.enabled:
         from memlens.extraction import insert, make_canaries
         from memlens.tokens import encode_records
 
         c = cfg.canaries
         canary_set = make_canaries(c.n, seed=c.seed, kind=c.kind, repetitions=tuple(c.repetitions))
-        train_set = encode_records(tok, insert(splits.members, canary_set, seed=c.seed), cfg.data.max_tokens)
+        train_texts = insert(splits.members, canary_set, seed=c.seed)
+        train_set = encode_records(tok, train_texts, cfg.data.max_tokens)
+    mitigation = None
+    if cfg.mitigation is not None:
+        train_set, mitigation = deduplicated(train_texts, train_set)
+        progress.info(f"dedup: {mitigation['dropped']} duplicate training texts left out (one copy of each kept)")
     with clock("train"):
         train_info = train(
             model, train_set.ids, inputs.pad_id, cfg.training, lr=lr, on_epoch_end=on_epoch_end, starts=train_set.first
@@ -142,6 +148,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
     results = results_head(cfg, lm.info, reference_info) | {
         "data": data_info(cfg, splits, inputs, base, keep),
         "split_audit": audit,
+        "mitigation": mitigation,
         "extraction": extraction,
         "tuning": tuning_info,
         "training": train_info,
@@ -153,6 +160,21 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         ids = [x.id for x in splits.members + splits.nonmembers]
         write_outputs(staging, cfg.to_toml(), results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
     return results
+
+
+def deduplicated(texts: Sequence[Text], encoded: Encoded) -> tuple[Encoded, dict]:
+    """The training set with one copy (the first) of each group of exact or near-duplicate texts, and what was
+    left out: ``{"method": "dedup", "trained": n, "dropped": k, "dropped_ids": [...]}`` (ids, never text)."""
+    from memlens.data.audit import duplicate_clusters
+
+    cluster = duplicate_clusters([t.text for t in texts])
+    _, first = np.unique(cluster, return_index=True)
+    keep = np.zeros(len(texts), bool)
+    keep[first] = True
+    rows = np.flatnonzero(keep)
+    kept = Encoded([encoded.ids[i] for i in rows], [], [encoded.first[i] for i in rows])
+    dropped = [texts[int(i)].id for i in np.flatnonzero(~keep)]
+    return kept, {"method": "dedup", "trained": int(keep.sum()), "dropped": len(dropped), "dropped_ids": dropped}
 
 
 def results_head(cfg: RunConfig, model_info: dict, reference_info: dict | None) -> dict:

@@ -94,6 +94,8 @@ def summary_lines(results: dict) -> list[str]:
         ]
     lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
+    if m := results.get("mitigation"):
+        lines.append(f"mitigation {m['method']}: trained on {m['trained']} texts, {m['dropped']} duplicates left out")
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
