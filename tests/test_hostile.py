@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import string
 import tempfile
+import typing
 from pathlib import Path
 
 import pytest
@@ -81,7 +82,18 @@ def _toml_values():
     return scalars | st.lists(scalars, max_size=3)
 
 
-fields = {name: list(f.annotation.model_fields) for name, f in RunConfig.model_fields.items() if name != "name"}
+def _section(annotation):
+    """The section's model, also for an optional section (``MitigationConfig | None``)."""
+    return (
+        next(a for a in typing.get_args(annotation) if a is not type(None))
+        if typing.get_args(annotation)
+        else annotation
+    )
+
+
+fields = {
+    name: list(_section(f.annotation).model_fields) for name, f in RunConfig.model_fields.items() if name != "name"
+}
 non_null = _toml_values().filter(lambda v: v is not None)
 section_values = st.sampled_from(sorted(fields)).flatmap(
     lambda s: st.tuples(
