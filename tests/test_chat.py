@@ -142,3 +142,13 @@ def test_a_hugging_face_dataset_dict_on_disk_is_a_source(tmp_path, monkeypatch):
         load_splits(DataConfig(source="hf", dataset="org/missing"))
     with pytest.raises(MemlensError, match=r"needs data\.dataset"):
         load_splits(DataConfig(source="hf"))
+
+
+def test_a_template_that_refuses_the_turns_is_one_error(chat_tok):
+    chat_tok.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system role') }}{% endif %}" + TEMPLATE
+    )
+    with pytest.raises(MemlensError, match=r"record 's1': the tokenizer's chat template refused it: no system role"):
+        encode_records(chat_tok, [Text("s1", "Hi.", (("system", "Be terse."), ("user", "Hello")))], 64)
+    ok = encode_records(chat_tok, [Text("u1", "Hi.", (("user", "Hello"),)), Text("p", "plain")], 64)
+    assert ok.first[1] == 1 and ok.ids[1][0] == chat_tok.eos_token_id  # a plain text among chats: start token only

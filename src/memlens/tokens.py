@@ -93,15 +93,19 @@ def encode_records(tokenizer, records: Sequence, max_tokens: int) -> Encoded:
     Prompt and completion are tokenised separately (no token spans the boundary). Cut to ``max_tokens``."""
     if all(getattr(r, "prompt", None) is None for r in records):
         return encode(tokenizer, [r.text for r in records], max_tokens)
-    ids, starts = [], []
-    for r in records:
-        context, completion = _context_and_completion(tokenizer, r)
-        if isinstance(r.prompt, tuple) and tokenizer.chat_template:  # the template writes its own special tokens
-            head = tokenizer(context, add_special_tokens=False)["input_ids"]
-        else:
-            head = with_start(tokenizer, [tokenizer(context, add_special_tokens=True)["input_ids"]])[0]
-        ids.append([*head, *tokenizer(completion, add_special_tokens=False)["input_ids"]])
-        starts.append(len(head))
+    contexts, completions = zip(*(_context_and_completion(tokenizer, r) for r in records), strict=True)
+    # a chat template writes its own special tokens; any other context goes behind the start token
+    templated = [isinstance(r.prompt, tuple) and bool(tokenizer.chat_template) for r in records]
+    heads: list[list[int]] = [[] for _ in records]
+    for own in (True, False):
+        rows = [i for i, t in enumerate(templated) if t == own]
+        if rows:
+            got = tokenizer([contexts[i] for i in rows], add_special_tokens=not own)["input_ids"]
+            for i, h in zip(rows, got if own else with_start(tokenizer, got), strict=True):
+                heads[i] = list(h)
+    tails = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    ids = [[*h, *t] for h, t in zip(heads, tails, strict=True)]
+    starts = [len(h) for h in heads]
     return Encoded([s[:max_tokens] for s in ids], [len(s) > max_tokens for s in ids], starts)
 
 
@@ -114,11 +118,15 @@ def _context_and_completion(tokenizer, record) -> tuple[str, str]:
     turns = [{"role": role, "content": content} for role, content in prompt]
     if not tokenizer.chat_template:
         return "".join(FALLBACK_TURN.format(**t) for t in turns) + FALLBACK_REPLY, record.text
-    context = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": record.text}], tokenize=False)
-    if not full.startswith(context):
-        from memlens.errors import MemlensError
+    from memlens.errors import MemlensError
 
+    try:
+        context = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template([*turns, {"role": "assistant", "content": record.text}], tokenize=False)
+    except Exception as err:  # a template that refuses the turns (jinja raise_exception, an unknown role ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MemlensError(f"record {record.id!r}: the tokenizer's chat template refused it: {reason}") from None
+    if not full.startswith(context):
         raise MemlensError(
             "the tokenizer's chat template does not write a conversation as its prompt followed by the reply; "
             "give the records as prompt + completion strings instead"

@@ -39,6 +39,11 @@ class Text:
         return "text" if self.prompt is None else "instruction" if isinstance(self.prompt, str) else "chat"
 
 
+def as_records(texts) -> list[Text]:
+    """``Text`` records from records or plain strings (a string becomes a plain text without an id)."""
+    return [t if isinstance(t, Text) else Text("", t) for t in texts]
+
+
 PHEE_FILES = {  # split -> (file, sha256) as published at ZhaoyueSun/PHEE commit 41489b0 (data/json/*.json)
     "train": ("train.jsonl", "a2d6cbdae3d95cb3a7e13439164c002041061f6f9823608af483c82d17a31f2b"),
     "dev": ("dev.jsonl", "e1e24c0dfbe6f624e590a26d294f3082d0142ffc28b9da56761f1dd45e96aa53"),

@@ -20,7 +20,7 @@ from memlens import __version__, progress
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.config import RunConfig
 from memlens.data import load_splits
-from memlens.data.sources import Text
+from memlens.data.sources import Text, as_records
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import Output, environment, extraction_label, save_trainable, write_outputs
@@ -373,10 +373,6 @@ class PassInputs:
     validation: Encoded
     lowercase: Encoded | None = None  # the lower-cased texts (Lowercase attack)
     recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
-
-
-def as_records(texts: Sequence[Text | str]) -> list[Text]:
-    return [t if isinstance(t, Text) else Text("", t) for t in texts]
 
 
 def encode_inputs(cfg: RunConfig, tok, texts: Sequence[Text | str], validation: Sequence[Text | str]) -> PassInputs:

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 
 from memlens import progress
-from memlens.data.sources import Text
+from memlens.data.sources import as_records
 from memlens.errors import MemlensError
 from memlens.extraction.metrics import METRICS, aggregate, score_pair
 from memlens.tokens import encode_records, ensure_pad_token, pad_batch, sorted_batches
@@ -215,8 +215,7 @@ def extract(
     _check_prefix(prefix)
     if select not in METRICS:
         raise MemlensError(f"unknown extraction metric {select!r}; valid: {', '.join(METRICS)}")
-    records = [t if hasattr(t, "text") else Text("", t) for t in texts]
-    enc = encode_records(tokenizer, records, max_tokens)
+    enc = encode_records(tokenizer, as_records(texts), max_tokens)
     kept, prefixes, suffixes, skipped, context_tokens = [], [], [], [], []
     for i, (ids, k) in enumerate(zip(enc.ids, enc.first, strict=True)):
         try:
