@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memlens.errors import MemlensError
 
@@ -218,11 +218,60 @@ class CanaryConfig(_Section):
 
 
 class MitigationConfig(_Section):
-    """A lever that lowers memorization. ``dedup``: fine-tune on one copy of each group of exact or near-duplicate
-    training texts (the split audit's definition; planted canaries included), so that no text is learned
-    several times over. The attacked members are unchanged."""
+    """A lever that lowers memorization; the attacked members are unchanged.
 
-    method: Literal["dedup"] = "dedup"
+    - ``dedup``: fine-tune on one copy of each group of exact or near-duplicate training texts (the split
+      audit's definition; planted canaries included), so that no text is learned several times over.
+    - ``dynamiccut`` (after Fang et al.'s DynamicCut): fine-tune once, rank the members by their memorization
+      intensity (``rank_by = "loss_drop"``: the pre-trained minus fine-tuned mean token loss, averaged over
+      the epochs), leave the top ``fraction`` out and fine-tune again from the pre-trained model; with
+      ``control = true`` also fine-tune without a random ``fraction`` of the members (same size), the control
+      that says whether the ranking mattered. ``rank_method`` ranks with another tuning method (e.g. ``lora``
+      for a ``full`` run; at its default learning rate), to test whether the ranking transfers.
+    """
+
+    method: Literal["dedup", "dynamiccut"] = "dedup"
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    rank_by: Literal["loss_drop"] = "loss_drop"
+    rank_method: Literal["full", "head", "lora", "ia3", "prefix", "prompt", "ptuning"] | None = None
+    control: bool = True
+
+
+class PrivacyConfig(_Section):
+    """Differentially private fine-tuning (DP-SGD) and a check of its claim.
+
+    ``dp = true``: every optimiser step takes each training text with probability ``batch_size · grad_accum / N``
+    (Poisson sampling; ``poisson = false``: shuffled fixed batches, for which the accountant's ε is only an
+    approximation), clips each text's gradient to ``max_grad_norm`` (per-sample gradients through opacus, for
+    the trainable parameters only), adds Gaussian noise of standard deviation ``noise_multiplier ·
+    max_grad_norm`` and averages over the expected batch. Give ``epsilon`` (the noise is chosen to spend it over
+    the whole run at ``delta``) or ``noise_multiplier``; the ``accountant`` (opacus ``prv`` or ``rdp``) reports
+    the ε spent. Works for ``full``, ``head``, ``lora`` and ``prefix``.
+
+    ``audit = m``: plant ``m`` audit canaries, each trained on with probability ½, and turn the membership test
+    on them into a lower bound on ε at ``audit_confidence`` (one-run auditing, Steinke, Nasr & Jagielski 2023),
+    for DP and non-DP runs alike.
+    """
+
+    dp: bool = False
+    epsilon: Annotated[float, Field(gt=0)] | None = None
+    noise_multiplier: Annotated[float, Field(ge=0)] | None = None
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    accountant: Literal["prv", "rdp"] = "prv"
+    poisson: bool = True
+    audit: Annotated[int, Field(ge=0)] = 0
+    audit_confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+
+    @model_validator(mode="after")
+    def _noise(self) -> PrivacyConfig:
+        if self.dp and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("dp = true needs exactly one of epsilon (the budget) or noise_multiplier")
+        if not self.dp and (self.epsilon is not None or self.noise_multiplier is not None):
+            raise ValueError("epsilon and noise_multiplier apply only with dp = true")
+        if 0 < self.audit < 20:
+            raise ValueError(f"privacy.audit needs 0 (no audit) or at least 20 canaries (got {self.audit})")
+        return self
 
 
 class OutputConfig(_Section):
@@ -254,6 +303,7 @@ class RunConfig(_Section):
     extraction: ExtractionConfig = Field(default_factory=ExtractionConfig)
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     mitigation: MitigationConfig | None = None  # None (no [mitigation] table): train on every text as given
+    privacy: PrivacyConfig | None = None  # None (no [privacy] table): ordinary training, no audit canaries
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")
@@ -265,6 +315,15 @@ class RunConfig(_Section):
             return safe_label(v, "run name")
         except MemlensError as err:
             raise ValueError(str(err)) from None
+
+    @model_validator(mode="after")
+    def _private_method(self) -> RunConfig:
+        from memlens.tuning.private import UNSUPPORTED
+
+        if self.privacy is not None and self.privacy.dp and self.tuning.method in UNSUPPORTED:
+            why = UNSUPPORTED[self.tuning.method]
+            raise ValueError(f"DP-SGD cannot train tuning.method {self.tuning.method!r}: {why}")
+        return self
 
     def output_dir(self) -> Path:
         """``output.dir`` with ``{name}`` and ``{time}`` (UTC, YYYYmmdd-HHMMSS) filled in."""

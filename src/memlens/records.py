@@ -14,7 +14,9 @@ A record is tidy: ``(epoch, kind, attack, metric, ...) -> value [ci_low, ci_high
   ``metric`` ``loss_gap`` (members' mean drop minus non-members'), ``member_drop`` and ``nonmember_drop``
   (the latter is what fine-tuning taught about the domain), per fine-tuned epoch;
 - ``"canary"``: planted canaries (``metric`` ``canary_auc``, ``canary_extraction_rate``, ``canary_exposure``,
-  per ``repetitions``; 0 for the never-inserted controls).
+  per ``repetitions``; 0 for the never-inserted controls);
+- ``"privacy"``: differential privacy (``metric`` ``epsilon``: what the DP-SGD accountant spent;
+  ``epsilon_lower_bound``: what the one-run audit of the audit canaries proves at least, also its ``ci_low``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 2  # 1: facts in attack/metric names (before 0.2); 2: one field per fact
 
-Kind = Literal["mia", "blind", "utility", "effect", "extraction", "canary"]
+Kind = Literal["mia", "blind", "utility", "effect", "extraction", "canary", "privacy"]
 
 
 @dataclass(frozen=True)

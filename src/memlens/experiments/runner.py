@@ -28,7 +28,7 @@ from memlens.metrics import evaluate, loss_gap
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
-from memlens.tokens import Encoded, scored_texts
+from memlens.tokens import Encoded, encode_records, scored_texts
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
@@ -61,6 +61,36 @@ def published(cfg: RunConfig, work, *, write: bool = True) -> dict:
 
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:
+    if cfg.mitigation is not None and cfg.mitigation.method == "dynamiccut":
+        from memlens.experiments.mitigation import dynamic_cut
+
+        return dynamic_cut(cfg, staging)
+    return measure(cfg, staging).saved(cfg, staging)
+
+
+@dataclass
+class Measured:
+    """One fine-tune measured: ``results`` (``results.json``), the per-text ``scores`` (epoch -> label ->
+    (N,) array, members first), the texts' ``ids``, which are counted (``keep``, (N,) bool: each distinct text
+    once) and, when it is to be saved, the fine-tuned ``model``."""
+
+    results: dict
+    scores: dict[int, dict[str, np.ndarray]]
+    ids: list[str]
+    n_members: int
+    keep: np.ndarray
+    model: object | None = None
+
+    def saved(self, cfg: RunConfig, staging: Path | None) -> dict:
+        """Write the results folder's files into ``staging`` (if any); return ``results``."""
+        if staging is not None:
+            write_outputs(staging, cfg.to_toml(), self.results, self.ids, self.n_members, self.scores, self.model)
+        return self.results
+
+
+def measure(cfg: RunConfig, staging: Path | None, *, leave_out: frozenset[str] = frozenset()) -> Measured:
+    """Run ``cfg`` once (see :func:`run`). Members whose id is in ``leave_out`` are attacked but not trained on;
+    their and the trained members' AUCs are also reported apart (``results["subsets"]``)."""
     t_start = time.perf_counter()
     clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
     with clock("load"):
@@ -93,9 +123,12 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
             reference, reference_info = reference_model_stats(cfg, corpus)
         scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
+        audit_set = audit_before(cfg, model, tok)
         keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
         n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
         records = stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
+        left_out = np.array([x.id in leave_out for x in corpus[:n_mem]] + [False] * (len(corpus) - n_mem))
+        subsets = subset_records(cfg, scores[0], keep, left_out, n_mem, 0) if leave_out else []
 
     torch.manual_seed(cfg.training.seed)
     model, tuning_info = apply_method(model, cfg.tuning)
@@ -115,30 +148,45 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
             )
             records.extend(stage_records(cfg, now, ppl, epoch, n_eval, pretrained=before))
             records.extend(effect_records(cfg, before["nll"], now["nll"], epoch, n_eval))
+            if leave_out:
+                subsets.extend(subset_records(cfg, scores[epoch], keep, left_out, n_mem, epoch, pretrained=scores[0]))
             if staging is not None and cfg.training.save_checkpoints:
                 save_trainable(model, staging / "checkpoints" / f"epoch-{epoch}")
 
-    canary_set, train_texts = None, splits.members
-    train_set = Encoded(inputs.target.ids[:n_mem], [], inputs.target.first[:n_mem])
+    rows = np.flatnonzero(~left_out[:n_mem])  # the members trained on
+    canary_set, train_texts = None, [splits.members[i] for i in rows]
+    train_set = Encoded([inputs.target.ids[i] for i in rows], [], [inputs.target.first[i] for i in rows])
     if cfg.canaries.enabled:
         from memlens.extraction import insert, make_canaries
-        from memlens.tokens import encode_records
 
         c = cfg.canaries
         canary_set = make_canaries(c.n, seed=c.seed, kind=c.kind, repetitions=tuple(c.repetitions))
-        train_texts = insert(splits.members, canary_set, seed=c.seed)
+        train_texts = insert(train_texts, canary_set, seed=c.seed)
+        train_set = encode_records(tok, train_texts, cfg.data.max_tokens)
+    if audit_set is not None:
+        train_texts = [*train_texts, *(t for t, k in zip(audit_set[0], audit_set[1], strict=True) if k)]
+        train_texts = [train_texts[i] for i in np.random.default_rng(cfg.training.seed).permutation(len(train_texts))]
         train_set = encode_records(tok, train_texts, cfg.data.max_tokens)
     mitigation = None
-    if cfg.mitigation is not None:
+    if cfg.mitigation is not None and cfg.mitigation.method == "dedup":
         train_set, mitigation = deduplicated(train_texts, train_set)
         progress.info(f"dedup: {mitigation['dropped']} duplicate training texts left out (one copy of each kept)")
     with clock("train"):
         train_info = train(
-            model, train_set.ids, inputs.pad_id, cfg.training, lr=lr, on_epoch_end=on_epoch_end, starts=train_set.first
+            model,
+            train_set.ids,
+            inputs.pad_id,
+            cfg.training,
+            lr=lr,
+            on_epoch_end=on_epoch_end,
+            starts=train_set.first,
+            privacy=cfg.privacy,
         )
     clock.add("train", -clock["score_finetuned"])  # the evaluations ran inside training
     with clock("attacks"):
         records = with_blind(records, blind)
+    privacy = privacy_results(cfg, model, tok, train_info.pop("privacy"), audit_set)
+    records += privacy.pop("records", [])
     with clock("extraction"):
         extraction = extraction_records(cfg, model, tok, splits, canary_set)
         records += extraction.pop("records")
@@ -149,6 +197,7 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "data": data_info(cfg, splits, inputs, base, keep),
         "split_audit": audit,
         "mitigation": mitigation,
+        "privacy": privacy or None,
         "extraction": extraction,
         "tuning": tuning_info,
         "training": train_info,
@@ -156,10 +205,84 @@ def _run(cfg: RunConfig, staging: Path | None) -> dict:
         "timings": dict(clock),
         "environment": environment(),
     }
-    if staging is not None:
-        ids = [x.id for x in splits.members + splits.nonmembers]
-        write_outputs(staging, cfg.to_toml(), results, ids, n_mem, scores, model if cfg.output.save_adapter else None)
-    return results
+    if leave_out:
+        results["subsets"] = [r.to_dict() for r in subsets]
+    ids = [x.id for x in corpus]
+    return Measured(results, scores, ids, n_mem, keep, model if cfg.output.save_adapter else None)
+
+
+def subset_records(
+    cfg: RunConfig,
+    scores: dict,
+    keep: np.ndarray,
+    left_out: np.ndarray,
+    n_members: int,
+    epoch: int,
+    *,
+    pretrained: dict | None = None,
+) -> list[Record]:
+    """The attacks' AUC/TPR rows of the members trained on (``subset = "trained"``) and of those left out
+    (``"left_out"``), each against all non-members. ``keep``, ``left_out``: (N,) bool, members first."""
+    member = np.arange(len(keep)) < n_members
+    out: list[Record] = []
+    for name, part in (("trained", member & ~left_out), ("left_out", left_out)):
+        sel = keep & (part | ~member)
+        before = kept_rows(pretrained, sel) if pretrained is not None else None
+        rows = stage_records(
+            cfg, kept_rows(scores, sel), float("nan"), epoch, int((keep & part).sum()), pretrained=before
+        )
+        out += [replace(r, subset=name) for r in rows if r.kind == "mia"]
+    return out
+
+
+def audit_before(cfg: RunConfig, model, tok) -> tuple[list[Text], np.ndarray, np.ndarray] | None:
+    """With ``privacy.audit = m``: the audit canaries, which are trained on, and their pre-trained NLL (m,)."""
+    if cfg.privacy is None or not cfg.privacy.audit:
+        return None
+    from memlens.extraction.epsilon import audit_canaries
+
+    texts, trained = audit_canaries(cfg.privacy.audit, seed=cfg.training.seed)
+    return texts, trained, _audit_nll(cfg, model, tok, texts)
+
+
+def _audit_nll(cfg: RunConfig, model, tok, texts: list[Text]) -> np.ndarray:
+    from memlens.scoring import score_texts
+
+    n, batch = cfg.data.max_tokens, cfg.scoring.batch_size
+    return score_texts(model, tok, [t.text for t in texts], max_tokens=n, batch_size=batch, desc="audit canaries").nll()
+
+
+def privacy_results(cfg: RunConfig, model, tok, dp: dict | None, audit_set) -> dict:
+    """``results.json``'s ``privacy``: the DP accountant's summary and the one-run audit, plus their records
+    (``kind = "privacy"``: ``epsilon`` spent, ``epsilon_lower_bound`` audited); empty without ``[privacy]``."""
+    if cfg.privacy is None:
+        return {}
+    out: dict = dp or {"dp": False}
+    records = []
+    if dp is not None:
+        note = f"delta {dp['delta']:g}, noise {dp['noise_multiplier']:.3g}, clip {dp['max_grad_norm']:g}"
+        records.append(Record("epsilon", dp["epsilon"], kind="privacy", attack="accountant", note=note))
+    if audit_set is not None:
+        from memlens.extraction.epsilon import one_run_audit
+
+        texts, trained, before = audit_set
+        drop = before - _audit_nll(cfg, model, tok, texts)  # (m,) loss drop: higher = more likely trained on
+        found = one_run_audit(drop, trained, delta=cfg.privacy.delta, confidence=cfg.privacy.audit_confidence)
+        out["audit"] = found
+        guesses = found["guessed_in"] + found["guessed_out"]
+        note = f"{found['correct']}/{guesses} guesses right, {found['canaries']} canaries"
+        records.append(
+            Record(
+                "epsilon_lower_bound",
+                found["epsilon_lower_bound"],
+                kind="privacy",
+                attack="one-run audit",
+                ci_low=found["epsilon_lower_bound"],
+                note=f"{note}, {found['confidence']:.0%} confidence, delta {found['delta']:g}",
+            )
+        )
+    out["records"] = records
+    return out
 
 
 def deduplicated(texts: Sequence[Text], encoded: Encoded) -> tuple[Encoded, dict]:
@@ -379,7 +502,7 @@ def encode_inputs(cfg: RunConfig, tok, texts: Sequence[Text | str], validation: 
     """Token ids of every pass: the texts (records: a chat or instruction record's completion after its prompt),
     the validation set and, where needed, lower-cased texts and the ReCaLL prefix (the first ``recall_shots``
     validation texts: non-members that are never scored as such)."""
-    from memlens.tokens import encode, encode_records
+    from memlens.tokens import encode
 
     records, val, n = as_records(texts), as_records(validation), cfg.data.max_tokens
     out = PassInputs(int(tok.pad_token_id), encode_records(tok, records, n), encode_records(tok, val, n))
@@ -430,7 +553,7 @@ def reference_model_stats(cfg: RunConfig, texts: Sequence[Text]) -> tuple[TokenS
     model is released before fine-tuning starts."""
     from memlens.models import load_model
     from memlens.scoring import score_cached
-    from memlens.tokens import encode_records, ensure_pad_token
+    from memlens.tokens import ensure_pad_token
 
     assert cfg.attacks.reference_model is not None
     ref = load_model(cfg.attacks.reference_model, device=cfg.model.device, dtype=cfg.model.dtype)

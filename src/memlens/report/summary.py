@@ -94,10 +94,52 @@ def summary_lines(results: dict) -> list[str]:
         ]
     lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
-    if m := results.get("mitigation"):
-        lines.append(f"mitigation {m['method']}: trained on {m['trained']} texts, {m['dropped']} duplicates left out")
+    lines += mitigation_lines(results.get("mitigation"))
+    lines += privacy_lines(results.get("privacy"))
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
+    return lines
+
+
+def mitigation_lines(m: dict | None) -> list[str]:
+    """What a mitigation left out and, for DynamicCut, the paired ΔAUC against the unmitigated fine-tune and
+    the random-cut control (verdicts only where the CI excludes 0)."""
+    if not m:
+        return []
+    if m["method"] == "dedup":
+        return [f"mitigation dedup: trained on {m['trained']} texts, {m['dropped']} duplicates left out"]
+    lines = [
+        f"mitigation DynamicCut: left out the {m['dropped']} most memorized members ({100 * m['fraction']:g}%, "
+        f"ranked by {m['rank_by'].replace('_', ' ')} under {m['rank_method']}), trained on {m['trained']}; "
+        "AUCs count every member"
+    ]
+    for c in m["comparisons"]:
+        verdict = "lower" if c["ci_high"] < 0 else "higher" if c["ci_low"] > 0 else "no difference shown"
+        lines.append(
+            f"  {c['attack']}: AUC {c['auc']:.3f} vs {c['auc_other']:.3f} {c['versus']}, "
+            f"Δ {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({verdict})"
+        )
+    return lines
+
+
+def privacy_lines(privacy: dict | None) -> list[str]:
+    """The DP accountant's ε and the one-run audit's lower bound, each with what it rests on."""
+    if not privacy:
+        return []
+    lines = []
+    if privacy.get("dp"):
+        eps = "∞ (no noise)" if privacy["epsilon"] is None else f"{privacy['epsilon']:.2f}"
+        lines.append(
+            f"DP-SGD: ε = {eps} at δ = {privacy['delta']:g} ({privacy['accountant']} accountant; noise multiplier "
+            f"{privacy['noise_multiplier']:.3g}, clip {privacy['max_grad_norm']:g}, {privacy['steps']} steps, "
+            f"{privacy['sampling']}; {100 * (privacy['clipped_share'] or 0):.0f}% of per-text gradients clipped)"
+        )
+    if a := privacy.get("audit"):
+        lines.append(
+            f"one-run audit: ε ≥ {a['epsilon_lower_bound']:.2f} at {a['confidence']:.0%} confidence "
+            f"({a['correct']}/{a['guessed_in'] + a['guessed_out']} guesses right on {a['canaries']} audit canaries, "
+            f"{a['trained']} trained on; the most this audit could show: {a['ceiling']:.2f})"
+        )
     return lines
 
 

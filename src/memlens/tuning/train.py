@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from memlens import progress
-from memlens.config import TrainingConfig
+from memlens.config import PrivacyConfig, TrainingConfig
 from memlens.tokens import grouped_batches, pad_batch, padding_fraction
 
 
@@ -27,12 +27,14 @@ def train(
     lr: float,
     on_epoch_end: Callable[[int], None] | None = None,
     starts: Sequence[int] | None = None,
+    privacy: PrivacyConfig | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place on token sequences ``ids``; return a summary (losses, tokens/s, time).
 
     ``on_epoch_end(epoch)`` is called after each epoch (1-based), e.g. to evaluate memorization. ``starts[i]``
     (default 1): the first token of sequence ``i`` in the loss (a prompt before it is context only, as SFT
-    trainers do for completions).
+    trainers do for completions). ``privacy`` with ``dp = true`` trains with DP-SGD
+    (:mod:`memlens.tuning.private`); the summary then has ``privacy`` (ε spent, σ, C, sampling).
     """
     import torch
     from transformers import get_scheduler
@@ -47,8 +49,15 @@ def train(
         raise ValueError("the model has no trainable parameters")
     device = params[0].device
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    n_batches = math.ceil(len(ids) / cfg.batch_size)
-    steps_per_epoch = math.ceil(n_batches / cfg.grad_accum)
+    private = None
+    if privacy is not None and privacy.dp:
+        from memlens.tuning.private import PrivateSteps
+
+        batch = cfg.batch_size * cfg.grad_accum
+        private = PrivateSteps(model, privacy, n=len(ids), batch=batch, epochs=cfg.epochs, seed=cfg.seed)
+        steps_per_epoch = private.steps_per_epoch
+    else:
+        steps_per_epoch = math.ceil(math.ceil(len(ids) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
     sched = get_scheduler(
         cfg.schedule,
@@ -58,44 +67,57 @@ def train(
     )
     epochs: list[dict] = []
     n_tokens, t_train, pad_frac = 0, 0.0, []
-    with progress.bar("fine-tuning", total_steps, "steps") as bar:
-        for epoch in range(1, cfg.epochs + 1):
-            model.train()
-            batches = grouped_batches(lengths, cfg.batch_size, rng)
-            pad_frac.append(padding_fraction(lengths, batches))
-            t0 = time.perf_counter()
-            loss_sum, tok_sum = 0.0, 0
-            for start in range(0, len(batches), cfg.grad_accum):
-                window = batches[start : start + cfg.grad_accum]
-                window_tokens = int(sum(learned[b].sum() for b in window))
-                if window_tokens == 0:
-                    continue
-                for rows in window:
-                    batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
-                    batch_ids, mask = batch_ids.to(device), mask.to(device)
-                    cols = torch.arange(batch_ids.shape[1], device=device)
-                    context = cols[None, :] < torch.as_tensor(first[rows], device=device)[:, None]
-                    labels = batch_ids.masked_fill((mask == 0) | context, -100)
-                    n_lab = int((labels[:, 1:] != -100).sum())
-                    if n_lab == 0:
+    try:
+        with progress.bar("fine-tuning", total_steps, "steps") as bar:
+            for epoch in range(1, cfg.epochs + 1):
+                model.train()
+                if private is not None:
+                    windows = private.epoch(lengths, cfg.batch_size, rng)
+                else:
+                    batches = grouped_batches(lengths, cfg.batch_size, rng)
+                    windows = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+                pad_frac.append(padding_fraction(lengths, [b for w in windows for b in w]))
+                t0 = time.perf_counter()
+                loss_sum, tok_sum = 0.0, 0
+                for window in windows:
+                    window_tokens = int(sum(learned[b].sum() for b in window))
+                    if window_tokens == 0 and private is None:
                         continue
-                    out = model(input_ids=batch_ids, attention_mask=mask, labels=labels)
-                    (out.loss * (n_lab / window_tokens)).backward()
-                    loss_sum += float(out.loss.detach()) * n_lab
-                    tok_sum += n_lab
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                bar.advance(1)
-                bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}")
-            dt = time.perf_counter() - t0
-            t_train += dt
-            n_tokens += int(lengths.sum())
-            epochs.append({"epoch": epoch, "train_loss": loss_sum / max(tok_sum, 1), "seconds": dt})
-            if on_epoch_end is not None:
-                on_epoch_end(epoch)
+                    for rows in window:
+                        batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
+                        batch_ids, mask = batch_ids.to(device), mask.to(device)
+                        cols = torch.arange(batch_ids.shape[1], device=device)
+                        context = cols[None, :] < torch.as_tensor(first[rows], device=device)[:, None]
+                        labels = batch_ids.masked_fill((mask == 0) | context, -100)
+                        if private is not None:
+                            nll, n_lab = private.backward(batch_ids, mask, labels)
+                            loss_sum, tok_sum = loss_sum + nll, tok_sum + n_lab
+                            continue
+                        n_lab = int((labels[:, 1:] != -100).sum())
+                        if n_lab == 0:
+                            continue
+                        out = model(input_ids=batch_ids, attention_mask=mask, labels=labels)
+                        (out.loss * (n_lab / window_tokens)).backward()
+                        loss_sum += float(out.loss.detach()) * n_lab
+                        tok_sum += n_lab
+                    if private is not None:
+                        private.noised()  # every step adds noise, even one that sampled no text
+                    elif cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    opt.step()
+                    sched.step()
+                    opt.zero_grad(set_to_none=True)
+                    bar.advance(1)
+                    eps = f" ε {private.epsilon():.2f}" if private is not None else ""
+                    bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{eps}")
+                dt = time.perf_counter() - t0
+                t_train += dt
+                n_tokens += int(lengths.sum())
+                epochs.append({"epoch": epoch, "train_loss": loss_sum / max(tok_sum, 1), "seconds": dt})
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch)
+    finally:
+        summary = private.close() if private is not None else None
     model.eval()
     return {
         "epochs": epochs,
@@ -105,4 +127,5 @@ def train(
         "train_seconds": t_train,
         "tokens_per_second": n_tokens / t_train if t_train else float("nan"),
         "padding_fraction": float(np.mean(pad_frac)) if pad_frac else 0.0,
+        "privacy": summary,
     }

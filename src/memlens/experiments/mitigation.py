@@ -1,0 +1,103 @@
+"""DynamicCut for fine-tuning (after Fang et al., "A Closer Look on Memorization in Tabular Diffusion Model"):
+rank the members by how strongly one fine-tune memorized them, leave the top fraction out, fine-tune again.
+
+Three fine-tunes from the same pre-trained model, on the same members, non-members and seeds:
+
+1. the ranking fine-tune (``rank_method``, default the run's own method), evaluated after every epoch; a
+   member's intensity is its loss drop (pre-trained minus fine-tuned mean token NLL) averaged over the epochs;
+2. the cut fine-tune, without the ``fraction`` of members with the highest intensity — the run's result;
+3. the control, without a random set of members of the same size (``control = true``).
+
+Every member stays attacked in all three, so the headline AUC is the whole data set's exposure; the members
+trained on and those left out are also reported apart (``subsets``). ``results.json``'s ``mitigation`` holds
+what was left out (ids, never text) and the ranking fine-tune's and the control's records.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from memlens import progress
+from memlens.config import RunConfig
+from memlens.data import load_splits
+from memlens.errors import MemlensError
+from memlens.experiments.runner import Measured, measure
+
+
+def intensity(m: Measured) -> np.ndarray:
+    """(n_members,) each member's loss drop, pre-trained minus fine-tuned mean token NLL, averaged over the
+    fine-tuned epochs evaluated (NaN scores count as no drop)."""
+    before = m.scores[0]["nll"][: m.n_members]
+    drops = [before - m.scores[e]["nll"][: m.n_members] for e in sorted(m.scores) if e > 0 and "nll" in m.scores[e]]
+    if not drops:
+        raise MemlensError("DynamicCut needs at least one fine-tuned epoch to rank the members")
+    return np.nan_to_num(np.mean(drops, axis=0), nan=-np.inf)
+
+
+def versus(cut: Measured, other: Measured, name: str, cfg: RunConfig) -> list[dict]:
+    """Paired ΔAUC (``cut`` − ``other``) of each attack after the last epoch, on the same texts (DeLong)."""
+    from memlens.comparison import delong
+
+    last = max(cut.scores)
+    a, b = cut.scores[last], other.scores[max(other.scores)]
+    n = int(cut.keep[: cut.n_members].sum())
+    out = []
+    for label in [x for x in a if x in b and x != "nll" and not x.startswith("extraction")]:
+        try:
+            d = delong(a[label][cut.keep], b[label][cut.keep], n, confidence=cfg.attacks.confidence)
+        except ValueError:  # no finite member or non-member under both
+            continue
+        out.append(
+            {"versus": name, "attack": label, "auc": d.a, "auc_other": d.b, "diff": d.diff}
+            | {"ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value}
+        )
+    return out
+
+
+def dynamic_cut(cfg: RunConfig, staging: Path | None) -> dict:
+    """The three fine-tunes of the module docstring; returns the cut fine-tune's results."""
+    mc = cfg.mitigation
+    assert mc is not None and mc.method == "dynamiccut"
+    ranking_cfg = cfg.model_copy(deep=True)
+    ranking_cfg.mitigation = None
+    ranking_cfg.training.eval_every = 1  # the intensity is epoch-wise
+    if mc.rank_method is not None and mc.rank_method != cfg.tuning.method:
+        ranking_cfg.tuning.method = mc.rank_method
+        ranking_cfg.training.lr = None  # that method's default learning rate
+    n = len(load_splits(cfg.data).members)  # checked before any fine-tuning
+    k = round(mc.fraction * n)
+    if not 1 <= k < n:
+        raise MemlensError(f"mitigation.fraction {mc.fraction:g} of {n} members leaves out {k}: need 1 to n-1")
+    progress.info(f"DynamicCut 1/{2 + mc.control}: the ranking fine-tune ({ranking_cfg.tuning.method})")
+    ranking = measure(ranking_cfg, None)
+    members = ranking.ids[: ranking.n_members]
+    order = np.argsort(-intensity(ranking), kind="stable")
+    cut = [members[i] for i in sorted(order[:k])]
+    progress.info(f"DynamicCut 2/{2 + mc.control}: fine-tuning without the {k} most memorized members")
+    measured = measure(cfg, staging, leave_out=frozenset(cut))
+    info: dict = {
+        "method": "dynamiccut",
+        "fraction": mc.fraction,
+        "rank_by": mc.rank_by,
+        "rank_method": ranking_cfg.tuning.method,
+        "trained": len(members) - k,
+        "dropped": k,
+        "dropped_ids": cut,
+        "ranking_records": ranking.results["records"],
+        "comparisons": versus(measured, ranking, "unmitigated", cfg),
+    }
+    if mc.control:
+        rng = np.random.default_rng([cfg.training.seed, 0xC07])
+        random_cut = [members[i] for i in sorted(rng.choice(len(members), k, replace=False))]
+        progress.info(f"DynamicCut 3/3: the control, fine-tuning without {k} random members")
+        control = measure(cfg, None, leave_out=frozenset(random_cut))
+        info |= {
+            "control_ids": random_cut,
+            "control_records": control.results["records"],
+            "control_subsets": control.results["subsets"],
+        }
+        info["comparisons"] += versus(measured, control, "random cut", cfg)
+    measured.results["mitigation"] = info
+    return measured.saved(cfg, staging)

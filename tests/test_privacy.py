@@ -1,0 +1,178 @@
+"""DP-SGD (clipping, noise, accountant, refusals) and the one-run ε audit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_one_line_error, invoke, tiny_config, write_config
+
+from memlens.config import PrivacyConfig, TrainingConfig, TuningConfig, parse_config
+from memlens.errors import MemlensError
+from memlens.extraction.epsilon import audit_canaries, epsilon_lower_bound, one_run_audit, p_value
+from memlens.tuning import apply_method, train
+from memlens.tuning.private import PrivateSteps, clip_and_sum
+
+
+def _lora(tiny):
+    torch.manual_seed(0)  # LoRA's A is random
+    model, _ = apply_method(tiny.model, TuningConfig(method="lora", rank=4, dropout=0.0))
+    return model
+
+
+def _ids(n: int, length: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 500, size=(n, length)).tolist()
+
+
+def test_clipping_scales_each_sample_to_the_bound_over_all_parameters():
+    g = [torch.randn(5, 3, 4) * 10, torch.randn(5, 7)]
+    g[0][2], g[1][2] = 1e-3, 1e-3  # one sample already inside the bound
+    summed, norms = clip_and_sum(g, 1.0)
+    true = torch.sqrt((g[0] ** 2).sum((1, 2)) + (g[1] ** 2).sum(1))
+    assert torch.allclose(norms, true)
+    for i in range(5):  # the batch's sum is the sum of each sample clipped on its own
+        one, _ = clip_and_sum([x[i : i + 1] for x in g], 1.0)
+        assert float(torch.sqrt(sum((o**2).sum() for o in one))) <= 1.0 + 1e-5
+    each = [clip_and_sum([x[i : i + 1] for x in g], 1.0)[0] for i in range(5)]
+    assert all(torch.allclose(s, sum(e[j] for e in each), atol=1e-5) for j, s in enumerate(summed))
+    assert torch.allclose(summed[0][0] * 0, torch.zeros(4))  # shapes kept
+    small, _ = clip_and_sum([x[2:3] for x in g], 1.0)
+    assert torch.allclose(small[1], g[1][2], atol=1e-6)  # a small gradient is not rescaled
+
+
+def test_per_text_gradients_are_clipped_before_the_noise_and_only_trainable_weights_are_hooked(tiny):
+    model = _lora(tiny)
+    model.train()
+    privacy = PrivacyConfig(dp=True, noise_multiplier=0.0, max_grad_norm=1e-3)
+    steps = PrivateSteps(model, privacy, n=16, batch=4, epochs=1, seed=0)
+    ids = torch.tensor(_ids(4, 12))
+    mask = torch.ones_like(ids)
+    steps.backward(ids[:1], mask[:1], ids[:1].clone())
+    norm1 = float(torch.sqrt(sum((s**2).sum() for s in steps.sums)))
+    assert steps.norms[0][0] > 1e-3 and norm1 == pytest.approx(1e-3, rel=1e-3)  # it was clipped, to C
+    steps.backward(ids[1:], mask[1:], ids[1:].clone())
+    assert float(torch.sqrt(sum((s**2).sum() for s in steps.sums))) <= 4 * 1e-3 * (1 + 1e-4)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(getattr(p, "grad_sample", None) is None and p.grad is None for p in frozen)
+    steps.noised()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None for p in trainable)
+    assert steps.close()["clipped_share"] == 1.0
+
+
+def test_dp_without_noise_or_clipping_equals_ordinary_training(tiny_dir):
+    """σ = 0 and a bound no gradient reaches, one batch of equal-length texts: the DP update is the ordinary one."""
+    from memlens.models import load_model
+
+    ids = _ids(8, 10)
+    cfg = TrainingConfig(epochs=2, batch_size=8, lr=1e-2, max_grad_norm=None)
+    weights = []
+    for privacy in (None, PrivacyConfig(dp=True, noise_multiplier=0.0, max_grad_norm=1e9, poisson=False)):
+        model = _lora(load_model(str(tiny_dir), device="cpu"))
+        info = train(model, ids, 0, cfg, lr=1e-2, privacy=privacy)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad]))
+    assert float(weights[0].abs().max()) > 0
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
+    assert info["privacy"]["epsilon"] is None and info["privacy"]["clipped_share"] == 0.0
+
+
+def test_dp_training_moves_the_adapter_spends_its_budget_and_leaves_the_base_alone(tiny):
+    model = _lora(tiny)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora_b = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    privacy = PrivacyConfig(dp=True, epsilon=4.0, delta=1e-3)
+    info = train(model, _ids(40, 9), 0, TrainingConfig(epochs=2, batch_size=8), lr=1e-2, privacy=privacy)["privacy"]
+    moved = [float((p.detach() - lora_b[n]).abs().max()) for n, p in model.named_parameters() if n in lora_b]
+    assert min(moved) > 0  # every adapter moved (LoRA's B starts at zero)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    assert 3.6 <= info["epsilon"] <= 4.0 + 1e-6  # the noise was calibrated to spend the budget, not more
+    assert info["steps"] == 2 * 5 and info["sample_rate"] == pytest.approx(0.2) and info["sampling"] == "poisson"
+    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
+
+
+def test_a_delta_not_below_one_over_n_is_refused(tiny):
+    with pytest.raises(MemlensError, match="not below 1/N"):
+        PrivateSteps(_lora(tiny), PrivacyConfig(dp=True, epsilon=1.0, delta=0.1), n=20, batch=4, epochs=1, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("section", "tuning", "pattern"),
+    [
+        ({"dp": True}, "lora", "exactly one of epsilon"),
+        ({"dp": True, "epsilon": 1.0, "noise_multiplier": 1.0}, "lora", "exactly one of epsilon"),
+        ({"epsilon": 1.0}, "lora", "only with dp = true"),
+        ({"dp": True, "epsilon": 1.0}, "ia3", "DP-SGD cannot train tuning.method 'ia3'"),
+        ({"dp": True, "epsilon": 1.0}, "prompt", "soft prompt once per batch"),
+        ({"audit": -1}, "lora", "privacy.audit"),
+        ({"audit": 5}, "lora", "at least 20 canaries"),
+    ],
+)
+def test_bad_privacy_configs_are_one_clear_error(tmp_path, tiny_dir, section, tuning, pattern):
+    cfg = tiny_config(tiny_dir, tmp_path / "out", privacy=section, tuning={"method": tuning})
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg))
+    assert_one_line_error(result, pattern)
+    assert not (tmp_path / "out").exists()
+
+
+def test_p_value_and_bound_match_the_closed_form_and_grow_with_evidence():
+    # δ = 0, every guess right: P[Bin(r, q) ≥ r] = q^r = β  ⇒  ε = logit(β^(1/r))
+    beta = 0.05
+    for r in (10, 100):
+        q = beta ** (1 / r)
+        assert epsilon_lower_bound(1000, r, r, delta=0, beta=beta) == pytest.approx(np.log(q / (1 - q)), abs=1e-5)
+    assert p_value(100, 50, 30, 0.5, 1e-5) < p_value(100, 50, 30, 1.0, 1e-5)  # rising in ε
+    assert p_value(100, 50, 30, 0.5, 1e-3) > p_value(100, 50, 30, 0.5, 0)  # δ only weakens the test
+    assert epsilon_lower_bound(1000, 100, 50, delta=1e-5, beta=beta) == 0.0  # a coin's accuracy proves nothing
+    with pytest.raises(ValueError):
+        epsilon_lower_bound(10, 20, 5, delta=0, beta=beta)
+
+
+def _randomised_response(eps: float, m: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """An ε-DP mechanism on each canary's membership bit: the score shows the truth w.p. e^ε / (1 + e^ε)."""
+    trained = rng.random(m) < 0.5
+    shown = np.where(rng.random(m) < 1 / (1 + np.exp(-eps)), trained, ~trained)
+    return shown + 0.01 * rng.random(m), trained
+
+
+def test_the_audit_never_claims_more_than_the_true_epsilon_and_finds_a_real_leak():
+    rng = np.random.default_rng(0)
+    over = [
+        one_run_audit(*_randomised_response(1.0, 400, rng), delta=0)["epsilon_lower_bound"] > 1.0 for _ in range(40)
+    ]
+    assert sum(over) <= 2  # a 95% bound may be exceeded 5% of the time
+    blind = [
+        one_run_audit(rng.random(400), rng.random(400) < 0.5, delta=1e-5)["epsilon_lower_bound"] for _ in range(40)
+    ]
+    assert sum(b > 0 for b in blind) <= 2  # scores that know nothing prove nothing
+    found = one_run_audit(*_randomised_response(4.0, 1000, rng), delta=1e-5)
+    assert 2.0 < found["epsilon_lower_bound"] <= 4.0 and found["ceiling"] >= found["epsilon_lower_bound"]
+
+
+def test_audit_canaries_are_distinct_seeded_and_half_trained():
+    texts, trained = audit_canaries(2000, seed=3)
+    assert len({t.text for t in texts}) == 2000 and texts[5].id == "audit-5"
+    again, trained2 = audit_canaries(2000, seed=3)
+    assert [t.text for t in again] == [t.text for t in texts] and np.array_equal(trained, trained2)
+    assert 0.45 < trained.mean() < 0.55
+    with pytest.raises(MemlensError, match="at least 20 audit canaries"):
+        one_run_audit(np.zeros(10), np.ones(10, bool), delta=1e-5)
+    with pytest.raises(MemlensError, match="one finite score"):
+        one_run_audit(np.array([np.nan] * 30), np.ones(30, bool), delta=1e-5)
+
+
+def test_a_private_run_records_its_epsilon_and_its_audit(tmp_path, tiny_dir):
+    from memlens.experiments.runner import run
+    from memlens.report.summary import privacy_lines
+
+    privacy = {"dp": True, "epsilon": 8.0, "delta": 1e-3, "audit": 40}
+    cfg = parse_config(tiny_config(tiny_dir, tmp_path / "out", privacy=privacy, tuning={"method": "lora"}))
+    results = run(cfg, write=False)
+    p = results["privacy"]
+    assert p["dp"] and 7.0 < p["epsilon"] <= 8.0 and p["training_texts"] == 24 + p["audit"]["trained"]
+    assert p["audit"]["canaries"] == 40 and 0 <= p["audit"]["epsilon_lower_bound"] <= p["audit"]["ceiling"]
+    rows = {r["metric"]: r for r in results["records"] if r["kind"] == "privacy"}
+    assert rows["epsilon"]["value"] == p["epsilon"] and rows["epsilon_lower_bound"]["attack"] == "one-run audit"
+    lines = privacy_lines(p)
+    assert lines[0].startswith("DP-SGD: ε = ") and lines[1].startswith("one-run audit: ε ≥ ")
+    assert "Record of" not in str(results)  # audit canary texts are never written out
