@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import assert_one_line_error, invoke, tiny_config, write_config
 
+import memlens
 from memlens.config import PrivacyConfig, TrainingConfig, TuningConfig, parse_config
 from memlens.errors import MemlensError
 from memlens.extraction.epsilon import audit_canaries, epsilon_lower_bound, one_run_audit, p_value
@@ -145,7 +146,7 @@ def test_the_audit_never_claims_more_than_the_true_epsilon_and_finds_a_real_leak
         one_run_audit(rng.random(400), rng.random(400) < 0.5, delta=1e-5)["epsilon_lower_bound"] for _ in range(40)
     ]
     assert sum(b > 0 for b in blind) <= 2  # scores that know nothing prove nothing
-    found = one_run_audit(*_randomised_response(4.0, 1000, rng), delta=1e-5)
+    found = memlens.one_run_audit(*_randomised_response(4.0, 1000, rng), delta=1e-5)  # the public API
     assert 2.0 < found["epsilon_lower_bound"] <= 4.0 and found["ceiling"] >= found["epsilon_lower_bound"]
 
 
@@ -176,3 +177,13 @@ def test_a_private_run_records_its_epsilon_and_its_audit(tmp_path, tiny_dir):
     lines = privacy_lines(p)
     assert lines[0].startswith("DP-SGD: ε = ") and lines[1].startswith("one-run audit: ε ≥ ")
     assert "Record of" not in str(results)  # audit canary texts are never written out
+
+
+def test_the_audit_proves_a_positive_epsilon_for_a_fine_tune_that_memorizes(tmp_path, tiny_dir):
+    """No DP, heavy full fine-tuning of the tiny model: the trained audit canaries stand out, ε ≥ something > 0."""
+    from memlens.experiments.runner import run
+
+    sections = {"privacy": {"audit": 100}, "training": {"epochs": 6, "lr": 3e-3}}
+    results = run(parse_config(tiny_config(tiny_dir, tmp_path / "out", **sections)), write=False)
+    audit = results["privacy"]["audit"]
+    assert results["privacy"]["dp"] is False and 0.3 < audit["epsilon_lower_bound"] <= audit["ceiling"]

@@ -296,3 +296,23 @@ def test_a_single_run_folder_is_reportable_and_stays_overwritable(tiny_dir, tmp_
     assert not (out / "results.db").exists()  # the run folder gains its report, nothing else
     again = invoke("run", str(cfg), "--overwrite")
     assert again.exit_code == 0, again.output
+
+
+def test_dp_trials_carry_their_epsilon_on_the_frontier_and_in_the_headline_table():
+    from memlens.report.tables import headline_table
+
+    numbers = ["ci_low", "ci_high", "auc0", "blind", "blind_low", "blind_high", "gap", "gap_low", "gap_high"]
+    numbers += ["nonmember_drop", "nonmember_low", "nonmember_high", "val_ppl0", "tpr"]
+    base = dict.fromkeys(numbers, 0.5) | {"epoch": 2, "tpr_note": None, "beats_blind": True}
+    final = pd.DataFrame(
+        [
+            base | {"label": "plain", "auc": 0.9, "val_ppl": 20.0, "epsilon": None, "epsilon_audit": 1.25},
+            base | {"label": "private", "auc": 0.55, "val_ppl": 40.0, "epsilon": 8.0, "epsilon_audit": 0.0},
+        ]
+    )
+    svg = plots.privacy_utility_frontier(final, attack="loss")
+    assert "private (ε=8)" in svg and "plain (ε" not in svg
+    table = headline_table(final, "loss")
+    assert table.headers[-1] == "ε spent (DP) / audited ≥"
+    assert [row[-1].text for row in table.rows] == ["— / 1.25", "8.00 / 0.00"]
+    assert headline_table(final.drop(columns=["epsilon", "epsilon_audit"]), "loss").headers[-1] != table.headers[-1]

@@ -23,6 +23,7 @@ _API = {
     "load_config": "memlens.config",
     "builtin_config": "memlens.config",
     "with_overrides": "memlens.config",
+    "PrivacyConfig": "memlens.config",
     "load_model": "memlens.models",
     "load_splits": "memlens.data",
     "score_texts": "memlens.scoring",
@@ -34,6 +35,7 @@ _API = {
     "Record": "memlens.records",
     "apply_method": "memlens.tuning",
     "train": "memlens.tuning",
+    "one_run_audit": "memlens.extraction.epsilon",
     "MemlensError": "memlens.errors",
 }
 __all__ = [*_API, "__version__"]

@@ -229,7 +229,8 @@ def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -
                     first = str(err).splitlines()[0] if str(err) else type(err).__name__
                     progress.info(f"trial {label!r} failed: {first}")
                 else:
-                    info = {k: results[k] for k in ("model", "tuning", "training", "timings", "environment", "data")}
+                    keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
+                    info = {k: results.get(k) for k in keys}
                     store.finish(trial_id, results["records"], info, time.perf_counter() - t0)
                 bar.advance(1)
     counts = store.counts(sweep.name)

@@ -161,6 +161,8 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 or "all trials",
                 "trainable": info.get("trainable_parameters"),
                 "share": info.get("trainable_share"),
+                "epsilon": value_of(pick(None, "accountant", "epsilon"), "value"),  # DP-SGD's spent budget
+                "epsilon_audit": value_of(pick(None, "one-run audit", "epsilon_lower_bound"), "value"),
             }
         )
     return pd.DataFrame(rows)

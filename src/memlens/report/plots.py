@@ -430,7 +430,8 @@ def privacy_utility_frontier(
     final: pd.DataFrame, *, attack: str = "reference", colors: dict[str, str] | None = None
 ) -> Figure | None:
     """Each trial's final validation perplexity (utility, lower is better) against its attack AUC (privacy
-    leak, lower is better), with the 95% CI of the AUC; Pareto-optimal trials are filled, joined and named."""
+    leak, lower is better), with the 95% CI of the AUC; Pareto-optimal trials are filled, joined and named, and
+    DP-SGD trials carry the ε they spent."""
     rows = final.dropna(subset=["auc", "val_ppl"]) if {"auc", "val_ppl"} <= set(final) else final.iloc[0:0]
     if rows.empty:
         return None
@@ -444,9 +445,11 @@ def privacy_utility_frontier(
         ax.scatter(
             r["auc"], r["val_ppl"], color=cols[r["label"]], zorder=3, linewidths=1.2, **style, label=_text(r["label"])
         )
-        if on_front:
+        eps = r.get("epsilon")
+        dp = f" (ε={eps:.2g})" if eps is not None and np.isfinite(eps) else ""
+        if on_front or dp:
             ax.annotate(
-                _text(r["label"]), (r["auc"], r["val_ppl"]), xytext=(6, 5), textcoords="offset points", fontsize=8
+                _text(r["label"] + dp), (r["auc"], r["val_ppl"]), xytext=(6, 5), textcoords="offset points", fontsize=8
             )
     front = rows[best].sort_values("auc")
     ax.plot(front["auc"], front["val_ppl"], color="#222222", linewidth=1, drawstyle="steps-post", zorder=2)

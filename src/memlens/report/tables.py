@@ -92,6 +92,12 @@ def trials_table(trials: pd.DataFrame) -> Table:
     return Table(headers, rows)
 
 
+EPSILON_NOTE = (
+    "ε spent: what the DP-SGD accountant reports at the run's δ (— without DP); audited ≥: the one-run audit's "
+    "lower bound from the audit canaries (— without them). A bound above the spent ε would be a bug."
+)
+
+
 def headline_table(final: pd.DataFrame, attack: str) -> Table:
     """The headline attack per trial at its final epoch, beside chance, the blind baseline and epoch 0."""
     rows = [
@@ -122,6 +128,11 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
         "val PPL pre → post",
     ]
     notes = (*_tpr_notes(r["tpr_note"] for r in final.to_dict("records")), GAP_NOTE)
+    if {"epsilon", "epsilon_audit"} <= set(final) and final[["epsilon", "epsilon_audit"]].notna().any().any():
+        headers.append("ε spent (DP) / audited ≥")
+        for row, r in zip(rows, final.to_dict("records"), strict=True):
+            row.append(Cell(f"{_f(r['epsilon'], 2)} / {_f(r['epsilon_audit'], 2)}", "num"))
+        notes = (*notes, EPSILON_NOTE)
     return Table(headers, rows, notes)
 
 
