@@ -56,8 +56,11 @@ def test_dynamiccut_run_leaves_out_the_most_memorized_beside_a_random_control(ti
     assert all(c["ci_low"] <= c["diff"] <= c["ci_high"] for c in m["comparisons"])
     assert {r["subset"] for r in results["subsets"]} == {"trained", "left_out"}
     assert any(r["metric"] == "val_ppl" for r in m["ranking_records"] + m["control_records"])
-    lines = mitigation_lines(m)
+    lines = mitigation_lines(m, results["subsets"])
     assert lines[0].startswith("mitigation DynamicCut: left out the 6 most memorized members")
+    assert any(
+        line.startswith("  left-out members vs non-members, loss: AUC ") and "random cut" in line for line in lines
+    )
     assert "DynamicCut" in result.stdout
 
 

@@ -94,16 +94,17 @@ def summary_lines(results: dict) -> list[str]:
         ]
     lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
-    lines += mitigation_lines(results.get("mitigation"))
+    lines += mitigation_lines(results.get("mitigation"), results.get("subsets"))
     lines += privacy_lines(results.get("privacy"))
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
 
 
-def mitigation_lines(m: dict | None) -> list[str]:
+def mitigation_lines(m: dict | None, subsets: list[dict] | None = None) -> list[str]:
     """What a mitigation left out and, for DynamicCut, the paired ΔAUC against the unmitigated fine-tune and
-    the random-cut control (verdicts only where the CI excludes 0)."""
+    the random-cut control (verdicts only where the CI excludes 0), and the left-out members' AUC against the
+    non-members beside the control's (do they stay memorized without being trained on?)."""
     if not m:
         return []
     if m["method"] == "dedup":
@@ -119,7 +120,18 @@ def mitigation_lines(m: dict | None) -> list[str]:
             f"  {c['attack']}: AUC {c['auc']:.3f} vs {c['auc_other']:.3f} {c['versus']}, "
             f"Δ {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({verdict})"
         )
+    left = {r["attack"]: r for r in _last_left_out(subsets)}
+    control = {r["attack"]: r for r in _last_left_out(m.get("control_subsets"))}
+    for attack, r in left.items():
+        other = f"; the random cut's left out: {_auc(control[attack])}" if attack in control else ""
+        lines.append(f"  left-out members vs non-members, {attack}: AUC {_auc(r)}{other}")
     return lines
+
+
+def _last_left_out(subsets: list[dict] | None) -> list[dict]:
+    rows = [r for r in subsets or [] if r["subset"] == "left_out" and r["metric"] == "auc"]
+    last = max((r["epoch"] for r in rows), default=None)
+    return [r for r in rows if r["epoch"] == last]
 
 
 def privacy_lines(privacy: dict | None) -> list[str]:
