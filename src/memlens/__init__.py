@@ -17,7 +17,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "run": "memlens.experiments.runner",
+    "run": "memlens.experiments",
     "audit": "memlens.experiments.audit",
     "RunConfig": "memlens.config",
     "load_config": "memlens.config",

@@ -237,6 +237,16 @@ class MitigationConfig(_Section):
     control: bool = True
 
 
+_PER_BATCH_PROMPT = (
+    "peft computes the soft prompt once per batch, so opacus would see one sample instead of one per text"
+)
+DP_UNSUPPORTED = {
+    "ia3": "peft keeps IA³ vectors where opacus computes no per-sample gradients (they would silently go unclipped)",
+    "prompt": _PER_BATCH_PROMPT,
+    "ptuning": _PER_BATCH_PROMPT,
+}  # the methods DP-SGD refuses, and why; full, head, lora and prefix are supported
+
+
 class PrivacyConfig(_Section):
     """Differentially private fine-tuning (DP-SGD) and a check of its claim.
 
@@ -318,10 +328,8 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _private_method(self) -> RunConfig:
-        from memlens.tuning.private import UNSUPPORTED
-
-        if self.privacy is not None and self.privacy.dp and self.tuning.method in UNSUPPORTED:
-            why = UNSUPPORTED[self.tuning.method]
+        if self.privacy is not None and self.privacy.dp and self.tuning.method in DP_UNSUPPORTED:
+            why = DP_UNSUPPORTED[self.tuning.method]
             raise ValueError(f"DP-SGD cannot train tuning.method {self.tuning.method!r}: {why}")
         return self
 

@@ -32,7 +32,8 @@ from memlens.tokens import Encoded, encode_records, scored_texts
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
-    """Run ``cfg``; return the results (the content of ``results.json``) and, if ``write``, save them.
+    """Run ``cfg``, one fine-tune; return the results (the content of ``results.json``) and, if ``write``,
+    save them. (:func:`memlens.experiments.run` also runs DynamicCut's three fine-tunes.)
 
     The output folder is checked and its staging folder created before any work (see
     :mod:`memlens.experiments.outputs`); results are moved into place only when the run has finished, so an
@@ -40,6 +41,8 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
     """
     if cfg.model.adapter is not None:
         raise MemlensError("model.adapter names a model fine-tuned elsewhere: measure it with `memlens audit`")
+    if cfg.mitigation is not None and cfg.mitigation.method == "dynamiccut":
+        raise MemlensError("DynamicCut fine-tunes three times: run it with memlens.experiments.run")
     return published(cfg, _run, write=write)
 
 
@@ -61,10 +64,6 @@ def published(cfg: RunConfig, work, *, write: bool = True) -> dict:
 
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:
-    if cfg.mitigation is not None and cfg.mitigation.method == "dynamiccut":
-        from memlens.experiments.mitigation import dynamic_cut
-
-        return dynamic_cut(cfg, staging)
     return measure(cfg, staging).saved(cfg, staging)
 
 

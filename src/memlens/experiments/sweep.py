@@ -200,7 +200,7 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
 
 def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -> dict[str, int]:
     """Run every unfinished trial of ``sweep`` into the store in ``folder``; return the status counts."""
-    from memlens.experiments.runner import run
+    from memlens.experiments import run
     from memlens.experiments.store import Store
 
     store = Store(folder)

@@ -20,15 +20,6 @@ import numpy as np
 
 from memlens.errors import MemlensError
 
-PER_BATCH_PROMPT = (
-    "peft computes the soft prompt once per batch, so opacus would see one sample instead of one per text"
-)
-UNSUPPORTED = {
-    "ia3": "peft keeps IA³ vectors where opacus computes no per-sample gradients (they would silently go unclipped)",
-    "prompt": PER_BATCH_PROMPT,
-    "ptuning": PER_BATCH_PROMPT,
-}  # the methods DP-SGD refuses, and why; full, head, lora and prefix are supported
-
 
 def noise_multiplier(privacy, *, sample_rate: float, steps: int) -> float:
     """σ: ``privacy.noise_multiplier`` as given, or the smallest σ whose ε over ``steps`` steps at ``sample_rate``
