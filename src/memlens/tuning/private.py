@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from memlens.config import PrivacyConfig
 from memlens.errors import MemlensError
 
 
-def noise_multiplier(privacy, *, sample_rate: float, steps: int) -> float:
+def noise_multiplier(privacy: PrivacyConfig, *, sample_rate: float, steps: int) -> float:
     """σ: ``privacy.noise_multiplier`` as given, or the smallest σ whose ε over ``steps`` steps at ``sample_rate``
     stays within ``privacy.epsilon`` at ``privacy.delta`` (opacus's calibration for its accountant)."""
     if privacy.noise_multiplier is not None:
@@ -57,7 +58,7 @@ class PrivateSteps:
     """DP-SGD's half of the training loop: which texts each step sees, their clipped gradients, the noise, the
     accountant. ``model`` is hooked for per-sample gradients until :meth:`close`."""
 
-    def __init__(self, model, privacy, *, n: int, batch: int, epochs: int, seed: int) -> None:
+    def __init__(self, model, privacy: PrivacyConfig, *, n: int, batch: int, epochs: int, seed: int) -> None:
         import torch
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
