@@ -37,7 +37,7 @@ def test_clipping_scales_each_sample_to_the_bound_over_all_parameters():
         assert float(torch.sqrt(sum((o**2).sum() for o in one))) <= 1.0 + 1e-5
     each = [clip_and_sum([x[i : i + 1] for x in g], 1.0)[0] for i in range(5)]
     assert all(torch.allclose(s, sum(e[j] for e in each), atol=1e-5) for j, s in enumerate(summed))
-    assert torch.allclose(summed[0][0] * 0, torch.zeros(4))  # shapes kept
+    assert [x.shape for x in summed] == [(3, 4), (7,)]  # one sum per parameter, in its shape
     small, _ = clip_and_sum([x[2:3] for x in g], 1.0)
     assert torch.allclose(small[1], g[1][2], atol=1e-6)  # a small gradient is not rescaled
 
@@ -92,9 +92,12 @@ def test_dp_training_moves_the_adapter_spends_its_budget_and_leaves_the_base_alo
     assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
 
 
-def test_a_delta_not_below_one_over_n_is_refused(tiny):
+def test_a_delta_not_below_one_over_n_or_a_budget_too_small_is_refused(tiny):
+    model = _lora(tiny)
     with pytest.raises(MemlensError, match="not below 1/N"):
-        PrivateSteps(_lora(tiny), PrivacyConfig(dp=True, epsilon=1.0, delta=0.1), n=20, batch=4, epochs=1, seed=0)
+        PrivateSteps(model, PrivacyConfig(dp=True, epsilon=1.0, delta=0.1), n=20, batch=4, epochs=1, seed=0)
+    with pytest.raises(MemlensError, match=r"privacy\.epsilon 0\.001 cannot be met over 500 steps"):
+        PrivateSteps(model, PrivacyConfig(dp=True, epsilon=1e-3), n=1000, batch=500, epochs=250, seed=0)
 
 
 @pytest.mark.parametrize(

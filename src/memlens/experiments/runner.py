@@ -258,18 +258,15 @@ def privacy_results(cfg: RunConfig, model, tok, dp: dict | None, audit_set) -> d
         return {}
     out: dict = dp or {"dp": False}
     records = []
-    if dp is not None:
-        note = f"delta {dp['delta']:g}, noise {dp['noise_multiplier']:.3g}, clip {dp['max_grad_norm']:g}"
-        records.append(Record("epsilon", dp["epsilon"], kind="privacy", attack="accountant", note=note))
+    if dp is not None:  # what it rests on (δ, σ, C, sampling) are fields of results.json's privacy
+        records.append(Record("epsilon", dp["epsilon"], kind="privacy", attack="accountant"))
     if audit_set is not None:
         from memlens.extraction.epsilon import one_run_audit
 
         texts, trained, before = audit_set
         drop = before - _audit_nll(cfg, model, tok, texts)  # (m,) loss drop: higher = more likely trained on
         found = one_run_audit(drop, trained, delta=cfg.privacy.delta, confidence=cfg.privacy.audit_confidence)
-        out["audit"] = found
-        guesses = found["guessed_in"] + found["guessed_out"]
-        note = f"{found['correct']}/{guesses} guesses right, {found['canaries']} canaries"
+        out["audit"] = found  # its counts, δ and confidence are fields here, not packed into the record
         records.append(
             Record(
                 "epsilon_lower_bound",
@@ -277,7 +274,6 @@ def privacy_results(cfg: RunConfig, model, tok, dp: dict | None, audit_set) -> d
                 kind="privacy",
                 attack="one-run audit",
                 ci_low=found["epsilon_lower_bound"],
-                note=f"{note}, {found['confidence']:.0%} confidence, delta {found['delta']:g}",
             )
         )
     out["records"] = records

@@ -31,13 +31,19 @@ def noise_multiplier(privacy: PrivacyConfig, *, sample_rate: float, steps: int) 
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "Optimal order is the largest alpha")  # the search's first brackets
-        sigma = get_noise_multiplier(
-            target_epsilon=privacy.epsilon,
-            target_delta=privacy.delta,
-            sample_rate=sample_rate,
-            steps=steps,
-            accountant=privacy.accountant,
-        )
+        try:
+            sigma = get_noise_multiplier(
+                target_epsilon=privacy.epsilon,
+                target_delta=privacy.delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=privacy.accountant,
+            )
+        except ValueError as err:  # opacus: "The privacy budget is too low."
+            raise MemlensError(
+                f"privacy.epsilon {privacy.epsilon:g} cannot be met over {steps} steps at sampling rate "
+                f"{sample_rate:.3g} ({err}): raise epsilon, or train fewer epochs or on smaller batches"
+            ) from None
     return float(sigma)
 
 

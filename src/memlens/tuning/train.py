@@ -66,7 +66,7 @@ def train(
         num_training_steps=max(total_steps, 1),
     )
     epochs: list[dict] = []
-    n_tokens, t_train, pad_frac = 0, 0.0, []
+    n_tokens, t_train, pad_frac, spent = 0, 0.0, [], ""
     try:
         with progress.bar("fine-tuning", total_steps, "steps") as bar:
             for epoch in range(1, cfg.epochs + 1):
@@ -108,11 +108,12 @@ def train(
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     bar.advance(1)
-                    eps = f" ε {private.epsilon():.2f}" if private is not None else ""
-                    bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{eps}")
+                    bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{spent}")
                 dt = time.perf_counter() - t0
                 t_train += dt
-                n_tokens += int(lengths.sum())
+                n_tokens += int(sum(lengths[b].sum() for w in windows for b in w))
+                if private is not None:  # the accountant takes ~1 s, so once an epoch, not every step
+                    spent = f" ε {private.epsilon():.2f} after epoch {epoch}"
                 epochs.append({"epoch": epoch, "train_loss": loss_sum / max(tok_sum, 1), "seconds": dt})
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
