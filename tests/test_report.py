@@ -23,7 +23,7 @@ from memlens.report.page import render_markdown, render_report
 
 EVIL = "<script>alert(1)</script>"
 SECRET = "Patient Zq-4417 developed violet hiccups after 12 mg of zorblatamine twice daily."
-N_FIGURES = 10
+N_FIGURES = 11
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -43,9 +43,9 @@ def write_texts(path: Path, prefix: str, texts: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def sweep_dir(tiny_dir, tmp_path_factory) -> tuple[Path, list[str]]:
-    """A store with three finished LoRA trials (ranks 2/4/8, targets q+v or o, 2–3 epochs evaluated every
-    epoch, extraction and canaries; one labelled with a script tag) and one failed trial whose error holds a
-    script tag. A planted sentence is among the members."""
+    """A store with three finished LoRA trials (ranks 2/4/8, targets q+v on block 0 or 1, or o; 2–3 epochs
+    evaluated every epoch, extraction and canaries; one labelled with a script tag) and one failed trial whose
+    error holds a script tag. A planted sentence is among the members."""
     tmp = tmp_path_factory.mktemp("report")
     members = [SECRET, *phee_texts("train", 23)]
     data = {
@@ -72,8 +72,8 @@ def sweep_dir(tiny_dir, tmp_path_factory) -> tuple[Path, list[str]]:
         "name": "report-test",
         "base": base,
         "variants": [
-            {"targets": ["q", "v"], "rank": 2},
-            {"targets": ["q", "v"], "rank": 8},
+            {"targets": ["q", "v"], "rank": 2, "layers": [0]},
+            {"targets": ["q", "v"], "rank": 8, "layers": [1]},
             {"label": EVIL, "targets": ["o"], "rank": 4, "epochs": 3},
             {"label": "broken", "targets": ["no_such_proj"]},
         ],
@@ -185,12 +185,12 @@ def test_markdown_summary(report):
     header = next(line for line in lines if line.startswith("| trial | epoch | reference AUC"))
     table = lines[lines.index(header) : lines.index(header) + 5]
     assert len(table) == 5 and all(line.startswith("| ") for line in table)  # header, rule, 3 trials
-    assert re.search(r"\| targets=q\+v rank=8 \| 2 \| 0\.\d{3} \\\[0\.\d{3}, 0\.\d{3}\\\] \|", md)
+    assert re.search(r"\| targets=q\+v rank=8 layers=1 \| 2 \| 0\.\d{3} \\\[0\.\d{3}, 0\.\d{3}\\\] \|", md)
     assert (
         "## Failed trials" in md
         and "ValueError: bad target &lt;script&gt;alert(1)&lt;/script&gt; … second line &amp; more" in md
     )
-    assert "| targets=q+v rank=2 | canary x8 |" in md and "Not drawn" not in md
+    assert "| targets=q+v rank=2 layers=0 | canary x8 |" in md and "Not drawn" not in md
     # 24 non-members cannot resolve a 1% FPR: no number that looks measured, a footnote that says why
     assert "| — \\* |" in md and "\\* TPR @ 1% FPR not estimable: needs ≥ 100 non-members" in md
 

@@ -284,6 +284,60 @@ class PrivacyConfig(_Section):
         return self
 
 
+KDObjective = Literal["forward_kl", "reverse_kl", "mixed", "sequence"]
+LOGIT_OBJECTIVES = ("forward_kl", "reverse_kl", "mixed")  # these compare logits: teacher and student share a vocabulary
+
+
+class DistillationConfig(_Section):
+    """Knowledge distillation of the fine-tuned model (the teacher) into a student, which is then attacked on
+    the teacher's members and non-members exactly as the teacher is (does membership survive distillation?).
+
+    - ``student``: ``"same"`` (a fresh copy of the pre-trained model), ``"half"`` (the pre-trained model with
+      every other block removed, a smaller student) or any model name ``model.name`` accepts.
+    - ``transfer``: the student's training texts, never the teacher's members: ``"pool"`` (texts of the
+      members' split that are neither members nor non-members), ``"validation"`` (the validation set, whose
+      perplexity is then no longer held out), ``"generations"`` (the teacher's own samples from the start
+      token) or a JSONL/CSV file; ``n_transfer`` of them (0: all).
+    - ``objectives``: one student per objective, each from the same starting weights: ``forward_kl``
+      (KL(teacher ‖ student) per token at ``temperature``, × T²), ``reverse_kl`` (KL(student ‖ teacher)),
+      ``mixed`` (``alpha`` · forward KL + (1 − ``alpha``) · the LM loss on the transfer texts) and
+      ``sequence`` (the LM loss on the teacher's continuations of the transfer texts' first ``prompt_tokens``
+      tokens: works across tokenizers). The logit objectives need a shared vocabulary.
+    - ``control``: also train the same student on the transfer texts with the plain LM loss and no teacher
+      (not with ``generations``): transfer texts from the members' distribution can raise the members' AUC
+      by themselves; a student's AUC minus the control's is what it inherited from the teacher.
+    - ``epochs``, ``lr``, ``batch_size``: the student's training (default: the run's ``[training]``; ``lr``
+      default 1e-4); every student parameter is trained.
+    """
+
+    enabled: bool = True
+    student: str = "same"
+    transfer: str = "pool"
+    n_transfer: Annotated[int, Field(ge=0)] = 200
+    objectives: list[KDObjective] = Field(default_factory=lambda: list[KDObjective](["forward_kl"]), min_length=1)
+    control: bool = True
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    alpha: Fraction = 0.5
+    prompt_tokens: PositiveInt = 8
+    epochs: PositiveInt | None = None
+    lr: Annotated[float, Field(gt=0)] | None = None
+    batch_size: PositiveInt | None = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("objectives must not repeat")
+        return v
+
+    @field_validator("student", "transfer")
+    @classmethod
+    def _not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
 class OutputConfig(_Section):
     """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
     refused unless ``overwrite``."""
@@ -314,6 +368,7 @@ class RunConfig(_Section):
     canaries: CanaryConfig = Field(default_factory=CanaryConfig)
     mitigation: MitigationConfig | None = None  # None (no [mitigation] table): train on every text as given
     privacy: PrivacyConfig | None = None  # None (no [privacy] table): ordinary training, no audit canaries
+    distillation: DistillationConfig | None = None  # None (no [distillation] table): no student
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("name")
@@ -331,6 +386,13 @@ class RunConfig(_Section):
         if self.privacy is not None and self.privacy.dp and self.tuning.method in DP_UNSUPPORTED:
             why = DP_UNSUPPORTED[self.tuning.method]
             raise ValueError(f"DP-SGD cannot train tuning.method {self.tuning.method!r}: {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _one_lever(self) -> RunConfig:
+        dynamic = self.mitigation is not None and self.mitigation.method == "dynamiccut"
+        if dynamic and self.distillation is not None and self.distillation.enabled:
+            raise ValueError("DynamicCut and distillation cannot be combined in one run: run them apart")
         return self
 
     def output_dir(self) -> Path:
@@ -403,6 +465,8 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
+            if node.get(p) is None:  # an optional section left out ([mitigation], [privacy] ...): its defaults
+                node[p] = {}
             node = node[p]
         node[leaf] = value
     return parse_config(data, "(with command-line overrides)")

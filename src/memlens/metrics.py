@@ -252,3 +252,47 @@ def linear_fit(x, y) -> tuple[float, float, float]:
     slope, intercept = np.polyfit(x, y, 1)
     r2 = 1 - ((y - (slope * x + intercept)) ** 2).sum() / ((y - y.mean()) ** 2).sum()
     return float(slope), float(intercept), float(r2)
+
+
+MIN_CORRELATION_PAIRS = 10  # fewer finite pairs: a rank correlation is "not estimable"
+
+
+@dataclass(frozen=True)
+class RankCorrelation:
+    """Spearman's ρ with a CI (Fisher z, Bonett–Wright standard error); NaN with ``note`` when not estimable."""
+
+    rho: float
+    ci_low: float
+    ci_high: float
+    n: int
+    note: str | None = None
+
+
+def rank_correlation(x, y, *, confidence: float = 0.95) -> RankCorrelation:
+    """Spearman's rank correlation of paired ``x``, ``y`` (1-D, same length; pairs with a non-finite value are
+    dropped) with a ``confidence`` interval: z = atanh(ρ) ± z_{1−α/2} · sqrt((1 + ρ²/2) / (n − 3)) (Bonett &
+    Wright 2000). Warns and returns NaN with the reason for fewer than :data:`MIN_CORRELATION_PAIRS` pairs or a
+    constant variable."""
+    import warnings
+
+    from scipy.stats import norm, spearmanr
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError("rank_correlation needs two 1-D arrays of the same length")
+    ok = np.isfinite(x) & np.isfinite(y)
+    n = int(ok.sum())
+    why = None
+    if n < MIN_CORRELATION_PAIRS:
+        why = f"not estimable: {n} finite pairs (need {MIN_CORRELATION_PAIRS})"
+    elif np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
+        why = "not estimable: one of the two scores is constant"
+    if why is not None:
+        warnings.warn(f"rank_correlation: {why}; returning NaN", stacklevel=2)
+        return RankCorrelation(math.nan, math.nan, math.nan, n, why)
+    rho = float(spearmanr(x[ok], y[ok]).statistic)
+    if abs(rho) == 1:
+        return RankCorrelation(rho, rho, rho, n)
+    half = float(norm.ppf(0.5 + confidence / 2)) * math.sqrt((1 + rho**2 / 2) / (n - 3))
+    z = math.atanh(rho)
+    return RankCorrelation(rho, math.tanh(z - half), math.tanh(z + half), n)

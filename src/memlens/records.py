@@ -41,10 +41,10 @@ class Record:
     the threshold reaches (``fpr_reached``), the true/false positive counts ``tp``/``fp`` and a Clopper–Pearson
     CI. A fine-tuned ``auc`` row says whether its CI lies above the blind baseline's (``beats_blind``) and whether
     it beats the same attack on the pre-trained model on a paired test (``beats_pretrained``); a number that
-    cannot be measured (e.g. a budget below one non-member) is ``None`` with the reason in
-    ``note``. ``role`` is the model
-    measured (``target``; ``reference`` and ``student`` for later uses). Scores are higher = more likely a
-    member; an AUC above 0.5 means the attack tells members from non-members.
+    cannot be measured (e.g. a budget below one non-member) is ``None`` with the reason in ``note``. ``role`` is
+    the model measured: ``target`` (the fine-tuned model; a distillation's teacher) or ``student`` (a model
+    distilled from it, with its ``objective``), each attacked on the target's members and non-members. Scores are
+    higher = more likely a member; an AUC above 0.5 means the attack tells members from non-members.
     """
 
     metric: str
@@ -61,7 +61,8 @@ class Record:
     decoding: str | None = None
     temperature: float | None = None
     repetitions: int | None = None
-    role: str = "target"  # "target", "reference" or "student"
+    role: str = "target"  # "target" or "student"
+    objective: str | None = None  # a student's distillation objective (forward_kl, reverse_kl, mixed, sequence)
     seed: int | None = None
     n_members: int | None = None
     n_nonmembers: int | None = None

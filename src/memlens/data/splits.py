@@ -52,6 +52,35 @@ def resolve_data_dir(cfg: DataConfig) -> Path | None:
 
 def load_splits(cfg: DataConfig) -> Splits:
     """Load and sample the three sets described by ``cfg``; refuse empty sets and member/non-member overlap."""
+    raw, where = _read_sets(cfg)
+    if cfg.source in PACKAGED and cfg.text_field not in (None, PACKAGED[cfg.source]):
+        raise MemlensError(f"{cfg.source} texts are in field {PACKAGED[cfg.source]!r}; leave data.text_field unset")
+    dropped = {}
+    for name, texts in raw.items():
+        kept = [t for t in texts if t.text.strip()]
+        if not kept:
+            raise MemlensError(f"the {name} set is empty ({where})")
+        raw[name], dropped[name] = kept, len(texts) - len(kept)
+    renamed = sum(unique_ids(texts) for texts in raw.values())
+    splits = _sampled(cfg, raw, where)
+    splits.info |= {"dropped_empty": dropped, "renamed_duplicate_ids": renamed}
+    return splits
+
+
+def unused_texts(cfg: DataConfig, splits: Splits) -> list[Text]:
+    """The texts of the members' split (e.g. PHEE's train) that were not sampled, without any text equal (after
+    whitespace normalisation) to a member, non-member or validation text: a population pool that shares the
+    members' distribution but none of their texts (e.g. distillation's transfer set)."""
+    raw, _ = _read_sets(cfg)
+    pool = [t for t in raw["members"] if t.text.strip()]
+    unique_ids(pool)
+    picked = {t.id for t in splits.members}
+    taken = {_norm(t.text) for t in splits.members + splits.nonmembers + splits.validation}
+    return [t for t in pool if t.id not in picked and _norm(t.text) not in taken]
+
+
+def _read_sets(cfg: DataConfig) -> tuple[dict[str, list[Text]], str]:
+    """The three sets as the source holds them (before sampling), and where they came from."""
     if cfg.source == "phee":
         root = resolve_data_dir(cfg)
         if root is not None and not root.is_dir():
@@ -84,16 +113,11 @@ def load_splits(cfg: DataConfig) -> Splits:
         text_field = cfg.text_field or "text"
         raw = {k: read_texts(getattr(cfg, k), text_field) for k in ("members", "nonmembers", "validation")}
         where = ", ".join(str(getattr(cfg, k)) for k in raw)
-    if cfg.source in PACKAGED and cfg.text_field not in (None, PACKAGED[cfg.source]):
-        raise MemlensError(f"{cfg.source} texts are in field {PACKAGED[cfg.source]!r}; leave data.text_field unset")
-    dropped = {}
-    for name, texts in raw.items():
-        kept = [t for t in texts if t.text.strip()]
-        if not kept:
-            raise MemlensError(f"the {name} set is empty ({where})")
-        raw[name], dropped[name] = kept, len(texts) - len(kept)
-    renamed = sum(unique_ids(texts) for texts in raw.values())
+    return raw, where
 
+
+def _sampled(cfg: DataConfig, raw: dict[str, list[Text]], where: str) -> Splits:
+    """Check the formats and the member/non-member overlap, then sample the three sets."""
     kinds = {k: sorted({t.kind for t in v}) for k, v in raw.items()}
     if len({kind for ks in kinds.values() for kind in ks}) > 1:
         described = ", ".join(f"{k}: {' and '.join(ks)}" for k, ks in kinds.items())
@@ -117,8 +141,6 @@ def load_splits(cfg: DataConfig) -> Splits:
         "available": {k: len(v) for k, v in raw.items()},
         "used": {k: len(v) for k, v in picked.items()},
         "member_nonmember_overlap": len(shared),
-        "dropped_empty": dropped,
-        "renamed_duplicate_ids": renamed,
     }
     return Splits(picked["members"], picked["nonmembers"], picked["validation"], info)
 

@@ -23,7 +23,7 @@ from memlens import progress
 from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.errors import MemlensError
-from memlens.experiments.runner import Measured, measure
+from memlens.experiments.runner import Measured, measure, versus
 
 
 def intensity(m: Measured) -> np.ndarray:
@@ -34,26 +34,6 @@ def intensity(m: Measured) -> np.ndarray:
     if not drops:
         raise MemlensError("DynamicCut needs at least one fine-tuned epoch to rank the members")
     return np.nan_to_num(np.mean(drops, axis=0), nan=-np.inf)
-
-
-def versus(cut: Measured, other: Measured, name: str, cfg: RunConfig) -> list[dict]:
-    """Paired ΔAUC (``cut`` − ``other``) of each attack after the last epoch, on the same texts (DeLong)."""
-    from memlens.comparison import delong
-
-    last = max(cut.scores)
-    a, b = cut.scores[last], other.scores[max(other.scores)]
-    n = int(cut.keep[: cut.n_members].sum())
-    out = []
-    for label in [x for x in a if x in b and x != "nll" and not x.startswith("extraction")]:
-        try:
-            d = delong(a[label][cut.keep], b[label][cut.keep], n, confidence=cfg.attacks.confidence)
-        except ValueError:  # no finite member or non-member under both
-            continue
-        out.append(
-            {"versus": name, "attack": label, "auc": d.a, "auc_other": d.b, "diff": d.diff}
-            | {"ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value}
-        )
-    return out
 
 
 def dynamic_cut(cfg: RunConfig, staging: Path | None) -> dict:

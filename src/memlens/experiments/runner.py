@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,8 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
         raise MemlensError("model.adapter names a model fine-tuned elsewhere: measure it with `memlens audit`")
     if cfg.mitigation is not None and cfg.mitigation.method == "dynamiccut":
         raise MemlensError("DynamicCut fine-tunes three times: run it with memlens.experiments.run")
+    if cfg.distillation is not None and cfg.distillation.enabled:
+        raise MemlensError("distillation trains students too: run it with memlens.experiments.run")
     return published(cfg, _run, write=write)
 
 
@@ -79,6 +82,8 @@ class Measured:
     n_members: int
     keep: np.ndarray
     model: object | None = None
+    tokenizer: Any = None  # with ``model``
+    reference: TokenStats | None = None  # the Reference attack's statistics of the texts (pre-trained model's)
 
     def saved(self, cfg: RunConfig, staging: Path | None) -> dict:
         """Write the results folder's files into ``staging`` (if any); return ``results``."""
@@ -87,9 +92,12 @@ class Measured:
         return self.results
 
 
-def measure(cfg: RunConfig, staging: Path | None, *, leave_out: frozenset[str] = frozenset()) -> Measured:
+def measure(
+    cfg: RunConfig, staging: Path | None, *, leave_out: frozenset[str] = frozenset(), keep_model: bool = False
+) -> Measured:
     """Run ``cfg`` once (see :func:`run`). Members whose id is in ``leave_out`` are attacked but not trained on;
-    their and the trained members' AUCs are also reported apart (``results["subsets"]``)."""
+    their and the trained members' AUCs are also reported apart (``results["subsets"]``). ``keep_model``: return
+    the fine-tuned model even when it is not to be saved (e.g. as a distillation teacher)."""
     t_start = time.perf_counter()
     clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
     with clock("load"):
@@ -207,7 +215,27 @@ def measure(cfg: RunConfig, staging: Path | None, *, leave_out: frozenset[str] =
     if leave_out:
         results["subsets"] = [r.to_dict() for r in subsets]
     ids = [x.id for x in corpus]
-    return Measured(results, scores, ids, n_mem, keep, model if cfg.output.save_adapter else None)
+    kept_model = model if cfg.output.save_adapter or keep_model else None
+    return Measured(results, scores, ids, n_mem, keep, kept_model, tok if kept_model else None, reference)
+
+
+def versus(one: Measured, other: Measured, name: str, cfg: RunConfig) -> list[dict]:
+    """Paired ΔAUC (``one`` − ``other``) of each attack after each one's last epoch, on the same texts (DeLong)."""
+    from memlens.comparison import delong
+
+    a, b = one.scores[max(one.scores)], other.scores[max(other.scores)]
+    n = int(one.keep[: one.n_members].sum())
+    out = []
+    for label in [x for x in a if x in b and x != "nll" and not x.startswith("extraction")]:
+        try:
+            d = delong(a[label][one.keep], b[label][one.keep], n, confidence=cfg.attacks.confidence)
+        except ValueError:  # no finite member or non-member under both
+            continue
+        out.append(
+            {"versus": name, "attack": label, "auc": d.a, "auc_other": d.b, "diff": d.diff}
+            | {"ci_low": d.ci_low, "ci_high": d.ci_high, "p_value": d.p_value}
+        )
+    return out
 
 
 def subset_records(
@@ -453,16 +481,8 @@ def split_checks(cfg: RunConfig, splits) -> tuple[dict, dict | None]:
 
 def with_blind(records: list[Record], blind: dict | None) -> list[Record]:
     """``records`` with a ``beats_blind`` flag on every attack AUC, and the blind baseline's own AUC row."""
-    from memlens.attacks.blind import beats_blind
-
     if blind is None:
         return records
-    flagged = [
-        replace(r, beats_blind=beats_blind(r.ci_low, blind))
-        if r.kind == "mia" and r.metric == "auc" and r.value is not None
-        else r
-        for r in records
-    ]
     row = Record(
         metric="auc",
         value=blind["auc"],
@@ -474,7 +494,21 @@ def with_blind(records: list[Record], blind: dict | None) -> list[Record]:
         n_members=blind["n_members"],
         n_nonmembers=blind["n_nonmembers"],
     )
-    return [*flagged, row]
+    return [*flag_blind(records, blind), row]
+
+
+def flag_blind(records: list[Record], blind: dict | None) -> list[Record]:
+    """``records`` with each attack AUC's ``beats_blind``: its CI lies above the blind baseline's."""
+    from memlens.attacks.blind import beats_blind
+
+    if blind is None:
+        return records
+    return [
+        replace(r, beats_blind=beats_blind(r.ci_low, blind))
+        if r.kind == "mia" and r.metric == "auc" and r.value is not None
+        else r
+        for r in records
+    ]
 
 
 def passes_needed(cfg: RunConfig) -> set[str]:

@@ -225,9 +225,11 @@ class Store:
             df[col] = [json.loads(v) if isinstance(v, str) and v else {} for v in df[col]]
         return df
 
-    def results(self):
+    def results(self, role: str | None = "target"):
         """The tidy results table (a column per record field) joined with each trial's sweep, label and status
-        (pandas). Rows of a store written before schema 2 opened read-only are read through ``from_legacy``."""
+        (pandas). Rows of a store written before schema 2 opened read-only are read through ``from_legacy``.
+        ``role``: the fine-tuned models' rows (``"target"``, default), distilled students' (``"student"``) or
+        every row (``None``)."""
         import pandas as pd
 
         df = pd.read_sql_query(
@@ -239,12 +241,14 @@ class Store:
             df = df.reindex(columns=list(dict.fromkeys([*df.columns, *FIELDS]))).astype({n: object for n in FIELDS})
             rows = [from_legacy(r).to_dict() for r in df[legacy].to_dict("records")]
             df.loc[legacy, FIELDS] = pd.DataFrame(rows, index=df.index[legacy])[FIELDS]
+        if role is not None:
+            df = df[df["role"].fillna("target") == role].reset_index(drop=True)
         return df
 
     def export(self, path: str | Path, fmt: str) -> Path:
         """Write the tidy results table (one row per trial, epoch, attack, metric) as csv, parquet or json."""
         path = Path(path)
-        df = self.results()
+        df = self.results(role=None)
         if df.empty:
             raise MemlensError(f"results store {self.path} holds no finished trial yet")
         if not path.name or path.is_dir():

@@ -30,7 +30,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from memlens import progress
 from memlens.config import RunConfig, parse_config, read_toml, with_overrides
@@ -88,8 +88,10 @@ def _key(axis: str) -> str:
     if "." not in key:
         raise MemlensError(f"unknown sweep axis {axis!r}; use one of {', '.join(AXES)} or a dotted config key")
     section, field = key.split(".", 1)
-    section_type = RunConfig.model_fields[section].annotation if section in RunConfig.model_fields else None
-    if not (isinstance(section_type, type) and field in getattr(section_type, "model_fields", {})):
+    annotation = RunConfig.model_fields[section].annotation if section in RunConfig.model_fields else None
+    # an optional section ([mitigation], [privacy], [distillation]) is annotated ``Section | None``
+    section_type = next((t for t in (annotation, *get_args(annotation)) if isinstance(t, type)), None)
+    if not (section_type is not None and field in getattr(section_type, "model_fields", {})):
         raise MemlensError(f"unknown sweep axis {axis!r}: {key} is not a config field")
     return key
 
@@ -231,7 +233,8 @@ def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -
                 else:
                     keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
                     info = {k: results.get(k) for k in keys}
-                    store.finish(trial_id, results["records"], info, time.perf_counter() - t0)
+                    students = (results.get("distillation") or {}).get("records", [])  # role = "student"
+                    store.finish(trial_id, results["records"] + students, info, time.perf_counter() - t0)
                 bar.advance(1)
     counts = store.counts(sweep.name)
     store.close()

@@ -37,6 +37,7 @@ class ReportData:
     results: pd.DataFrame  # the tidy rows of finished trials
     final: pd.DataFrame  # one row per finished trial: the headline attack and val PPL at its final epoch
     scores: pd.DataFrame  # rows of scores.csv needed by the figures (epoch 0 and the final epoch)
+    students: pd.DataFrame  # one row per distilled student: trial, label, objective, final AUC (CI), val PPL
     attacks: list[str]  # every membership-inference attack (rows with an AUC), in order
     comparisons: BaselineComparison | None  # each trial against the first, paired
 
@@ -47,7 +48,7 @@ def load_report_data(store_dir: str | Path, attack: str = "reference") -> Report
 
     store = Store(store_dir, create=False)
     try:
-        trials, results = store.trials(), store.results()
+        trials, results, student_rows = store.trials(), store.results(), store.results(role="student")
         trial_dirs = {int(i): store.trial_dir(int(i)) for i in trials["id"]}
     finally:
         store.close()
@@ -65,7 +66,27 @@ def load_report_data(store_dir: str | Path, attack: str = "reference") -> Report
     wanted = {attack, HISTOGRAM_FALLBACK, "reference", "nll"}
     scores = _load_scores(final, trial_dirs, wanted)
     comparisons = _comparisons(trials, final, scores, attack)
-    return ReportData(Path(store_dir), attack, trials, results, final, scores, attacks, comparisons)
+    students = _student_table(_tidy(student_rows, trials), attack)
+    return ReportData(Path(store_dir), attack, trials, results, final, scores, students, attacks, comparisons)
+
+
+def _student_table(rows: pd.DataFrame, attack: str) -> pd.DataFrame:
+    """One row per (trial, objective) of the distilled students: ``attack``'s AUC (CI) and the validation
+    perplexity after the student's last epoch."""
+    import pandas as pd
+
+    out = []
+    for (trial, label, objective), g in rows.groupby(["trial", "label", "objective"], sort=True):
+        pick = picker(g)
+        last = int(g["epoch"].max())
+        auc = pick(last, attack, "auc")
+        out.append(
+            {"trial": trial, "label": label, "objective": objective}
+            | {k: value_of(auc, k) for k in ("value", "ci_low", "ci_high")}
+            | {"val_ppl": value_of(pick(last, None, "val_ppl"), "value")}
+        )
+    columns = ["trial", "label", "objective", "auc", "ci_low", "ci_high", "val_ppl"]
+    return pd.DataFrame(out).rename(columns={"value": "auc"}) if out else pd.DataFrame(columns=columns)
 
 
 def _comparisons(
@@ -157,6 +178,7 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
                 "val_ppl": value_of(pick(last, None, "val_ppl"), "value"),
                 "rank": tuning.get("rank") if t.method == "lora" else None,
                 "targets": targets if t.method in ("lora", "ia3") else None,
+                "block": _single_block(t.method, tuning.get("layers")),
                 "group": " ".join(f"{k}={show(v)}" for k, v in t.varying.items() if k not in ("rank", "seed"))
                 or "all trials",
                 "trainable": info.get("trainable_parameters"),
@@ -166,6 +188,12 @@ def _final_table(done: pd.DataFrame, results: pd.DataFrame, attack: str) -> pd.D
             }
         )
     return pd.DataFrame(rows)
+
+
+def _single_block(method: str, layers) -> int | None:
+    """The one block a LoRA/IA³ trial adapts (``layers = [i]``), else None."""
+    ok = method in ("lora", "ia3") and isinstance(layers, list) and len(layers) == 1
+    return int(layers[0]) if ok else None
 
 
 def picker(res: pd.DataFrame):

@@ -103,6 +103,15 @@ def make_plots(data: ReportData) -> list[Plot]:
             "needs LoRA/IA³ trials with two or more values of tuning.targets",
         ),
         Plot(
+            "blocks",
+            "Memorization per block",
+            plots.auc_by_block(final, data.students, attack=a),
+            f"Final-epoch AUC of the {a} attack for trials that adapt a single block (tuning.layers = [i]), against "
+            "that block (error bars: 95% CI; lines through the mean at each block); with [distillation], each "
+            "objective's student beside its teacher, attacked on the teacher's members and non-members.",
+            "needs LoRA/IA³ trials that each adapt one block (tuning.layers), two or more blocks",
+        ),
+        Plot(
             "extraction",
             "Canaries and repetitions",
             plots.extraction_vs_repetitions(results, colors=colors),

@@ -385,6 +385,42 @@ def auc_by_targets(final: pd.DataFrame, *, attack: str = "reference") -> Figure 
 
 
 @as_svg
+def auc_by_block(final: pd.DataFrame, students: pd.DataFrame, *, attack: str = "reference") -> Figure | None:
+    """Final-epoch AUC (95% CI) of trials that adapt one block each (``block``) against that block: the
+    fine-tuned models and, where a trial was distilled, each objective's student (attacked on the same
+    texts), through the mean at each block. Needs at least two blocks."""
+    rows = _auc_rows(final, "block")
+    if rows.empty:
+        return None
+    series = [("fine-tuned (teacher)", rows)]
+    block = dict(zip(rows["trial"], rows["block"], strict=True))
+    kids = students[students["trial"].isin(block)].dropna(subset=["auc"])
+    series += [
+        (f"student, {objective}", g.assign(block=g["trial"].map(block)))
+        for objective, g in kids.groupby("objective", sort=True)
+    ]
+    fig, axes = _new(width=6.4, height=3.4)
+    ax = axes[0, 0]
+    cols = palette(name for name, _ in series)
+    for i, (name, g) in enumerate(series):
+        g = g.sort_values("block")
+        shift = 0.08 * (i - (len(series) - 1) / 2)  # keep overlapping error bars apart
+        x = g["block"].to_numpy(float) + shift
+        ax.errorbar(x, g["auc"], yerr=_errors(g), fmt="o", color=cols[name], capsize=3, markersize=4)
+        mean = g.groupby("block")["auc"].mean()
+        ax.plot(mean.index.to_numpy(float) + shift, mean.to_numpy(), color=cols[name], label=_text(name))
+    _ticks(ax, 10, integer=True)
+    _chance(ax)
+    ax.set(
+        xlabel="adapted block (tuning.layers)",
+        ylabel="AUC at the final epoch",
+        title=_text(f"{attack} attack: AUC per adapted block"),
+    )
+    _legend(ax)
+    return fig
+
+
+@as_svg
 def extraction_vs_repetitions(results: pd.DataFrame, *, colors: dict[str, str] | None = None) -> Figure | None:
     """Metrics of texts repeated a known number of times in training (the ``repetitions`` field: canaries)
     against that number; one panel per metric, one line per trial, and the never-inserted controls

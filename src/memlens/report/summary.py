@@ -96,6 +96,7 @@ def summary_lines(results: dict) -> list[str]:
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
     lines += mitigation_lines(results.get("mitigation"), results.get("subsets"))
     lines += privacy_lines(results.get("privacy"))
+    lines += distillation_lines(results.get("distillation"), records, last)
     if "output_dir" in results:
         lines.append(f"results: {results['output_dir']}/results.json")
     return lines
@@ -114,18 +115,72 @@ def mitigation_lines(m: dict | None, subsets: list[dict] | None = None) -> list[
         f"ranked by {m['rank_by'].replace('_', ' ')} under {m['rank_method']}), trained on {m['trained']}; "
         "AUCs count every member"
     ]
-    for c in m["comparisons"]:
-        verdict = "lower" if c["ci_high"] < 0 else "higher" if c["ci_low"] > 0 else "no difference shown"
-        lines.append(
-            f"  {c['attack']}: AUC {c['auc']:.3f} vs {c['auc_other']:.3f} {c['versus']}, "
-            f"Δ {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({verdict})"
-        )
+    lines += [
+        f"  {c['attack']}: AUC {c['auc']:.3f} vs {c['auc_other']:.3f} {c['versus']}, {_delta(c)}"
+        for c in m["comparisons"]
+    ]
     left = {r["attack"]: r for r in _last_left_out(subsets)}
     control = {r["attack"]: r for r in _last_left_out(m.get("control_subsets"))}
     for attack, r in left.items():
         other = f"; the random cut's left out: {_auc(control[attack])}" if attack in control else ""
         lines.append(f"  left-out members vs non-members, {attack}: AUC {_auc(r)}{other}")
     return lines
+
+
+def _delta(c: dict) -> str:
+    """A paired difference with its CI and the verdict it supports (only where the CI excludes 0)."""
+    verdict = "lower" if c["ci_high"] < 0 else "higher" if c["ci_low"] > 0 else "no difference shown"
+    return f"Δ {c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] ({verdict})"
+
+
+def distillation_lines(d: dict | None, records: list[dict], last: int) -> list[str]:
+    """The transfer set, each student's size and validation perplexity beside the teacher's, its paired ΔAUC
+    against the teacher on the teacher's texts, and how membership and memorization agree (Spearman ρ)."""
+    if not d:
+        return []
+    t = d["transfer"]
+    dropped = f", {t['members_dropped']} member texts dropped" if t.get("members_dropped") else ""
+    lines = [f"distillation: student {d['student']}, {t['texts']} transfer texts ({t['source']}{dropped})"]
+    teacher_ppl = find(records, epoch=last, kind="utility", metric="val_ppl")
+    agree = {"teacher": d["teacher_agreement"]}
+    control = d.get("control")
+    if control is not None:
+        lines.append(f"  control (LM loss on the transfer texts, no teacher): {_student_ppl(d, control, teacher_ppl)}")
+        agree["control"] = control["agreement"]
+    for s in d["students"]:
+        lines.append(f"  {s['objective']} student: {_student_ppl(d, s, teacher_ppl)}")
+        by_attack: dict[str, list[dict]] = {}
+        for c in s["comparisons"]:
+            by_attack.setdefault(c["attack"], []).append(c)
+        for attack, cs in by_attack.items():
+            versus = "; ".join(f"{c['versus']} {c['auc_other']:.3f}, {_delta(c)}" for c in cs)
+            lines.append(f"    {attack}: AUC {cs[0]['auc']:.3f}; {versus}")
+        agree[s["objective"]] = s["agreement"]
+    pairs = [(a["attack"], a["extraction"]) for a in d["teacher_agreement"]]
+    if pairs:
+        attack, extraction = next((p for p in pairs if p[0] == "reference"), pairs[0])
+        cells = []
+        for who, rows in agree.items():
+            r = next((a for a in rows if (a["attack"], a["extraction"]) == (attack, extraction)), None)
+            if r is not None:
+                cells.append(f"{who} {r['note'] or _rho(r)}")
+        lines.append(
+            f"  membership vs memorization, Spearman ρ over members ({attack} vs {extraction}): " + "; ".join(cells)
+        )
+    return lines
+
+
+def _student_ppl(d: dict, s: dict, teacher_ppl: dict | None) -> str:
+    ppl = find([r for r in d["records"] if r["objective"] == s["objective"]], kind="utility", metric="val_ppl")
+    shown = [f"{x['value']:.2f}" if x and x["value"] is not None else "—" for x in (ppl, teacher_ppl)]
+    return (
+        f"{s['parameters'] / 1e6:.1f}M parameters, {len(s['epochs'])} epochs, "
+        f"validation perplexity {shown[0]} (teacher {shown[1]})"
+    )
+
+
+def _rho(r: dict) -> str:
+    return f"{r['rho']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] (n={r['n']})"
 
 
 def _last_left_out(subsets: list[dict] | None) -> list[dict]:

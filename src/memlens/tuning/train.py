@@ -28,6 +28,7 @@ def train(
     on_epoch_end: Callable[[int], None] | None = None,
     starts: Sequence[int] | None = None,
     privacy: PrivacyConfig | None = None,
+    loss_fn: Callable | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place on token sequences ``ids``; return a summary (losses, tokens/s, time).
 
@@ -35,6 +36,8 @@ def train(
     (default 1): the first token of sequence ``i`` in the loss (a prompt before it is context only, as SFT
     trainers do for completions). ``privacy`` with ``dp = true`` trains with DP-SGD
     (:mod:`memlens.tuning.private`); the summary then has ``privacy`` (ε spent, σ, C, sampling).
+    ``loss_fn(model, ids, mask, labels)`` replaces the LM loss by another mean per-token loss over the same
+    labelled positions (e.g. a distillation objective, :mod:`memlens.tuning.distill`); not with DP-SGD.
     """
     import torch
     from transformers import get_scheduler
@@ -51,6 +54,8 @@ def train(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     private = None
     if privacy is not None and privacy.dp:
+        if loss_fn is not None:
+            raise ValueError("DP-SGD trains on the LM loss only; loss_fn cannot be combined with it")
         from memlens.tuning.private import PrivateSteps
 
         batch = cfg.batch_size * cfg.grad_accum
@@ -96,9 +101,12 @@ def train(
                         n_lab = int((labels[:, 1:] != -100).sum())
                         if n_lab == 0:
                             continue
-                        out = model(input_ids=batch_ids, attention_mask=mask, labels=labels)
-                        (out.loss * (n_lab / window_tokens)).backward()
-                        loss_sum += float(out.loss.detach()) * n_lab
+                        if loss_fn is None:
+                            loss = model(input_ids=batch_ids, attention_mask=mask, labels=labels).loss
+                        else:
+                            loss = loss_fn(model, batch_ids, mask, labels)
+                        (loss * (n_lab / window_tokens)).backward()
+                        loss_sum += float(loss.detach()) * n_lab
                         tok_sum += n_lab
                     if private is not None:
                         private.noised()  # every step adds noise, even one that sampled no text
