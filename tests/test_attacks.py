@@ -1,13 +1,17 @@
 """Every attack against a direct, readable computation from the definitions in docs/methods.md."""
 
+import json
+import math
 import zlib
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
-from helpers import phee_texts
+from helpers import assert_one_line_error, invoke, phee_texts, tiny_config, write_config
 
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
+from memlens.attacks.calibrated import first_occurrences, frequencies
 from memlens.attacks.min_k import SIGMA_FLOOR, mean_of_lowest
 from memlens.errors import MemlensError
 from memlens.scoring import score_cached, score_ids, score_texts
@@ -46,13 +50,35 @@ def inputs(tiny):
     ref = score_ids(model, ids[::-1], tok.pad_token_id).take(np.arange(len(ids))[::-1])  # any other stats will do
     lower = score_texts(model, tok, [t.lower() for t in TEXTS], max_tokens=64)
     recall = score_ids(model, ids, tok.pad_token_id, prefix=prefix)
-    return tiny, ids, prefix, AttackInputs(target, ref, TEXTS, lower, recall)
+    token_ids = np.full((len(ids), max(map(len, ids)) - 1), -1)
+    for i, seq in enumerate(ids):
+        token_ids[i, : len(seq) - 1] = seq[1:]
+    frequency = frequencies(encode(tok, phee_texts("dev", 40), 64).ids, len(tok))
+    return tiny, ids, prefix, AttackInputs(target, ref, TEXTS, lower, recall, token_ids, frequency)
+
+
+def readable_frequency(corpus_ids, vocab_size):
+    counts = Counter(t for seq in corpus_ids for t in seq[1:])
+    total = sum(counts.values())
+    return {t: (counts[t] + 1) / (total + vocab_size) for t in range(vocab_size)}
+
+
+def readable_dc_pdd(seq, logprobs, freq, bound=0.01):
+    """Each distinct token once (its first occurrence): min(p · −log f, bound), averaged."""
+    seen, vals = set(), []
+    for token, lp in zip(seq[1:], logprobs, strict=True):
+        if token not in seen:
+            seen.add(token)
+            vals.append(min(math.exp(lp) * -math.log(freq[token]), bound))
+    return sum(vals) / len(vals)
 
 
 def test_every_attack_matches_its_definition(inputs):
     tiny, ids, prefix, inp = inputs
     model, tok = tiny.model, tiny.tokenizer
     lower_ids = encode(tok, [t.lower() for t in TEXTS], 64).ids
+    freq = readable_frequency(encode(tok, phee_texts("dev", 40), 64).ids, len(tok))
+    assert np.allclose([freq[t] for t in range(len(tok))], inp.token_frequency)
     for i, seq in enumerate(ids):
         rows = token_logprobs(model, seq)
         ll = [r[0] for r in rows]
@@ -71,10 +97,34 @@ def test_every_attack_matches_its_definition(inputs):
             "min_k@0.5": readable_min_k(ll, 0.5),
             "min_k_plus@0.2": readable_min_k(z, 0.2),
             "min_k_plus@0.5": readable_min_k(z, 0.5),
+            "dc_pdd": readable_dc_pdd(seq, ll, freq),
         }
         for label, name, k in attack_labels(list(ATTACKS), [0.2, 0.5]):
             got = run_attack(name, inp, k)[i]
             assert got == pytest.approx(expected[label], rel=1e-4, abs=1e-5), (label, i)
+
+
+def test_first_occurrences_marks_each_distinct_token_once_per_row():
+    ids = np.array([[5, 3, 5, -1], [2, 2, 2, 7], [-1, -1, -1, -1]])
+    expected = [[True, True, False, False], [True, False, False, True], [False] * 4]
+    assert first_occurrences(ids).tolist() == expected
+
+
+def test_dc_pdd_rewards_confidence_on_rare_tokens_and_caps_each_token():
+    """Two texts, same probabilities: the one whose likely tokens are rare in the reference corpus scores
+    higher; a repeated token counts once; a token's contribution never exceeds the bound."""
+    from memlens.attacks.calibrated import DC_PDD_BOUND, dc_pdd
+    from memlens.scoring.stats import TokenStats
+
+    logprob = np.log(np.array([[0.002, 0.002, 0.5], [0.002, 0.002, 0.5]], dtype=np.float32))
+    stats = TokenStats(logprob, logprob, np.ones_like(logprob), np.array([3, 3]))
+    freq = np.array([0.5, 0.3, 0.1999, 0.0001])  # token 3 is rare
+    ids = np.array([[3, 3, 0], [0, 0, 1]])
+    got = dc_pdd(AttackInputs(stats, token_ids=ids, token_frequency=freq))
+    rare = min(0.002 * -math.log(1e-4), DC_PDD_BOUND)  # token 3 once, then token 0 (p = 0.5, capped)
+    assert got[0] == pytest.approx((rare + DC_PDD_BOUND) / 2, rel=1e-5)
+    assert got[1] == pytest.approx((0.002 * -math.log(0.5) + DC_PDD_BOUND) / 2, rel=1e-5)  # token 0 once, 1 capped
+    assert got[0] > got[1]
 
 
 def test_min_k_edge_cases():
@@ -142,3 +192,23 @@ def test_a_new_scoring_version_never_reads_old_entries(tiny, tmp_path, monkeypat
     assert score_cached(tiny.model, ids, pad, identity="tiny")[1] is True
     monkeypatch.setattr(cache, "SCORING_VERSION", cache.SCORING_VERSION + 1)
     assert score_cached(tiny.model, ids, pad, identity="tiny")[1] is False
+
+
+@pytest.mark.parametrize("corpus", [None, "validation", "pool"])
+def test_dc_pdd_runs_from_the_cli_with_each_frequency_corpus(tiny_dir, tmp_path, corpus):
+    attacks = {"names": ["loss", "dc_pdd"]} | ({"frequency_corpus": corpus} if corpus else {})
+    cfg = tiny_config(tiny_dir, tmp_path / "out", attacks=attacks)
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
+    aucs = {r["epoch"]: r for r in rows if r["attack"] == "dc_pdd" and r["metric"] == "auc"}
+    assert set(aucs) == {0, 1} and all(0 <= r["value"] <= 1 and r["ci_low"] <= r["ci_high"] for r in aucs.values())
+    assert "dc_pdd" in result.stdout
+
+
+def test_a_missing_frequency_corpus_is_one_clear_error(tiny_dir, tmp_path):
+    attacks = {"names": ["dc_pdd"], "frequency_corpus": str(tmp_path / "nope.jsonl")}
+    cfg = tiny_config(tiny_dir, tmp_path / "out", attacks=attacks)
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert_one_line_error(result, "frequency_corpus .* is neither sotu, validation, pool nor an existing file")
+    assert not (tmp_path / "out").exists()

@@ -107,7 +107,7 @@ def test_lora_run_and_no_output(tiny_dir, tmp_path):
 
 def test_memorization_is_tracked_per_epoch_for_every_attack(memorized):
     _cfg, results, out = memorized
-    labels = {"loss", "reference", "zlib", "lowercase", "recall", "min_k@0.2", "min_k_plus@0.2"}
+    labels = {"loss", "reference", "zlib", "lowercase", "recall", "min_k@0.2", "min_k_plus@0.2", "dc_pdd"}
     aucs = {(r["epoch"], r["attack"]): r["value"] for r in results["records"] if r["metric"] == "auc"}
     for epoch in (0, 1, 10, 20, 25):
         expected = labels - {"reference"} if epoch == 0 else labels

@@ -146,6 +146,8 @@ class AttackConfig(_Section):
     ``reference_model``: the Reference attack's R — by default the pre-trained model itself (its epoch-0
     statistics); or any other causal LM (built-in name, local folder, ``.gguf`` file or hub id), loaded once
     before fine-tuning, scored on its own tokenization of the texts (cached) and released.
+    ``frequency_corpus`` (``dc_pdd``): where token frequencies come from — ``sotu`` (general English shipped with
+    memlens; the default), ``validation``, ``pool`` (unused texts of the members' split) or a JSONL/CSV file.
     ``distinct``: count each distinct text once in the attacks' AUC and TPR and in the loss gap (exact
     duplicates after normalisation, within the members and within the non-members; the split audit reports
     them); ``false`` weights every copy.
@@ -155,6 +157,7 @@ class AttackConfig(_Section):
     k: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5])
     recall_shots: PositiveInt = 5
     reference_model: str | None = None
+    frequency_corpus: str | None = None  # None: "sotu"
     fpr: list[Annotated[float, Field(gt=0, lt=1)]] = Field(default_factory=lambda: [0.001, 0.01, 0.05])
     bootstrap: Annotated[int, Field(ge=0)] = 1000
     blind: bool = True

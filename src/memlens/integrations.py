@@ -83,14 +83,22 @@ class MemlensCallback(TrainerCallback):
         tok = processing_class or kw.get("tokenizer")
         if tok is None or model is None:
             raise MemlensError("MemlensCallback needs the Trainer's model and tokenizer (processing_class)")
-        from memlens.experiments.runner import encode_inputs, stage_records, stage_scores
+        from types import SimpleNamespace
+
+        from memlens.data.sources import as_records
+        from memlens.experiments.runner import encode_inputs, frequency_corpus, stage_records, stage_scores
         from memlens.tokens import ensure_pad_token, scored_texts
 
         ensure_pad_token(tok)
-        self._tok, self._inputs = tok, encode_inputs(self.cfg, tok, self.texts, self.validation)
+        if self.cfg.attacks.frequency_corpus == "pool":
+            raise MemlensError(
+                "MemlensCallback has no data pool: set attacks.frequency_corpus to sotu, validation or a file"
+            )
+        corpus = frequency_corpus(self.cfg, SimpleNamespace(validation=as_records(self.validation)))
+        self._tok, self._inputs = tok, encode_inputs(self.cfg, tok, self.texts, self.validation, corpus=corpus)
         self._scored = scored_texts(tok, self.texts, self._inputs.target)
         self._base = self._score(model, "pre-trained")
-        self.scores[0] = stage_scores(self.cfg, self._base, None, self._scored)
+        self.scores[0] = stage_scores(self.cfg, self._base, None, self._scored, self._inputs)
         self.records += stage_records(self.cfg, self.scores[0], self._ppl(self._base), 0, self.n_members)
         self._save(state)
 
@@ -110,7 +118,7 @@ class MemlensCallback(TrainerCallback):
         from memlens.experiments.runner import effect_records, stage_records, stage_scores
 
         stats = self._score(model, f"epoch {point}" if self.every == "epoch" else f"step {point}")
-        self.scores[point] = stage_scores(self.cfg, stats, self._base["target"], self._scored)
+        self.scores[point] = stage_scores(self.cfg, stats, self._base["target"], self._scored, self._inputs)
         now, before = self.scores[point], self.scores[0]
         self.records += stage_records(self.cfg, now, self._ppl(stats), point, self.n_members, pretrained=before)
         self.records += effect_records(self.cfg, before["nll"], now["nll"], point, self.n_members)

@@ -24,7 +24,10 @@ class AttackInputs:
     - ``reference``: a reference model's statistics of the same texts (by default the pre-trained model's);
     - ``texts``: the scored texts (zlib): each text as far as its tokens were kept;
     - ``lowercase``: the target model's statistics of the lower-cased texts;
-    - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL).
+    - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL);
+    - ``token_ids``: ``(N, W)`` the id of each scored token, aligned with ``target``'s columns (−1 beyond a
+      text's length);
+    - ``token_frequency``: ``(V,)`` each token's smoothed frequency in a reference corpus (DC-PDD).
     """
 
     target: TokenStats
@@ -32,6 +35,8 @@ class AttackInputs:
     texts: Sequence[str] | None = None
     lowercase: TokenStats | None = None
     recall: TokenStats | None = None
+    token_ids: np.ndarray | None = None
+    token_frequency: np.ndarray | None = None
 
     def need(self, name: str) -> Any:
         """The input ``name``; an attack registered with ``needs=[name]`` is only called when it is set."""
@@ -92,6 +97,6 @@ def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, 
     return out
 
 
-from memlens.attacks import likelihood, min_k  # noqa: E402,F401  (registers the attacks)
+from memlens.attacks import calibrated, likelihood, min_k  # noqa: E402,F401  (registers the attacks)
 
 __all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]

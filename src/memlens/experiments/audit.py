@@ -34,6 +34,7 @@ from memlens.experiments.runner import (
     effect_records,
     encode_inputs,
     extraction_records,
+    frequency_corpus,
     kept_rows,
     published,
     reference_model_stats,
@@ -88,7 +89,7 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
         corpus = splits.members + splits.nonmembers
         texts = [x.text for x in corpus]  # what is scored (a chat record's reply)
         n_mem = len(splits.members)
-        inputs = encode_inputs(cfg, tok, corpus, splits.validation)
+        inputs = encode_inputs(cfg, tok, corpus, splits.validation, corpus=frequency_corpus(cfg, splits))
         scored = scored_texts(tok, texts, inputs.target)
     progress.info(
         f"auditing {lm.info['spec']}{f' + adapter {adapter}' if adapter else ''}: {n_mem} members, "
@@ -108,11 +109,11 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
         if cfg.attacks.reference_model:
             reference, reference_info = reference_model_stats(cfg, corpus)
         if base is not None:
-            scores[0] = stage_scores(cfg, base, reference if reference_info else None, scored)
+            scores[0] = stage_scores(cfg, base, reference if reference_info else None, scored, inputs)
             records += stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
     with clock("score_audited"):
         after = score_stage(model, inputs, cfg, identity, "audited model")
-        scores[AUDITED] = stage_scores(cfg, after, reference, scored)
+        scores[AUDITED] = stage_scores(cfg, after, reference, scored, inputs)
         before = kept_rows(scores[0], keep) if base is not None else None
         now = kept_rows(scores[AUDITED], keep)
         records += stage_records(cfg, now, after["validation"].perplexity(), AUDITED, n_eval, pretrained=before)

