@@ -281,3 +281,62 @@ def test_prompt_tuned_generation_has_exact_lengths_of_real_tokens(tiny):
     for per_prefix, n in zip(gens, lengths, strict=True):
         assert len(per_prefix) == 3 and all(len(g) == n for g in per_prefix)
         assert all(0 <= t < vocab for g in per_prefix for t in g)
+
+
+# ---------------------------------------------------------------- (n, p)-discoverable extraction
+
+
+def test_suffix_probability_at_temperature_one_is_the_teacher_forced_likelihood(tiny):
+    from memlens.extraction.generate import suffix_log_probability
+    from memlens.scoring import score_ids
+
+    ids = encode(tiny.tokenizer, phee_texts("test", 6), 32).ids
+    prefixes, suffixes = [s[:5] for s in ids], [s[5:] for s in ids]
+    pad = tiny.tokenizer.pad_token_id
+    got = suffix_log_probability(tiny.model, prefixes, suffixes, Decoding("sample"), pad, batch_size=4)
+    stats = score_ids(tiny.model, ids, pad)
+    expected = [np.nansum(stats.logprob[i, 4 : len(ids[i]) - 1]) for i in range(len(ids))]  # tokens 5..n-1
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    greedy = suffix_log_probability(tiny.model, prefixes, suffixes, Decoding(), pad)
+    top1 = suffix_log_probability(tiny.model, prefixes, suffixes, Decoding("sample", top_k=1), pad)
+    np.testing.assert_array_equal(greedy, top1)  # top-k = 1 sampling is greedy decoding
+    assert set(np.unique(greedy)) <= {0.0, -np.inf}
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"), [(0.7, 0, 1.0), (1.0, 5, 1.0), (1.3, 0, 0.8), (0.5, 7, 0.6)]
+)
+def test_decoded_probabilities_match_the_generate_warpers(temperature, top_k, top_p):
+    """The transformation of the logits is the one ``generate`` samples from (transformers' own warpers)."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from memlens.extraction.generate import _decoded_log_prob
+
+    z = torch.randn(6, 40, generator=torch.Generator().manual_seed(0)) * 3
+    true = torch.arange(6) * 5
+    warped = TemperatureLogitsWarper(temperature)(None, z.clone())
+    if top_k:
+        warped = TopKLogitsWarper(top_k)(None, warped)
+    if top_p < 1:
+        warped = TopPLogitsWarper(top_p)(None, warped)
+    expected = torch.log_softmax(warped, -1).gather(-1, true[:, None])[:, 0]
+    got = _decoded_log_prob(z, true, Decoding("sample", temperature=temperature, top_k=top_k, top_p=top_p))
+    torch.testing.assert_close(got, expected)
+
+
+def test_extraction_probability_over_n_samples():
+    from memlens.extraction.generate import extraction_probability
+
+    got = extraction_probability([*np.log([0.1, 1.0, 1e-12]).tolist(), -np.inf], 10)
+    np.testing.assert_allclose(got, [1 - 0.9**10, 1.0, 1e-11, 0.0], rtol=1e-6, atol=1e-15)
+
+
+def test_sampled_extraction_reports_each_texts_probability(memorized):
+    path, cs = memorized
+    lm = load_model(str(path), device="cpu")
+    texts = [c.text for c in cs.canaries + cs.controls]  # repetitions 1, 1, 32, 32, then 4 controls
+    res = extract(lm.model, lm.tokenizer, texts, decoding=Decoding("sample", num_samples=4), seed=0)
+    p = np.array([r["p_extracted"] for r in res.rows])
+    assert p[2:4].min() > p[4:].max()  # the canaries seen 32 times are far likelier to come out than controls
+    assert res.summary["p_extracted_mean"] == pytest.approx(p.mean())
+    assert res.summary["np_extractable_rate"] == pytest.approx((p >= 0.5).mean())

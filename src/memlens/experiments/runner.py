@@ -379,8 +379,16 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: in
                 )
                 summaries[f"{label}/{name}"] = res.summary
                 per_text = out["per_text"].setdefault(extraction_label(label, e.select), np.full(len(everyone), np.nan))
+                chance = "p_extracted" in res.rows[0] if res.rows else False  # sampling: (n, p)-extraction
+                p_text = (
+                    out["per_text"].setdefault(extraction_label(label, "p_extracted"), np.full(len(everyone), np.nan))
+                    if chance
+                    else None
+                )
                 for r in res.rows:
                     per_text[position[id(picked[name][r["index"]])]] = r[e.select]
+                    if p_text is not None:
+                        p_text[position[id(picked[name][r["index"]])]] = r["p_extracted"]
                 out["records"] += [
                     Record(
                         metric=m,

@@ -36,6 +36,8 @@ from memlens.errors import MemlensError
 from memlens.extraction.metrics import METRICS, aggregate, score_pair
 from memlens.tokens import encode_records, ensure_pad_token, pad_batch, sorted_batches
 
+NP_THRESHOLD = 0.5  # a text is (n, p)-extractable when P(extracted in n samples) ≥ p
+
 
 @dataclass(frozen=True)
 class Decoding:
@@ -167,6 +169,70 @@ def generate_suffixes(
     return out
 
 
+def suffix_log_probability(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    suffixes: Sequence[Sequence[int]],
+    decoding: Decoding,
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """``(n,)`` log P(one generation reproduces ``suffixes[i]`` exactly | ``prefixes[i]``) under ``decoding``:
+    the sum over suffix tokens of the token's log-probability after the decoding's own transformation of the
+    teacher-forced logits (temperature, then top-k, then top-p, as ``generate`` applies them; greedy: 0 if every
+    true token is the arg-max, else −inf). One forward pass per batch; only the suffix positions' (m, V) rows are
+    transformed, then reduced to one float per token."""
+    import torch
+
+    out = np.zeros(len(prefixes), dtype=np.float64)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prefixes), batch_size):
+                rows = range(start, min(start + batch_size, len(prefixes)))
+                ids, mask = pad_batch([[*prefixes[i], *suffixes[i]] for i in rows], pad_id)  # right padding
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                logits = logits[:, -ids.shape[1] :]  # prompt tuning prepends virtual positions
+                r = np.concatenate([np.full(len(suffixes[i]), k) for k, i in enumerate(rows)])
+                c = np.concatenate([len(prefixes[i]) - 1 + np.arange(len(suffixes[i])) for i in rows])
+                z = logits[torch.as_tensor(r), torch.as_tensor(c)].float()  # (m, V)
+                true = torch.as_tensor(np.concatenate([suffixes[i] for i in rows]), device=device)
+                logp = _decoded_log_prob(z, true, decoding)  # (m,)
+                np.add.at(out, np.asarray(r) + start, logp.double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _decoded_log_prob(z, true, decoding: Decoding):
+    """log p(true token) under ``decoding``'s transformation of logits ``z`` (m, V)."""
+    import torch
+
+    if decoding.strategy == "greedy":
+        return torch.where(z.argmax(-1) == true, 0.0, -torch.inf)
+    z = z / decoding.temperature
+    if decoding.top_k:
+        kth = torch.topk(z, min(decoding.top_k, z.shape[-1]), dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, -torch.inf)
+    if decoding.top_p < 1:
+        probs, order = torch.softmax(z, -1).sort(dim=-1, descending=True)
+        drop = probs.cumsum(-1) - probs >= decoding.top_p  # the mass before it already reaches top_p
+        drop[:, 0] = False
+        z = z.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), -torch.inf)
+    return torch.log_softmax(z, -1).gather(-1, true[:, None])[:, 0]
+
+
+def extraction_probability(log_p: np.ndarray, n: int) -> np.ndarray:
+    """P(at least one of ``n`` independent generations reproduces the suffix) = 1 − (1 − p)^n, from log p
+    (computed stably: −expm1(n · log1p(−p)))."""
+    p = np.exp(np.asarray(log_p, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        return -np.expm1(n * np.log1p(-np.minimum(p, 1.0)))
+
+
 @dataclass
 class ExtractionResult:
     """Extraction of a set of texts; no text is stored, only indices and scores.
@@ -248,19 +314,35 @@ def extract(
         {"index": i, "prefix_tokens": len(p) - k, "suffix_tokens": len(s), "best_sample": int(b), **sc[b]}
         for i, p, k, s, b, sc in zip(kept, prefixes, context_tokens, suffixes, best, scores, strict=True)
     ]
+    probabilistic = {}
+    if decoding.strategy == "sample":  # (n, p)-discoverable extraction (Hayes et al.): per text, exactly
+        log_p = suffix_log_probability(
+            model, prefixes, suffixes, decoding, ensure_pad_token(tokenizer), batch_size=batch_size
+        )
+        p_n = extraction_probability(log_p, n)
+        for row, lp, pn in zip(rows, log_p, p_n, strict=True):
+            row |= {"log_p_suffix": float(lp), "p_extracted": float(pn)}
+        probabilistic = {
+            "p_extracted_mean": float(p_n.mean()),  # expected share of texts extracted in n samples
+            "np_extractable_rate": float((p_n >= NP_THRESHOLD).mean()),  # share with P(extracted) ≥ 0.5
+        }
     generated = n * sum(len(s) for s in suffixes)
-    summary = aggregate(rows) | {
-        "sample_mean": {m: float(v.mean()) for m, v in samples.items()},
-        "n_texts": len(texts),
-        "n_skipped": len(skipped),
-        "n_truncated": enc.n_truncated,
-        "prefix": prefix,
-        "select": select,
-        "decoding": asdict(decoding),
-        "generated_tokens": generated,
-        "seconds": seconds,
-        "tokens_per_second": generated / seconds if seconds else float("nan"),
-    }
+    summary = (
+        aggregate(rows)
+        | probabilistic
+        | {
+            "sample_mean": {m: float(v.mean()) for m, v in samples.items()},
+            "n_texts": len(texts),
+            "n_skipped": len(skipped),
+            "n_truncated": enc.n_truncated,
+            "prefix": prefix,
+            "select": select,
+            "decoding": asdict(decoding),
+            "generated_tokens": generated,
+            "seconds": seconds,
+            "tokens_per_second": generated / seconds if seconds else float("nan"),
+        }
+    )
     return ExtractionResult(rows, samples, summary, skipped, gens)
 
 
