@@ -10,6 +10,7 @@ from memlens.config import parse_config
 from memlens.errors import MemlensError
 from memlens.experiments import run
 from memlens.metrics import roc_auc
+from memlens.report.summary import summary_lines
 
 
 def auc_of(results, epoch, attack):
@@ -176,6 +177,12 @@ def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
     assert per_text.groupby("member")["score"].mean()[1] == pytest.approx(share_m, abs=1e-6)
     sampled = ext[("T=0.5", "exact_match_rate", "members")]
     assert sampled["temperature"] == 0.5 and sampled["attack"] == "extraction T=0.5"
+    chance = pd.read_csv(tmp_path / "ex" / "scores.csv").query("attack == 'extraction T=0.5 p_extracted'")
+    assert len(chance) == 12 and chance["score"].between(0, 1).all()  # each extracted text's exact probability
+    mean_m = ext[("T=0.5", "p_extracted_mean", "members")]["value"]
+    assert chance.groupby("member")["score"].mean()[1] == pytest.approx(mean_m, abs=1e-6)
+    assert 0 <= ext[("T=0.5", "np_extractable_rate", "members")]["value"] <= 1
+    assert any("exact probability of extraction" in line for line in summary_lines(results))
     can = {(r["repetitions"], r["metric"]): r["value"] for r in last if r["kind"] == "canary"}
     assert can[(16, "canary_exposure")] > can[(0, "canary_exposure")]  # 0: the never-inserted controls
     assert can[(16, "canary_extraction_rate")] >= can[(1, "canary_extraction_rate")]

@@ -285,6 +285,16 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
                 f"extraction {decoding} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
                 f"exact suffix {100 * em:.1f}% vs {100 * en:.1f}%"
             )
+        pm, pn, rm, rn = (
+            value.get((decoding, metric, subset))
+            for metric in ("p_extracted_mean", "np_extractable_rate")
+            for subset in ("members", "nonmembers")
+        )
+        if pm is not None and pn is not None and rm is not None and rn is not None:
+            lines.append(
+                f"  exact probability of extraction in the samples drawn: mean {100 * pm:.2f}% vs {100 * pn:.2f}%, "
+                f"texts extracted with probability ≥ 50%: {100 * rm:.1f}% vs {100 * rn:.1f}%"
+            )
     canaries = [r for r in records if r["epoch"] == last and r["kind"] == "canary"]
     for attack in dict.fromkeys(r["attack"] for r in canaries):
         auc, rate, expo, top = (
