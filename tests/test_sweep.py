@@ -39,6 +39,20 @@ def test_grid_and_variants_expand_to_validated_trials(tiny_dir):
     assert len({t.hash for t in sweep.trials}) == len(sweep.trials)
 
 
+def test_axes_of_optional_sections_expand_and_create_the_section(tiny_dir):
+    """A DynamicCut fraction curve, a DP budget series: axes of [mitigation] / [privacy] / [distillation]
+    work whether or not the base config has the section (an override creates it with its defaults)."""
+    base = base_config(tiny_dir) | {"mitigation": {"method": "dynamiccut"}}
+    sweep = expand({"name": "s", "base": base, "grid": {"mitigation.fraction": [0.1, 0.2, 0.4]}})
+    assert [t.config.mitigation.fraction for t in sweep.trials] == [0.1, 0.2, 0.4]
+    assert {t.config.mitigation.method for t in sweep.trials} == {"dynamiccut"}
+    kd = expand({"name": "s", "base": base_config(tiny_dir), "grid": {"distillation.objectives": [["sequence"]]}})
+    (trial,) = kd.trials
+    assert trial.config.distillation.objectives == ["sequence"] and trial.config.distillation.student == "same"
+    with pytest.raises(MemlensError, match=r"distillation\.nonsense is not a config field"):
+        expand({"name": "s", "base": base_config(tiny_dir), "grid": {"distillation.nonsense": [1]}})
+
+
 def test_a_new_optional_field_keeps_an_old_sweeps_trials(tiny_dir):
     """The trial hash leaves out fields that are None (unset), so adding an optional field to a later memlens
     (model.adapter was one) does not turn every stored trial into a stranger; a value that is set still counts."""
