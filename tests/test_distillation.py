@@ -110,6 +110,21 @@ def test_half_depth_keeps_every_other_block_and_the_model_still_generates(tiny_d
         keep_blocks(load_model(str(tiny_dir)).model, [1, 0])
 
 
+def test_a_prompt_tuned_teacher_is_distilled_on_the_texts_own_positions(tiny_dir):
+    """peft's prompt tuning prepends virtual positions to the teacher's logits; the KD loss compares the text's."""
+    from memlens.config import TuningConfig
+    from memlens.tuning import apply_method
+    from memlens.tuning.distill import kd_objective
+
+    teacher, _ = apply_method(load_model(str(tiny_dir)).model, TuningConfig(method="prompt", virtual_tokens=4))
+    student = load_model(str(tiny_dir)).model
+    ids = torch.tensor([[1, 5, 9, 13, 2], [1, 7, 3, 0, 0]])
+    mask = (torch.arange(5)[None, :] < torch.tensor([[5], [3]])).long()
+    labels = ids.masked_fill(mask == 0, -100)
+    loss = kd_objective(teacher, objective="forward_kl", temperature=1.0, alpha=0.5)(student, ids, mask, labels)
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss.requires_grad
+
+
 def test_a_logit_objective_needs_a_shared_vocabulary(tiny_dir):
     lm = load_model(str(tiny_dir))
 

@@ -340,3 +340,7 @@ def test_sampled_extraction_reports_each_texts_probability(memorized):
     assert p[2:4].min() > p[4:].max()  # the canaries seen 32 times are far likelier to come out than controls
     assert res.summary["p_extracted_mean"] == pytest.approx(p.mean())
     assert res.summary["np_extractable_rate"] == pytest.approx((p >= 0.5).mean())
+    lo, hi = res.summary["p_extracted_mean_ci"]
+    assert 0 <= lo <= p.mean() <= hi <= 1 and hi > lo  # bootstrap over the texts
+    lo, hi = res.summary["np_extractable_rate_ci"]
+    assert lo <= (p >= 0.5).mean() <= hi and hi - lo > 0.2  # Clopper–Pearson on 8 texts: wide

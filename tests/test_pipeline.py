@@ -179,7 +179,9 @@ def test_extraction_and_canaries_in_a_run(tiny_dir, tmp_path):
     assert sampled["temperature"] == 0.5 and sampled["attack"] == "extraction T=0.5"
     chance = pd.read_csv(tmp_path / "ex" / "scores.csv").query("attack == 'extraction T=0.5 p_extracted'")
     assert len(chance) == 12 and chance["score"].between(0, 1).all()  # each extracted text's exact probability
-    mean_m = ext[("T=0.5", "p_extracted_mean", "members")]["value"]
+    mean_row = ext[("T=0.5", "p_extracted_mean", "members")]
+    mean_m = mean_row["value"]
+    assert mean_row["ci_low"] <= mean_m <= mean_row["ci_high"]
     assert chance.groupby("member")["score"].mean()[1] == pytest.approx(mean_m, abs=1e-6)
     assert 0 <= ext[("T=0.5", "np_extractable_rate", "members")]["value"] <= 1
     assert any("exact probability of extraction" in line for line in summary_lines(results))

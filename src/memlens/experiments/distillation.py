@@ -236,7 +236,7 @@ def distil_one(
         "objective": objective,
         "model": lm.info["spec"],
         "parameters": sum(p.numel() for p in student.parameters()),
-        "epochs": [e | {"train_loss": float(e["train_loss"])} for e in trained["epochs"]],
+        "epochs": trained["epochs"],
         "train_seconds": trained["train_seconds"],
         "train_tokens": trained["train_tokens"],
     }

@@ -401,6 +401,8 @@ def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: in
                         decoding=label,
                         temperature=dec.temperature if dec.strategy == "sample" else None,
                         seed=cfg.training.seed,
+                        ci_low=res.summary.get(f"{m}_ci", [None, None])[0],  # (n, p)-extraction's intervals
+                        ci_high=res.summary.get(f"{m}_ci", [None, None])[1],
                     )
                     for m, v in res.summary.items()
                     if isinstance(v, float) and m != "seconds"
@@ -600,7 +602,7 @@ def encode_inputs(
         if not corpus:
             raise MemlensError("dc_pdd needs token frequencies: the frequency corpus is empty")
         ref = encode_records(tok, corpus, n).ids
-        largest = max((max(s, default=0) for s in [*out.target.ids, *ref]), default=0)
+        largest = int(np.concatenate([np.asarray(s, dtype=np.int64) for s in [*out.target.ids, *ref]]).max())
         out.token_frequency = frequencies(ref, max(len(tok), largest + 1))
     return out
 

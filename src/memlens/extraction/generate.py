@@ -34,6 +34,7 @@ from memlens import progress
 from memlens.data.sources import as_records
 from memlens.errors import MemlensError
 from memlens.extraction.metrics import METRICS, aggregate, score_pair
+from memlens.metrics import clopper_pearson
 from memlens.tokens import encode_records, ensure_pad_token, pad_batch, sorted_batches
 
 NP_THRESHOLD = 0.5  # a text is (n, p)-extractable when P(extracted in n samples) ≥ p
@@ -233,6 +234,14 @@ def extraction_probability(log_p: np.ndarray, n: int) -> np.ndarray:
         return -np.expm1(n * np.log1p(-np.minimum(p, 1.0)))
 
 
+def mean_ci(values: np.ndarray, *, n_boot: int = 1000, confidence: float = 0.95, seed: int = 0) -> list[float]:
+    """Percentile-bootstrap interval of the mean of ``values`` over texts (one row of draws, no loop)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    return [float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))]
+
+
 @dataclass
 class ExtractionResult:
     """Extraction of a set of texts; no text is stored, only indices and scores.
@@ -322,9 +331,12 @@ def extract(
         p_n = extraction_probability(log_p, n)
         for row, lp, pn in zip(rows, log_p, p_n, strict=True):
             row |= {"log_p_suffix": float(lp), "p_extracted": float(pn)}
+        hits = int((p_n >= NP_THRESHOLD).sum())
         probabilistic = {
             "p_extracted_mean": float(p_n.mean()),  # expected share of texts extracted in n samples
-            "np_extractable_rate": float((p_n >= NP_THRESHOLD).mean()),  # share with P(extracted) ≥ 0.5
+            "p_extracted_mean_ci": mean_ci(p_n, seed=seed),
+            "np_extractable_rate": hits / len(p_n),  # share of texts with P(extracted) ≥ 0.5
+            "np_extractable_rate_ci": list(clopper_pearson(hits, len(p_n))),
         }
     generated = n * sum(len(s) for s in suffixes)
     summary = (

@@ -269,31 +269,34 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         console.print(line, highlight=False, markup=False)
 
 
+def _members_vs_nonmembers(row: dict, decoding: str, *metrics: str) -> list[tuple[dict, dict]] | None:
+    """Per metric, the (members, non-members) records of ``decoding``; None when any is missing."""
+    pairs = [(row.get((decoding, m, "members")), row.get((decoding, m, "nonmembers"))) for m in metrics]
+    return None if any(r is None or r["value"] is None for pair in pairs for r in pair) else pairs  # type: ignore[return-value]
+
+
+def _pct_ci(r: dict) -> str:
+    ci = f" [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]" if r.get("ci_low") is not None else ""
+    return f"{100 * r['value']:.2f}%{ci}"
+
+
 def _extraction_lines(records: list[dict], last: int) -> list[str]:
     """One line per decoding (members vs non-members) and per canary repetition count."""
     ext = [r for r in records if r["epoch"] == last and r["kind"] == "extraction"]
-    value = {(r["decoding"], r["metric"], r["subset"]): r["value"] for r in ext}
+    row = {(r["decoding"], r["metric"], r["subset"]): r for r in ext}
     lines = []
     for decoding in dict.fromkeys(r["decoding"] for r in ext):
-        m, n, em, en = (
-            value.get((decoding, metric, subset))
-            for metric in ("ngram_share", "exact_match_rate")
-            for subset in ("members", "nonmembers")
-        )
-        if m is not None and n is not None and em is not None and en is not None:
+        if got := _members_vs_nonmembers(row, decoding, "ngram_share", "exact_match_rate"):
+            (m, n), (em, en) = got
             lines.append(
-                f"extraction {decoding} (members vs non-members): n-gram share {m:.3f} vs {n:.3f}, "
-                f"exact suffix {100 * em:.1f}% vs {100 * en:.1f}%"
+                f"extraction {decoding} (members vs non-members): n-gram share {m['value']:.3f} vs "
+                f"{n['value']:.3f}, exact suffix {_pct(em)} vs {_pct(en)}"
             )
-        pm, pn, rm, rn = (
-            value.get((decoding, metric, subset))
-            for metric in ("p_extracted_mean", "np_extractable_rate")
-            for subset in ("members", "nonmembers")
-        )
-        if pm is not None and pn is not None and rm is not None and rn is not None:
+        if got := _members_vs_nonmembers(row, decoding, "p_extracted_mean", "np_extractable_rate"):
+            (pm, pn), (rm, rn) = got
             lines.append(
-                f"  exact probability of extraction in the samples drawn: mean {100 * pm:.2f}% vs {100 * pn:.2f}%, "
-                f"texts extracted with probability ≥ 50%: {100 * rm:.1f}% vs {100 * rn:.1f}%"
+                f"  exact probability of extraction in the samples drawn: mean {_pct_ci(pm)} vs {_pct_ci(pn)}; "
+                f"texts extracted with probability ≥ 50%: {_pct_ci(rm)} vs {_pct_ci(rn)}"
             )
     canaries = [r for r in records if r["epoch"] == last and r["kind"] == "canary"]
     for attack in dict.fromkeys(r["attack"] for r in canaries):

@@ -55,8 +55,8 @@ def kd_objective(teacher, *, objective: str, temperature: float, alpha: float) -
     teacher.eval()
 
     def loss(student, ids, mask, labels):
-        with torch.no_grad():
-            t = teacher(input_ids=ids, attention_mask=mask).logits
+        with torch.no_grad():  # a prompt-tuned teacher prepends its virtual positions: keep the text's
+            t = teacher(input_ids=ids, attention_mask=mask).logits[:, -ids.shape[1] :]
         s = student(input_ids=ids, attention_mask=mask).logits
         return kd_loss(s, t, labels, objective=objective, temperature=temperature, alpha=alpha)
 
