@@ -27,7 +27,7 @@ def memorized(tiny_dir, tmp_path_factory):
             out,
             training={"epochs": 25, "eval_every": 10, "eval_at": [1], "save_checkpoints": True},
             data={"n_members": 32, "n_nonmembers": 32},
-            attacks={"names": list(ATTACKS), "k": [0.2]},
+            attacks={"names": list(ATTACKS), "k": [0.2], "reference_models": 1},
         )
     )
     return cfg, run(cfg), out
@@ -108,7 +108,18 @@ def test_lora_run_and_no_output(tiny_dir, tmp_path):
 
 def test_memorization_is_tracked_per_epoch_for_every_attack(memorized):
     _cfg, results, out = memorized
-    labels = {"loss", "reference", "zlib", "lowercase", "recall", "min_k@0.2", "min_k_plus@0.2", "dc_pdd"}
+    labels = {
+        "loss",
+        "reference",
+        "zlib",
+        "lowercase",
+        "recall",
+        "min_k@0.2",
+        "min_k_plus@0.2",
+        "dc_pdd",
+        "rmia",
+        "lira",
+    }
     aucs = {(r["epoch"], r["attack"]): r["value"] for r in results["records"] if r["metric"] == "auc"}
     for epoch in (0, 1, 10, 20, 25):
         expected = labels - {"reference"} if epoch == 0 else labels

@@ -139,6 +139,7 @@ def test_page_structure(report):
         "AUC and loss gap",
         "Memorization per epoch",
         "ROC curves at the final epoch",
+        "Every attack at low false-positive rates",
     ):
         assert figure in tags.headings
     assert "Paired comparisons with the first trial" in tags.headings
@@ -193,6 +194,11 @@ def test_markdown_summary(report):
     assert "| targets=q+v rank=2 layers=0 | canary x8 |" in md and "Not drawn" not in md
     # 24 non-members cannot resolve a 1% FPR: no number that looks measured, a footnote that says why
     assert "| — \\* |" in md and "\\* TPR @ 1% FPR not estimable: needs ≥ 100 non-members" in md
+    assert "\\* TPR @ 0.1% FPR not estimable: needs ≥ 1000 non-members" in md
+    # every attack's table: TPR at low FPR first, the strongest marked, what each attack costs
+    assert "| attack | TPR @ 0.1% FPR \\[95% CI\\] | TPR @ 1% FPR \\[95% CI\\] | AUC epoch" in md
+    assert md.count(" ★ |") == 3 and "★ strongest attack here" in md
+    assert "| scoring pass + the pre-trained pass (or one of reference\\_model) |" in md
 
 
 def test_not_estimable_tpr_is_footnoted_in_the_page(report):
@@ -246,6 +252,7 @@ def test_every_plot_copes_with_missing_data():
     assert plots.val_ppl_vs_epoch(results) is None
     assert plots.extraction_vs_repetitions(results.assign(repetitions=[])) is None
     assert plots.roc_curves(scores) is None
+    assert plots.roc_by_attack(scores, "x") is None
     assert plots.score_histograms(scores) is None
     assert plots.perplexity_vs_memorization(scores) is None
     assert plots.auc_vs_rank(final) is None

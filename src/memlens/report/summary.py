@@ -90,8 +90,10 @@ def summary_lines(results: dict) -> list[str]:
             f"training: {tr['train_tokens']:,} tokens at {tr['tokens_per_second']:.0f} tokens/s, "
             f"padding {100 * tr['padding_fraction']:.1f}%",
             f"wall time: {tm['total']:.0f} s (load {tm['load']:.0f}, score pre-trained {tm['score_pretrained']:.0f}, "
-            f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f})",
+            f"train {tm['train']:.0f}, score fine-tuned {tm['score_finetuned']:.0f}, attacks {tm['attacks']:.0f}"
+            + (f", reference models {tm['reference_models']:.0f})" if "reference_models" in tm else ")"),
         ]
+        lines += reference_model_lines(results.get("reference_models"))
     lines += [f"* TPR @ 1% FPR {note}" for note in notes]
     lines += _extraction_lines(records, last) + data_lines(results.get("data", {}))
     lines += mitigation_lines(results.get("mitigation"), results.get("subsets"))
@@ -310,3 +312,18 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
             f"{attack}: {auc_s}secret extracted {100 * float(rate or 0):.0f}%, exposure {expo or 0:.1f} bits{top_s}"
         )
     return lines
+
+
+def reference_model_lines(info: dict | None) -> list[str]:
+    """The reference models behind RMIA and LiRA: how many, on what, what they cost, RMIA's a."""
+    if not info:
+        return []
+    cached = sum(info["cached"])
+    return [
+        f"reference models: {info['k']} fine-tuned like the target on {info['texts_per_model']} population texts "
+        f"each ({info['population']}: {info['population_texts']:,} texts not scored; {info['population_samples']} "
+        f"set aside as RMIA's z), {sum(info['seconds']):.0f} s"
+        + (f", {cached} of {info['k']} from the cache" if cached else ""),
+        f"RMIA: a = {info['rmia_a']:g} ({info['rmia_a_from']}), γ = {info['rmia_gamma']:g}; "
+        f"LiRA: {info['lira_variance']} variance",
+    ]

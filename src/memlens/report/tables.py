@@ -136,13 +136,19 @@ def headline_table(final: pd.DataFrame, attack: str) -> Table:
     return Table(headers, rows, notes)
 
 
-def _tpr_cell(value: float | None, note: str | None) -> Cell:
-    """The TPR at 1% FPR, or "— *" where it is not estimable (the footnote says why)."""
-    return Cell("— *" if isinstance(note, str) and note else _pct(value), "num")
+def _tpr_cell(value: float | None, note: str | None, lo: float | None = None, hi: float | None = None) -> Cell:
+    """A TPR (with its CI where given), or "— *" where it is not estimable (the footnote says why)."""
+    if isinstance(note, str) and note:
+        return Cell("— *", "num")
+    if is_missing(lo) or is_missing(hi) or is_missing(value):
+        return Cell(_pct(value), "num")
+    return Cell(f"{_pct(value)} [{_pct(lo)}, {_pct(hi)}]", "num")
 
 
 def _tpr_notes(notes) -> tuple[str, ...]:
-    return tuple(f"* TPR @ 1% FPR {n}" for n in sorted({n for n in notes if isinstance(n, str) and n}))
+    """Footnotes for TPRs that are not estimable: ``notes`` holds notes, or ``(fpr, note)`` pairs (default 1%)."""
+    pairs = {n if isinstance(n, tuple) else (0.01, n) for n in notes}
+    return tuple(f"* TPR @ {100 * f:g}% FPR {n}" for f, n in sorted(p for p in pairs if isinstance(p[1], str) and p[1]))
 
 
 def comparison_table(comparisons: BaselineComparison | None, attack: str) -> Table | None:
@@ -188,34 +194,74 @@ def _difference_verdict(verdict: str, diff: float) -> Cell:
     return Cell("higher" if diff > 0 else "lower", "warn" if diff > 0 else "ok")
 
 
+ATTACK_COST = {  # what an attack needs beyond the one cached scoring pass (the registry's ``needs``)
+    "reference": "the pre-trained pass (or one of reference_model)",
+    "texts": "",
+    "lowercase": "a lower-cased pass",
+    "recall": "a prefixed pass",
+    "token_ids": "",
+    "token_frequency": "a tokenised frequency corpus",
+    "references": "reference models fine-tuned (results.json: reference_models)",
+    "population": "a population-samples pass",
+}
+
+
+def attack_cost(name: str) -> str:
+    """What attack ``name`` costs beyond the scoring pass, from the registry."""
+    from memlens.attacks import ATTACKS
+
+    extra = [ATTACK_COST[n] for n in sorted(ATTACKS[name].needs) if ATTACK_COST.get(n)] if name in ATTACKS else []
+    return "scoring pass" + "".join(f" + {e}" for e in extra)
+
+
 def attack_table(results: pd.DataFrame, trial: int, epoch: int, attacks: list[str]) -> Table:
-    """Every attack of one trial at its final epoch, with its pre-trained AUC and the blind-baseline verdict."""
+    """Every attack of one trial at its final epoch, low false-positive rates first: TPR at 0.1% and 1% FPR
+    (95% CIs), AUC, its pre-trained AUC, the paired and blind-baseline verdicts, and what it costs. ★ marks the
+    strongest: the highest estimable TPR at 1% FPR, then the highest AUC."""
     pick = picker(results[results["trial"] == trial])
-    rows = []
+    found = []
     for a in attacks:
-        auc, tpr = pick(epoch, a, "auc"), pick(epoch, a, "tpr", 0.01) or {}
-        if auc is None:
-            continue
-        rows.append(
-            [
-                Cell(a),
-                Cell(_auc(value_of(auc, "value"), value_of(auc, "ci_low"), value_of(auc, "ci_high")), "num"),
-                _tpr_cell(value_of(tpr, "value"), tpr.get("note")),
-                Cell(_auc(value_of(pick(0, a, "auc"), "value")), "num"),
-                _verdict(value_of(auc, "beats_pretrained")),
-                _verdict(value_of(auc, "beats_blind")),
-            ]
-        )
-    notes = _tpr_notes((pick(epoch, a, "tpr", 0.01) or {}).get("note") for a in attacks)
+        auc = pick(epoch, a, "auc")
+        if auc is not None:
+            found.append((a, auc, pick(epoch, a, "tpr", 0.001) or {}, pick(epoch, a, "tpr", 0.01) or {}))
+    strength = {a: _strength(tpr, auc) for a, auc, _, tpr in found}
+    best = max(strength, key=lambda a: strength[a]) if found else None
+    rows = [
+        [
+            Cell(f"{a} ★" if a == best else a, "ok" if a == best else ""),
+            _tpr_cell(value_of(low, "value"), low.get("note"), value_of(low, "ci_low"), value_of(low, "ci_high")),
+            _tpr_cell(value_of(tpr, "value"), tpr.get("note"), value_of(tpr, "ci_low"), value_of(tpr, "ci_high")),
+            Cell(_auc(value_of(auc, "value"), value_of(auc, "ci_low"), value_of(auc, "ci_high")), "num"),
+            Cell(_auc(value_of(pick(0, a, "auc"), "value")), "num"),
+            _verdict(value_of(auc, "beats_pretrained")),
+            _verdict(value_of(auc, "beats_blind")),
+            Cell(attack_cost(str(auc.get("attack_name") or a))),
+        ]
+        for a, auc, low, tpr in found
+    ]
+    notes = _tpr_notes([(f, (pick(epoch, a, "tpr", f) or {}).get("note")) for a in attacks for f in (0.001, 0.01)])
     headers = [
         "attack",
+        "TPR @ 0.1% FPR [95% CI]",
+        "TPR @ 1% FPR [95% CI]",
         f"AUC epoch {epoch} [95% CI]",
-        "TPR @ 1% FPR",
         "AUC pre-trained",
         "beats pre-trained? (paired)",
         "beats blind?",
+        "cost",
     ]
+    if best is not None:
+        notes += ("★ strongest attack here: the highest TPR at 1% FPR (where estimable), then the highest AUC.",)
     return Table(headers, rows, notes)
+
+
+def _strength(tpr: dict, auc: dict) -> tuple[float, float]:
+    value, a = value_of(tpr, "value"), value_of(auc, "value")
+    noted = isinstance(tpr.get("note"), str) and bool(tpr.get("note"))
+    return (
+        -1.0 if noted or value is None or is_missing(value) else float(value),
+        -1.0 if a is None or is_missing(a) else float(a),
+    )
 
 
 def extraction_tables(results: pd.DataFrame) -> list[tuple[str, Table]]:
