@@ -13,6 +13,7 @@ from helpers import assert_one_line_error, invoke, phee_texts, tiny_config, writ
 from memlens.attacks import ATTACKS, AttackInputs, attack_labels, run_attack
 from memlens.attacks.calibrated import first_occurrences, frequencies
 from memlens.attacks.min_k import SIGMA_FLOOR, mean_of_lowest
+from memlens.attacks.neighbours import SWAP_SHARE, neighbours, vocabulary
 from memlens.errors import MemlensError
 from memlens.scoring import score_cached, score_ids, score_texts
 from memlens.tokens import encode
@@ -54,7 +55,15 @@ def inputs(tiny):
     for i, seq in enumerate(ids):
         token_ids[i, : len(seq) - 1] = seq[1:]
     frequency = frequencies(encode(tok, phee_texts("dev", 40), 64).ids, len(tok))
-    return tiny, ids, prefix, AttackInputs(target, ref, TEXTS, lower, recall, token_ids, frequency)
+    near = score_texts(model, tok, [t for text in TEXTS for t in neighbours_of(text)], max_tokens=64)
+    inp = AttackInputs(target, ref, TEXTS, lower, recall, token_ids, frequency, neighbours=near)
+    return tiny, ids, prefix, inp
+
+
+def neighbours_of(text):
+    """Three fixed neighbours of ``text``."""
+    words = vocabulary(phee_texts("dev", 20))
+    return neighbours(text, words, 3, np.random.default_rng(len(text)))
 
 
 def readable_frequency(corpus_ids, vocab_size):
@@ -98,11 +107,32 @@ def test_every_attack_matches_its_definition(inputs):
             "min_k_plus@0.2": readable_min_k(z, 0.2),
             "min_k_plus@0.5": readable_min_k(z, 0.5),
             "dc_pdd": readable_dc_pdd(seq, ll, freq),
+            "neighbour": np.mean(
+                [
+                    -np.mean([r[0] for r in token_logprobs(model, s)])
+                    for s in encode(tok, neighbours_of(TEXTS[i]), 64).ids
+                ]
+            )
+            - L,
         }
         own_models = [n for n in ATTACKS if "references" not in ATTACKS[n].needs]  # RMIA, LiRA: test_references
         for label, name, k in attack_labels(own_models, [0.2, 0.5]):
             got = run_attack(name, inp, k)[i]
             assert got == pytest.approx(expected[label], rel=1e-4, abs=1e-5), (label, i)
+
+
+def test_neighbours_swap_a_tenth_of_the_words_for_other_words_of_the_vocabulary():
+    words = vocabulary(phee_texts("dev", 30))
+    text = TEXTS[0]
+    got = neighbours(text, words, 5, np.random.default_rng(0))
+    assert got == neighbours(text, words, 5, np.random.default_rng(0))  # seeded
+    n = len(text.split())
+    for near in got:
+        changed = [(a, b) for a, b in zip(text.split(), near.split(), strict=True) if a != b]
+        assert len(changed) == max(1, round(SWAP_SHARE * n)) and all(b in words for _, b in changed)
+    assert len(set(got)) > 1
+    assert neighbours("", words, 3, np.random.default_rng(0)) == ["", "", ""]  # nothing to swap: copies
+    assert neighbours("a b", ["a"], 2, np.random.default_rng(0)) == ["a b", "a b"]  # no other word to swap in
 
 
 def test_first_occurrences_marks_each_distinct_token_once_per_row():
@@ -213,3 +243,17 @@ def test_a_missing_frequency_corpus_is_one_clear_error(tiny_dir, tmp_path):
     result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
     assert_one_line_error(result, "frequency_corpus .* is neither sotu, validation, pool nor an existing file")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_neighbourhood_attack_runs_from_the_cli_and_refuses_too_few_neighbours(tiny_dir, tmp_path):
+    cfg = tiny_config(tiny_dir, tmp_path / "out", attacks={"names": ["loss", "neighbour"], "neighbours": 4})
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
+    aucs = {r["epoch"]: r for r in rows if r["attack"] == "neighbour" and r["metric"] == "auc"}
+    assert set(aucs) == {0, 1} and all(r["ci_low"] <= r["value"] <= r["ci_high"] for r in aucs.values())
+    cfg["attacks"]["neighbours"] = 1
+    cfg["output"]["dir"] = str(tmp_path / "bad")
+    bad = invoke("run", write_config(tmp_path / "bad.toml", cfg))
+    assert_one_line_error(bad, "attacks.neighbours.*greater than or equal to 2")
+    assert not (tmp_path / "bad").exists()

@@ -119,6 +119,7 @@ def test_memorization_is_tracked_per_epoch_for_every_attack(memorized):
         "dc_pdd",
         "rmia",
         "lira",
+        "neighbour",
     }
     aucs = {(r["epoch"], r["attack"]): r["value"] for r in results["records"] if r["metric"] == "auc"}
     for epoch in (0, 1, 10, 20, 25):

@@ -157,7 +157,8 @@ class AttackConfig(_Section):
     sampling, ``population_size`` texts (default 500) are set aside as RMIA's population samples z, which no
     model trains on. Cached by recipe and data, so a sweep trains them once. ``rmia_a``: RMIA's offline
     scaling (default: tuned on the reference models as the paper does, 0.3 with a single one); ``rmia_gamma``:
-    its likelihood-ratio threshold (default 1).
+    its likelihood-ratio threshold (default 1). ``neighbours`` (``neighbour``): how many perturbed copies of each
+    text are scored (default 8).
     """
 
     names: list[str] = Field(default_factory=lambda: ["loss", "reference", "zlib", "min_k", "min_k_plus"])
@@ -176,6 +177,7 @@ class AttackConfig(_Section):
     population_size: Annotated[int, Field(ge=10)] | None = None  # None: 500
     rmia_a: Annotated[float, Field(ge=0, le=1)] | None = None  # None: tuned (0.3 with one reference model)
     rmia_gamma: Annotated[float, Field(gt=0)] | None = None  # None: 1
+    neighbours: Annotated[int, Field(ge=2, le=64)] | None = None  # None: 8
 
     @model_validator(mode="after")
     def _references_used(self) -> AttackConfig:

@@ -32,7 +32,8 @@ class AttackInputs:
       text's length);
     - ``token_frequency``: ``(V,)`` each token's smoothed frequency in a reference corpus (DC-PDD);
     - ``references``: what the reference models memlens trained say about the texts (RMIA, LiRA);
-    - ``population``: the target model's statistics of RMIA's population samples (no model trained on them).
+    - ``population``: the target model's statistics of RMIA's population samples (no model trained on them);
+    - ``neighbours``: the target model's statistics of each text's ``m`` neighbours, text by text (``N·m`` rows).
     """
 
     target: TokenStats
@@ -44,6 +45,7 @@ class AttackInputs:
     token_frequency: np.ndarray | None = None
     references: ReferenceSignals | None = None
     population: TokenStats | None = None
+    neighbours: TokenStats | None = None
 
     def need(self, name: str) -> Any:
         """The input ``name``; an attack registered with ``needs=[name]`` is only called when it is set."""
@@ -104,6 +106,6 @@ def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, 
     return out
 
 
-from memlens.attacks import calibrated, likelihood, min_k, references  # noqa: E402,F401  (registers the attacks)
+from memlens.attacks import calibrated, likelihood, min_k, neighbours, references  # noqa: E402,F401  (registers the attacks)
 
 __all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]

@@ -538,7 +538,8 @@ def flag_blind(records: list[Record], blind: dict | None) -> list[Record]:
 
 def passes_needed(cfg: RunConfig) -> set[str]:
     """The extra inputs the configured attacks need: passes (``lowercase``, ``recall``) and token frequencies."""
-    return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & {"lowercase", "recall", "token_frequency"}
+    passes = {"lowercase", "recall", "token_frequency", "neighbours"}
+    return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & passes
 
 
 def frequency_corpus(cfg: RunConfig, splits) -> list[Text] | None:
@@ -580,6 +581,7 @@ class PassInputs:
     target: Encoded  # members, then non-members
     validation: Encoded
     lowercase: Encoded | None = None  # the lower-cased texts (Lowercase attack)
+    neighbours: Encoded | None = None  # each text's neighbours, text by text (neighbourhood attack)
     recall_prefix: list[int] | None = None  # the ReCaLL prefix's ids
     token_frequency: np.ndarray | None = None  # (V,) DC-PDD's reference frequencies
     population: Encoded | None = None  # RMIA's population samples z (scored by the target at every stage)
@@ -614,6 +616,13 @@ def encode_inputs(
     needed = passes_needed(cfg)
     if "lowercase" in needed:
         out.lowercase = encode_records(tok, [replace(r, text=r.text.lower()) for r in records], n)
+    if "neighbours" in needed:
+        from memlens.attacks.neighbours import NEIGHBOURS, neighbours, vocabulary
+
+        words, m = vocabulary([r.text for r in val]), cfg.attacks.neighbours or NEIGHBOURS
+        rng = np.random.default_rng(cfg.attacks.seed)
+        near = [replace(r, text=t) for r in records for t in neighbours(r.text, words, m, rng)]
+        out.neighbours = encode_records(tok, near, n)
     if "recall" in needed:
         # the start token and the shots' tokens; each text then follows it in place of its own start token
         shots = " ".join(r.text for r in val[: cfg.attacks.recall_shots]) + " "
@@ -656,6 +665,8 @@ def score_stage(
     }
     if inputs.lowercase is not None:
         out["lowercase"] = score(inputs.lowercase, "lower-cased")
+    if inputs.neighbours is not None:
+        out["neighbours"] = score(inputs.neighbours, "neighbours")
     if inputs.recall_prefix is not None:
         out["recall"] = score(inputs.target, "ReCaLL-prefixed", prefix=inputs.recall_prefix)
     if inputs.population is not None:
@@ -806,6 +817,7 @@ def stage_scores(
         reference=reference,
         texts=texts,
         lowercase=stats.get("lowercase"),
+        neighbours=stats.get("neighbours"),
         recall=stats.get("recall"),
         token_ids=passes.token_ids() if passes is not None and frequency is not None else None,
         token_frequency=frequency,

@@ -170,7 +170,8 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
 
     extra = passes_needed(cfg)
     evals = 1 + count_evaluations(cfg)
-    per_eval = 2 * params * (scored * (1 + len(extra)) + d.n_validation * mean_tokens)
+    copies = (cfg.attacks.neighbours or 8) - 1 if "neighbours" in extra else 0  # the neighbours' pass: m copies
+    per_eval = 2 * params * (scored * (1 + len(extra) + copies) + d.n_validation * mean_tokens)
     train = (
         (6 if cfg.tuning.method in ("full", "head") else 4) * params * d.n_members * mean_tokens * cfg.training.epochs
     )

@@ -203,6 +203,7 @@ ATTACK_COST = {  # what an attack needs beyond the one cached scoring pass (the 
     "token_frequency": "a tokenised frequency corpus",
     "references": "reference models fine-tuned (results.json: reference_models)",
     "population": "a population-samples pass",
+    "neighbours": "a pass over each text's neighbours (attacks.neighbours copies)",
 }
 
 
