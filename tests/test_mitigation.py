@@ -9,6 +9,7 @@ import pytest
 from helpers import assert_one_line_error, invoke, tiny_config, write_config
 
 from memlens.config import parse_config
+from memlens.errors import MemlensError
 from memlens.experiments.mitigation import intensity
 from memlens.experiments.runner import Measured, measure
 from memlens.report.summary import mitigation_lines
@@ -25,6 +26,29 @@ def test_intensity_is_the_loss_drop_averaged_over_the_fine_tuned_epochs():
     assert intensity(m)[0] == pytest.approx(1.5) and intensity(m)[2] == pytest.approx(1.0)
     assert intensity(m)[1] == -np.inf  # a member with no score at some epoch is never ranked first
     assert len(intensity(m)) == 3  # members only
+
+
+def test_intensity_can_be_an_attacks_score_averaged_over_the_epochs():
+    m = _measured({0: [3.0, 3.0, 2.0, 5.0], 1: [2.0, 3.0, 1.0, 5.0], 2: [1.0, 2.0, 1.0, 4.0]}, n_members=3)
+    m.scores[0]["lira"] = np.array([9.0, 9.0, 9.0, 9.0])  # the pre-trained model's scores are not averaged in
+    m.scores[1]["lira"] = np.array([0.5, 2.0, np.nan, 1.0])
+    m.scores[2]["lira"] = np.array([1.5, 1.0, 3.0, 1.0])
+    got = intensity(m, "lira")
+    assert got[:2] == pytest.approx([1.0, 1.5]) and got[2] == -np.inf and len(got) == 3
+    with pytest.raises(MemlensError, match=r"with min_k@0\.2 to rank"):
+        intensity(m, "min_k@0.2")
+
+
+def test_dynamiccut_ranks_by_lira_calibrated_on_reference_models(tiny_dir, tmp_path):
+    mitigation = {"method": "dynamiccut", "fraction": 0.25, "rank_by": "lira", "control": False}
+    attacks = {"names": ["loss", "lira"], "reference_models": 1}
+    cfg = tiny_config(tiny_dir, tmp_path / "out", training={"epochs": 2}, mitigation=mitigation, attacks=attacks)
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["mitigation"]["rank_by"] == "lira" and results["mitigation"]["dropped"] == 6
+    assert results["reference_models"]["k"] == 1
+    assert "ranked by lira" in result.stdout
 
 
 def test_leaving_members_out_trains_without_them_and_reports_both_subsets(tiny_dir, tmp_path):
@@ -69,7 +93,7 @@ def test_dynamiccut_run_leaves_out_the_most_memorized_beside_a_random_control(ti
     [
         ({"method": "dynamiccut", "fraction": 0.01}, "leaves out 0: need 1 to n-1"),
         ({"method": "dynamiccut", "fraction": 1.0}, "mitigation.fraction"),
-        ({"method": "dynamiccut", "rank_by": "vibes"}, "mitigation.rank_by"),
+        ({"method": "dynamiccut", "rank_by": "vibes"}, "mitigation.rank_by 'vibes' is neither loss_drop nor a conf"),
     ],
 )
 def test_bad_dynamiccut_settings_are_one_clear_error(tiny_dir, tmp_path, mitigation, pattern):

@@ -252,7 +252,9 @@ class MitigationConfig(_Section):
       audit's definition; planted canaries included), so that no text is learned several times over.
     - ``dynamiccut`` (after Fang et al.'s DynamicCut): fine-tune once, rank the members by their memorization
       intensity (``rank_by = "loss_drop"``: the pre-trained minus fine-tuned mean token loss, averaged over
-      the epochs), leave the top ``fraction`` out and fine-tune again from the pre-trained model; with
+      the epochs; or any configured attack's label, e.g. ``"lira"`` — its per-text score averaged over the
+      epochs, which with reference models separates what was memorized from what any fine-tune on the domain
+      would learn), leave the top ``fraction`` out and fine-tune again from the pre-trained model; with
       ``control = true`` also fine-tune without a random ``fraction`` of the members (same size), the control
       that says whether the ranking mattered. ``rank_method`` ranks with another tuning method (e.g. ``lora``
       for a ``full`` run; at its default learning rate), to test whether the ranking transfers.
@@ -260,7 +262,7 @@ class MitigationConfig(_Section):
 
     method: Literal["dedup", "dynamiccut"] = "dedup"
     fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    rank_by: Literal["loss_drop"] = "loss_drop"
+    rank_by: str = "loss_drop"
     rank_method: Literal["full", "head", "lora", "ia3", "prefix", "prompt", "ptuning"] | None = None
     control: bool = True
 
@@ -414,6 +416,20 @@ class RunConfig(_Section):
         if self.privacy is not None and self.privacy.dp and self.tuning.method in DP_UNSUPPORTED:
             why = DP_UNSUPPORTED[self.tuning.method]
             raise ValueError(f"DP-SGD cannot train tuning.method {self.tuning.method!r}: {why}")
+        return self
+
+    @model_validator(mode="after")
+    def _ranked_by_a_measure(self) -> RunConfig:
+        m = self.mitigation
+        if m is None or m.method != "dynamiccut" or m.rank_by == "loss_drop":
+            return self
+        from memlens.attacks import attack_labels
+
+        labels = [label for label, _, _ in attack_labels(self.attacks.names, self.attacks.k)]
+        if m.rank_by not in labels:
+            raise ValueError(
+                f"mitigation.rank_by {m.rank_by!r} is neither loss_drop nor a configured attack ({', '.join(labels)})"
+            )
         return self
 
     @model_validator(mode="after")

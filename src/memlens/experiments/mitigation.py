@@ -4,7 +4,8 @@ rank the members by how strongly one fine-tune memorized them, leave the top fra
 Three fine-tunes from the same pre-trained model, on the same members, non-members and seeds:
 
 1. the ranking fine-tune (``rank_method``, default the run's own method), evaluated after every epoch; a
-   member's intensity is its loss drop (pre-trained minus fine-tuned mean token NLL) averaged over the epochs;
+   member's intensity is its loss drop (pre-trained minus fine-tuned mean token NLL), or the score of the
+   attack ``rank_by`` names (e.g. ``lira``, calibrated by reference models), averaged over the epochs;
 2. the cut fine-tune, without the ``fraction`` of members with the highest intensity — the run's result;
 3. the control, without a random set of members of the same size (``control = true``).
 
@@ -26,14 +27,19 @@ from memlens.errors import MemlensError
 from memlens.experiments.runner import Measured, measure, versus
 
 
-def intensity(m: Measured) -> np.ndarray:
-    """(n_members,) each member's loss drop, pre-trained minus fine-tuned mean token NLL, averaged over the
-    fine-tuned epochs evaluated (NaN scores count as no drop)."""
-    before = m.scores[0]["nll"][: m.n_members]
-    drops = [before - m.scores[e]["nll"][: m.n_members] for e in sorted(m.scores) if e > 0 and "nll" in m.scores[e]]
-    if not drops:
-        raise MemlensError("DynamicCut needs at least one fine-tuned epoch to rank the members")
-    return np.nan_to_num(np.mean(drops, axis=0), nan=-np.inf)
+def intensity(m: Measured, rank_by: str = "loss_drop") -> np.ndarray:
+    """(n_members,) each member's memorization intensity averaged over the fine-tuned epochs evaluated:
+    ``loss_drop`` (pre-trained minus fine-tuned mean token NLL) or an attack's per-text score (its label, e.g.
+    ``lira``; higher = more likely a member). A member with a NaN at some epoch is never ranked first."""
+    n = m.n_members
+    epochs = [e for e in sorted(m.scores) if e > 0 and "nll" in m.scores[e]]
+    if rank_by == "loss_drop":
+        per_epoch = [m.scores[0]["nll"][:n] - m.scores[e]["nll"][:n] for e in epochs]
+    else:
+        per_epoch = [m.scores[e][rank_by][:n] for e in epochs if rank_by in m.scores[e]]
+    if not per_epoch:
+        raise MemlensError(f"DynamicCut needs at least one fine-tuned epoch with {rank_by} to rank the members")
+    return np.nan_to_num(np.mean(per_epoch, axis=0), nan=-np.inf, posinf=np.inf)
 
 
 def dynamic_cut(cfg: RunConfig, staging: Path | None) -> dict:
@@ -53,7 +59,7 @@ def dynamic_cut(cfg: RunConfig, staging: Path | None) -> dict:
     progress.info(f"DynamicCut 1/{2 + mc.control}: the ranking fine-tune ({ranking_cfg.tuning.method})")
     ranking = measure(ranking_cfg, None)
     members = ranking.ids[: ranking.n_members]
-    order = np.argsort(-intensity(ranking), kind="stable")
+    order = np.argsort(-intensity(ranking, mc.rank_by), kind="stable")
     cut = [members[i] for i in sorted(order[:k])]
     progress.info(f"DynamicCut 2/{2 + mc.control}: fine-tuning without the {k} most memorized members")
     measured = measure(cfg, staging, leave_out=frozenset(cut))
