@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +19,28 @@ def parser(doc: str, *, n: int, batch_size: int) -> argparse.ArgumentParser:
     ap.add_argument("--batch-size", type=int, default=batch_size)
     ap.add_argument("--max-tokens", type=int, default=128)
     return ap
+
+
+def matmul_peak(device: str, dtype) -> float:
+    """Best of several large square matmuls, in FLOP/s."""
+    import torch
+
+    n = 4096 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    for _ in range(3):
+        reps = 20 if device == "cuda" else 4
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return best
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()

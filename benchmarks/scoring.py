@@ -22,32 +22,7 @@ import time
 import zlib
 
 import numpy as np
-from common import parser
-
-
-def matmul_peak(device: str, dtype) -> float:
-    """Best of several large square matmuls, in FLOP/s."""
-    import torch
-
-    n = 4096 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = 0.0
-    for _ in range(3):
-        reps = 20 if device == "cuda" else 4
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        _sync(device)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return best
-
-
-def _sync(device: str) -> None:
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
+from common import matmul_peak, parser, sync
 
 
 def naive_scores(
@@ -164,10 +139,10 @@ def main() -> None:
     score_ids(lm.model, ids[:32], pad, batch_size=args.batch_size)  # warm-up
     rates, shares, peaks = [], [], [peak]
     for _ in range(args.repeats):
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         score_ids(lm.model, ids, pad, batch_size=args.batch_size)
-        _sync(device)
+        sync(device)
         rates.append(all_tokens / (time.perf_counter() - t))
         peaks.append(matmul_peak(device, dtype))
         shares.append(2 * n_params * rates[-1] / max(peaks[-2:]))
@@ -197,7 +172,7 @@ def main() -> None:
         def timed(name, fn):
             t = time.perf_counter()
             out = fn()
-            _sync(device)
+            sync(device)
             times[name] = time.perf_counter() - t
             return out
 
@@ -229,7 +204,7 @@ def main() -> None:
     fast_sub, n_tok_sub, _ = engine(sub)
     t = time.perf_counter()
     slow = naive_scores(model, tok, sub, prefix_text, ks, args.max_tokens)
-    _sync(device)
+    sync(device)
     t_slow = time.perf_counter() - t
     naive_rate = n_tok_sub / t_slow
     print(

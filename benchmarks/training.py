@@ -1,11 +1,15 @@
-"""Training throughput of memlens vs a plain ``transformers.Trainer`` + ``peft`` loop.
+"""Training throughput of memlens vs the peers' best settings: ``transformers.Trainer`` (default random batches,
+and ``group_by_length=True``) and TRL's ``SFTTrainer`` with padding-free packing.
 
-    python benchmarks/training.py [--n 192] [--batch-size 16] [--methods lora full]
+    python benchmarks/training.py [--n 192] [--batch-size 16] [--methods lora full] [--trainers ...]
 
-Same model (SmolLM2-135M unless --model), same PHEE texts, same batch size, learning rate, seed and one
-epoch each. Prints real (non-padding) tokens per second, wall time and the share of padded slots in the
-batches each one built. memlens groups texts of similar length; Trainer's default collator pads each random
-batch to its longest text.
+Same model (SmolLM2-135M unless --model), same PHEE texts, learning rate, schedule (linear, no warm-up), seed
+and one epoch each, about the same tokens per step (TRL's packed rows hold batch-size × the mean text length).
+Prints per trainer: wall time, real (non-padding) tokens per second, the padded share of the batch slots, the
+mean token loss of the training texts after the epoch (scored the same way for every trainer, so a speed-up is
+not bought with another computation), and the share of the machine's matmul peak (measured in the same run)
+reached: (2 × forward FLOPs for adapters, 3 × for full fine-tuning) × real tokens ÷ time ÷ peak, forward FLOPs
+= 2 × parameters per token.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import tempfile
 import time
 
 import numpy as np
-from common import parser
+from common import matmul_peak, parser
+
+TRAINERS = ("Trainer", "Trainer grouped", "TRL packed", "memlens")
 
 
 def padded_share(batches: list[list[int]]) -> float:
@@ -25,28 +31,36 @@ def padded_share(batches: list[list[int]]) -> float:
     return 1 - real / slots
 
 
-def run_trainer(model, tok, ids: list[list[int]], batch_size: int, lr: float, seed: int) -> tuple[float, float]:
-    """Seconds for one epoch with Trainer + DataCollatorForLanguageModeling, and the padded share."""
+def _common_args(out: str, lr: float, seed: int) -> dict:
+    return {
+        "output_dir": out,
+        "num_train_epochs": 1,
+        "learning_rate": lr,
+        "lr_scheduler_type": "linear",
+        "warmup_steps": 0,
+        "weight_decay": 0.0,
+        "max_grad_norm": 1.0,
+        "seed": seed,
+        "logging_strategy": "no",
+        "save_strategy": "no",
+        "report_to": [],
+        "use_cpu": not _cuda(),
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+def run_trainer(model, tok, ids, batch_size: int, lr: float, seed: int, *, grouped: bool) -> tuple[float, float]:
+    """Seconds for one epoch with Trainer + DataCollatorForLanguageModeling (random batches, or length-grouped
+    ones), and the padded share of the batches its sampler builds."""
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     data = [{"input_ids": s} for s in ids]
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out,
             per_device_train_batch_size=batch_size,
-            num_train_epochs=1,
-            learning_rate=lr,
-            lr_scheduler_type="linear",
-            warmup_steps=0,
-            weight_decay=0.0,
-            max_grad_norm=1.0,
-            seed=seed,
-            logging_strategy="no",
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not _cuda(),
-            dataloader_num_workers=0,
-            disable_tqdm=True,
+            train_sampling_strategy="group_by_length" if grouped else "random",
+            **_common_args(out, lr, seed),
         )
         collator = DataCollatorForLanguageModeling(tok, mlm=False)
         trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collator)
@@ -54,6 +68,29 @@ def run_trainer(model, tok, ids: list[list[int]], batch_size: int, lr: float, se
         t = time.perf_counter()
         trainer.train()
         return time.perf_counter() - t, padded_share(lengths)
+
+
+def run_trl(model, tok, ids, batch_size: int, lr: float, seed: int) -> tuple[float, float]:
+    """Seconds for one epoch with TRL's SFTTrainer, packing (best-fit decreasing) and padding-free batches: one
+    row per step of batch_size × the mean text length tokens, position ids restarting at every text."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    row = round(float(np.mean([len(s) for s in ids])) * batch_size)
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(
+            per_device_train_batch_size=1,
+            packing=True,
+            packing_strategy="bfd",
+            padding_free=True,
+            max_length=max(row, max(len(s) for s in ids)),
+            **_common_args(out, lr, seed),
+        )
+        data = Dataset.from_list([{"input_ids": s} for s in ids])
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok)
+        t = time.perf_counter()
+        trainer.train()
+        return time.perf_counter() - t, 0.0  # padding-free: no padded slot
 
 
 def _cuda() -> bool:
@@ -65,6 +102,7 @@ def _cuda() -> bool:
 def main() -> None:
     ap = parser(__doc__, n=192, batch_size=16)
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
+    ap.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
     args = ap.parse_args()
 
     import torch
@@ -73,42 +111,56 @@ def main() -> None:
     from memlens.config import TrainingConfig, TuningConfig
     from memlens.data import read_phee
     from memlens.models import load_model
+    from memlens.scoring import score_ids
     from memlens.tokens import encode
     from memlens.tuning import apply_method, train
 
     progress.set_enabled(False)
     texts = [t.text for t in read_phee(args.data_dir, "train")[: args.n]]
+    device, dtype = ("cuda", torch.bfloat16) if _cuda() else ("cpu", torch.float32)
+    peaks = [matmul_peak(device, dtype)]
     print(
         f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"{'CUDA ' + torch.cuda.get_device_name(0) if _cuda() else 'CPU'}; model {args.model}; "
-        f"{len(texts)} PHEE texts, batch {args.batch_size}, 1 epoch"
+        f"{len(texts)} PHEE texts, batch {args.batch_size}, 1 epoch; matmul peak {peaks[0] / 1e9:,.0f} GFLOP/s"
     )
+    rows = []
     for method in args.methods:
-        tuning = TuningConfig(method=method, rank=8, alpha=16, targets=["q", "v"], dropout=0.05)
+        tuning = TuningConfig(method=method, rank=8, alpha=16, targets=["q", "v"], dropout=0.0)
         lr = 1e-3 if method == "lora" else 3e-5
-        results = {}
-        for who in ("Trainer", "memlens"):
+        for who in args.trainers:
             lm = load_model(args.model)
             torch.manual_seed(0)
             model, info = apply_method(lm.model, tuning)
-            ids = encode(lm.tokenizer, texts, args.max_tokens).ids
-            real = sum(len(s) for s in ids)
-            if who == "Trainer":
-                seconds, pad = run_trainer(model, lm.tokenizer, ids, args.batch_size, lr, 0)
+            tok = lm.tokenizer
+            ids = encode(tok, texts, args.max_tokens).ids
+            real = sum(len(s) - 1 for s in ids)  # predicted tokens
+            if who.startswith("Trainer"):
+                seconds, pad = run_trainer(model, tok, ids, args.batch_size, lr, 0, grouped=who.endswith("grouped"))
+            elif who == "TRL packed":
+                seconds, pad = run_trl(model, tok, ids, args.batch_size, lr, 0)
             else:
                 t = time.perf_counter()
-                rep = train(
-                    model, ids, lm.tokenizer.pad_token_id, TrainingConfig(epochs=1, batch_size=args.batch_size), lr=lr
-                )
+                cfg = TrainingConfig(epochs=1, batch_size=args.batch_size, lr=lr, warmup_ratio=0.0, seed=0)
+                rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
                 seconds, pad = time.perf_counter() - t, rep["padding_fraction"]
-            results[who] = real / seconds
+            model.eval()
+            loss = float(np.nanmean(score_ids(model, ids, tok.pad_token_id, batch_size=32).nll()))
+            peaks.append(matmul_peak(device, dtype))
+            flops = (3 if method == "full" else 2) * 2 * info["total_parameters"] * real / seconds
+            share = flops / max(peaks[-2:])
+            rows.append((method, who, seconds, real / seconds))
             print(
-                f"  {method:5s} {who:8s}: {seconds:6.1f} s, {real / seconds:7.1f} tokens/s, "
-                f"padding {100 * pad:4.1f}%, trainable {info['trainable_parameters']:,}"
+                f"  {method:5s} {who:15s}: {seconds:6.1f} s, {real / seconds:7.1f} tokens/s, "
+                f"padding {100 * pad:4.1f}%, loss after 1 epoch {loss:.4f}, "
+                f"{flops / 1e9:5.1f} GFLOP/s = {100 * share:4.1f}% of the peak"
             )
             del model, lm
-        print(f"  {method:5s} memlens / Trainer: {results['memlens'] / results['Trainer']:.2f}x")
-    assert np.isfinite(list(results.values())).all()
+        rate = {who: r for m, who, _, r in rows if m == method}
+        if "memlens" in rate:
+            others = [f"memlens / {w}: {rate['memlens'] / r:.2f}x" for w, r in rate.items() if w != "memlens"]
+            print("  " + ", ".join(others))
+    assert np.isfinite([r[3] for r in rows]).all()
 
 
 if __name__ == "__main__":
