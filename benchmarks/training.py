@@ -5,6 +5,7 @@ and ``group_by_length=True``) and TRL's ``SFTTrainer`` with padding-free packing
 
 Same model (SmolLM2-135M unless --model), same PHEE texts, learning rate, schedule (linear, no warm-up), seed
 and one epoch each, about the same tokens per step (TRL's packed rows hold batch-size × the mean text length).
+memlens runs twice: length-grouped padded batches (its default) and packed rows (``training.packing``).
 Prints per trainer: wall time, real (non-padding) tokens per second, the padded share of the batch slots, the
 mean token loss of the training texts after the epoch (scored the same way for every trainer, so a speed-up is
 not bought with another computation), and the share of the machine's matmul peak (measured in the same run)
@@ -22,7 +23,7 @@ import time
 import numpy as np
 from common import matmul_peak, parser
 
-TRAINERS = ("Trainer", "Trainer grouped", "TRL packed", "memlens")
+TRAINERS = ("Trainer", "Trainer grouped", "TRL packed", "memlens", "memlens packed")
 
 
 def padded_share(batches: list[list[int]]) -> float:
@@ -141,7 +142,14 @@ def main() -> None:
                 seconds, pad = run_trl(model, tok, ids, args.batch_size, lr, 0)
             else:
                 t = time.perf_counter()
-                cfg = TrainingConfig(epochs=1, batch_size=args.batch_size, lr=lr, warmup_ratio=0.0, seed=0)
+                cfg = TrainingConfig(
+                    epochs=1,
+                    batch_size=args.batch_size,
+                    lr=lr,
+                    warmup_ratio=0.0,
+                    seed=0,
+                    packing=who.endswith("packed"),
+                )
                 rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
                 seconds, pad = time.perf_counter() - t, rep["padding_fraction"]
             model.eval()
@@ -157,8 +165,8 @@ def main() -> None:
             )
             del model, lm
         rate = {who: r for m, who, _, r in rows if m == method}
-        if "memlens" in rate:
-            others = [f"memlens / {w}: {rate['memlens'] / r:.2f}x" for w, r in rate.items() if w != "memlens"]
+        for mine in [w for w in rate if w.startswith("memlens")]:
+            others = [f"{mine} / {w}: {rate[mine] / r:.2f}x" for w, r in rate.items() if not w.startswith("memlens")]
             print("  " + ", ".join(others))
     assert np.isfinite([r[3] for r in rows]).all()
 

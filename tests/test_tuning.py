@@ -137,3 +137,44 @@ def test_the_loss_covers_exactly_the_completion_tokens(tiny):
     rows = {tuple(r[r != -100].tolist()) for r in labels}
     assert rows == {tuple(s[k:]) for s, k in zip(ids, starts, strict=True)}
     assert int((labels != -100).sum()) == sum(len(s) - k for s, k in zip(ids, starts, strict=True))
+
+
+def test_packed_rows_restart_positions_and_learn_each_texts_own_tokens():
+    from memlens.tuning.train import packed_rows
+
+    seqs = [[0, 5, 6, 7], [0, 8, 9], [0, 3, 4, 5, 6, 7, 8]]
+    ids, pos, labels = packed_rows(seqs, [1, 2, 1], pad_id=0, width=10)
+    learned = sorted(int(t) for t in labels[labels != -100])
+    assert learned == sorted([5, 6, 7, 9, 3, 4, 5, 6, 7, 8])  # text 2's prompt token (8) is context only
+    assert ids.shape == (2, 10)  # best fit decreasing: 7 + 3 fill a row of 10, 4 goes alone
+    assert pos.tolist() == [[*range(7), 0, 1, 2], [*range(4), *range(6)]]  # positions restart at every text
+    assert ids.tolist() == [[0, 3, 4, 5, 6, 7, 8, 0, 8, 9], [0, 5, 6, 7, 0, 0, 0, 0, 0, 0]]
+    assert (labels[1, 4:] == -100).all()  # a row's unused tail is never learned
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_packed_training_matches_padded_training(tiny_dir, method):
+    from memlens.models import load_model
+
+    out = {}
+    for packing in (False, True):
+        lm = load_model(str(tiny_dir), device="cpu")
+        torch.manual_seed(0)
+        model, _ = apply_method(lm.model, TuningConfig(method=method, rank=4, dropout=0.0))
+        enc = encode(lm.tokenizer, TEXTS, 48)
+        cfg = TrainingConfig(epochs=2, batch_size=4, seed=0, packing=packing)
+        report = train(model, enc.ids, lm.tokenizer.pad_token_id, cfg, lr=3e-3)
+        out[packing] = (report, score_texts(model, lm.tokenizer, TEXTS).nll())
+    (padded, nll_padded), (packed, nll_packed) = out[False], out[True]
+    assert packed["packed"] and not padded["packed"]
+    assert packed["padding_fraction"] < padded["padding_fraction"]
+    for a, b in zip(padded["epochs"], packed["epochs"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+    np.testing.assert_allclose(nll_packed, nll_padded, atol=2e-4)  # same texts, same steps, same weights
+
+
+def test_prompt_learning_falls_back_to_padded_batches(tiny):
+    model, _ = apply_method(tiny.model, TuningConfig(method="prompt", virtual_tokens=4))
+    enc = encode(tiny.tokenizer, TEXTS, 48)
+    report = train(model, enc.ids, tiny.tokenizer.pad_token_id, TrainingConfig(epochs=1, packing=True), lr=3e-3)
+    assert report["packed"] is False

@@ -127,6 +127,7 @@ class TrainingConfig(_Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     seed: Seed = 0
+    packing: bool | None = None  # None: False (padded, length-grouped batches)
 
 
 class ScoringConfig(_Section):

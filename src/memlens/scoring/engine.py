@@ -200,7 +200,7 @@ def _packed_batches(ids, starts, lengths, pad_id, batch_size) -> Iterator[_Batch
         return
     sizes = np.array([len(ids[i]) for i in scored], dtype=np.int64)
     width = max(PACK_WIDTH, int(sizes.max()))
-    rows = _pack(sizes, width)
+    rows = best_fit(sizes, width)
     per_batch = max(1, round(batch_size * float(sizes.mean()) / width))
     for start in range(0, len(rows), per_batch):
         group = [[int(scored[i]) for i in row] for row in rows[start : start + per_batch]]
@@ -220,7 +220,7 @@ def _packed_batches(ids, starts, lengths, pad_id, batch_size) -> Iterator[_Batch
         yield _batch({"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}, placed)
 
 
-def _pack(sizes: np.ndarray, width: int) -> list[list[int]]:
+def best_fit(sizes: np.ndarray, width: int) -> list[list[int]]:
     """Indices of ``sizes`` grouped into bins of ``width`` (best-fit decreasing), fullest bins first."""
     bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # (room left, bin), sorted

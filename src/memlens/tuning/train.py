@@ -38,6 +38,8 @@ def train(
     (:mod:`memlens.tuning.private`); the summary then has ``privacy`` (ε spent, σ, C, sampling).
     ``loss_fn(model, ids, mask, labels)`` replaces the LM loss by another mean per-token loss over the same
     labelled positions (e.g. a distillation objective, :mod:`memlens.tuning.distill`); not with DP-SGD.
+    ``cfg.packing``: each step's texts in packed rows (:func:`packed_rows`) where the model is verified to
+    isolate them, with the LM loss and without DP-SGD; otherwise padded rows.
     """
     import torch
     from transformers import get_scheduler
@@ -64,6 +66,7 @@ def train(
     else:
         steps_per_epoch = math.ceil(math.ceil(len(ids) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
+    packed = bool(cfg.packing) and private is None and loss_fn is None and can_pack(model, ids, pad_id, starts)
     sched = get_scheduler(
         cfg.schedule,
         opt,
@@ -81,7 +84,9 @@ def train(
                 else:
                     batches = grouped_batches(lengths, cfg.batch_size, rng)
                     windows = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
-                pad_frac.append(padding_fraction(lengths, [b for w in windows for b in w]))
+                if not packed:
+                    pad_frac.append(padding_fraction(lengths, [b for w in windows for b in w]))
+                real, slots = 0, 0
                 t0 = time.perf_counter()
                 loss_sum, tok_sum = 0.0, 0
                 for window in windows:
@@ -89,6 +94,18 @@ def train(
                     if window_tokens == 0 and private is None:
                         continue
                     for rows in window:
+                        if packed:
+                            batch_ids, positions, labels = packed_rows([ids[i] for i in rows], first[rows], pad_id)
+                            batch_ids, positions, labels = batch_ids.to(device), positions.to(device), labels.to(device)
+                            real, slots = real + int(lengths[rows].sum()), slots + batch_ids.numel()
+                            n_lab = int((labels[:, 1:] != -100).sum())
+                            if n_lab:
+                                loss = model(
+                                    input_ids=batch_ids, position_ids=positions, labels=labels, use_cache=False
+                                ).loss
+                                (loss * (n_lab / window_tokens)).backward()
+                                loss_sum, tok_sum = loss_sum + float(loss.detach()) * n_lab, tok_sum + n_lab
+                            continue
                         batch_ids, mask = pad_batch([ids[i] for i in rows], pad_id)
                         batch_ids, mask = batch_ids.to(device), mask.to(device)
                         cols = torch.arange(batch_ids.shape[1], device=device)
@@ -118,6 +135,8 @@ def train(
                     bar.advance(1)
                     bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{spent}")
                 dt = time.perf_counter() - t0
+                if packed:
+                    pad_frac.append(1 - real / max(slots, 1))
                 t_train += dt
                 n_tokens += int(sum(lengths[b].sum() for w in windows for b in w))
                 if private is not None:  # the accountant takes ~1 s, so once an epoch, not every step
@@ -136,5 +155,47 @@ def train(
         "train_seconds": t_train,
         "tokens_per_second": n_tokens / t_train if t_train else float("nan"),
         "padding_fraction": float(np.mean(pad_frac)) if pad_frac else 0.0,
+        "packed": packed,
         "privacy": summary,
     }
+
+
+PACK_ROW = 128  # tokens per packed training row (at least the longest text)
+
+
+def can_pack(model, ids: Sequence[Sequence[int]], pad_id: int, starts: Sequence[int] | None) -> bool:
+    """Whether ``model`` trains on packed rows: not a prompt-learning adapter (its virtual tokens precede every
+    row) and an architecture the scoring engine verified to isolate packed texts; otherwise a warning."""
+    from memlens.scoring.engine import _is_prompt_learning, packing_verified
+
+    ok = not _is_prompt_learning(model) and packing_verified(model, ids, pad_id, 16, starts)
+    if not ok:
+        progress.warn("training.packing: this model cannot be trained on packed rows here; padded batches instead")
+    return ok
+
+
+def packed_rows(seqs: Sequence[Sequence[int]], first: Sequence[int], pad_id: int, width: int = PACK_ROW):
+    """``(input_ids, position_ids, labels)``, each ``(R, W)``: ``seqs`` packed best-fit into rows of
+    ``max(width, longest)`` tokens, position ids restarting at every text, labels −100 before each text's
+    ``first`` learned token and on a row's unused tail. Called without an attention mask and with
+    ``use_cache=False``, ``transformers`` turns the restarts into a block-diagonal causal mask (with a cache it
+    would not: the texts would attend to each other)."""
+    import torch
+
+    from memlens.scoring.engine import best_fit
+
+    sizes = np.array([len(s) for s in seqs], dtype=np.int64)
+    bins = best_fit(sizes, max(width, int(sizes.max(initial=1))))
+    used = max(int(sizes[b].sum()) for b in bins)
+    input_ids = torch.full((len(bins), used), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(bins), used), dtype=torch.long)
+    labels = torch.full((len(bins), used), -100, dtype=torch.long)
+    for r, b in enumerate(bins):  # a loop over texts, not tokens
+        col = 0
+        for i in b:
+            seq, n, k = torch.as_tensor(seqs[i], dtype=torch.long), len(seqs[i]), int(first[i])
+            input_ids[r, col : col + n], positions[r, col : col + n] = seq, torch.arange(n)
+            labels[r, col + k : col + n] = seq[k:]
+            col += n
+        positions[r, col:] = torch.arange(used - col)
+    return input_ids, positions, labels
