@@ -104,8 +104,9 @@ def test_unknown_preset_or_scale():
 def test_small_scales_buy_power_with_fewer_configurations():
     savine = expand(preset_spec("savine2025", "small", [0, 1, 2]))
     configs = {(tuple(t.config.tuning.targets), t.config.tuning.rank) for t in savine.trials}
-    assert len(savine.trials) == 30 and len(configs) == 10
-    assert {r for t, r in configs if t == ("v",)} == {1, 4, 16, 64} and {r for t, r in configs if t == ("q",)} == {1, 4}
+    assert len(savine.trials) == 21 and len(configs) == 7
+    assert {r for t, r in configs if t == ("v",)} == {1, 4, 16, 64} and {r for t, r in configs if t == ("q",)} == {4}
+    assert all(t.config.extraction.n_texts == 125 and t.config.data.n_members == 500 for t in savine.trials)
     assert all(t.config.extraction.enabled and t.config.training.epochs >= 3 for t in savine.trials)
     hou = expand(preset_spec("hou2025", "small", [0, 1, 2]))
     assert all(t.config.training.epochs >= 4 and t.config.data.n_members == 250 for t in hou.trials)

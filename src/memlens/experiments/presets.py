@@ -49,26 +49,27 @@ def _base(scale: str, **training) -> dict:
     }
 
 
-SMALL_RANKS = (1, 4)  # savine2025 small: every matrix at these ranks, W_V also at RANK_SERIES
-RANK_SERIES = (16, 64)
+SMALL_RANK = 4  # savine2025 small: every matrix at this rank, W_V also at RANK_SERIES
+RANK_SERIES = (1, 16, 64)
+SMALL_EXTRACTED = 125  # savine2025 small: members (and as many non-members) extracted per trial
 
 
 def savine2025(scale: str) -> dict:
     """Study B: one matrix at a time, alpha 16, dropout 0.05, lr 1e-3, warm-up; greedy extraction of members
     and non-members (Study B's prefix-generation measure, per text for finding (2)). ``tiny`` and ``full``:
-    W_Q, W_K, W_V, W_O, [W_Q, W_K] at ranks 1, 2, 4. ``small`` buys power with fewer configurations: the four
-    matrices at ranks 1 and 4 (finding (1) at equal rank; the rank slope on four matrices) and W_V also at 16 and
-    64 (the rank series of finding (3)), meant for three seeds."""
+    W_Q, W_K, W_V, W_O, [W_Q, W_K] at ranks 1, 2, 4. ``small`` buys power with fewer configurations (7, meant
+    for three seeds, 500 + 500 texts): the four matrices at rank 4 (finding (1) at equal rank) and W_V also at
+    ranks 1, 16 and 64 (the rank series of finding (3)); greedy extraction of 125 members and non-members."""
     base = _base(scale, lr=1e-3, warmup_ratio=0.1, eval_every=0)
     base["tuning"] = {"method": "lora", "alpha": 16, "dropout": 0.05}
     n_members = base["data"]["n_members"]
-    n_extracted = min(n_members or 1000, 250)  # members (and as many non-members) extracted, greedy
+    n_extracted = min(n_members or 1000, SMALL_EXTRACTED if scale == "small" else 250)  # greedy, per set
     base["extraction"] = {"enabled": True, "n_texts": n_extracted, "prefix": 0.5, "greedy": True}
     if scale == "full":
         base["training"] |= {"grad_accum": 4}
     name = f"savine2025-{scale}"
     if scale == "small":
-        series = [(t, r) for t in "qkvo" for r in SMALL_RANKS] + [("v", r) for r in RANK_SERIES]
+        series = [(t, SMALL_RANK) for t in "qkvo"] + [("v", r) for r in RANK_SERIES]
         return {"name": name, "base": base, "variants": [{"targets": [t], "rank": r} for t, r in series]}
     return {
         "name": name,
