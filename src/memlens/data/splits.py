@@ -79,6 +79,19 @@ def unused_texts(cfg: DataConfig, splits: Splits) -> list[Text]:
     return [t for t in pool if t.id not in picked and _norm(t.text) not in taken]
 
 
+def texts_from(source: str, cfg: DataConfig, splits: Splits, field: str, also: str = "") -> list[Text]:
+    """The texts ``source`` names: ``validation``, ``pool`` (:func:`unused_texts`) or a JSONL/CSV file (``field``:
+    the config field, for the error; ``also``: other names it accepts)."""
+    if source == "validation":
+        return list(splits.validation)
+    if source == "pool":
+        return unused_texts(cfg, splits)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise MemlensError(f"{field} {source!r} is neither {also}validation, pool nor an existing file")
+    return read_texts(path, cfg.text_field or "text")
+
+
 def _read_sets(cfg: DataConfig) -> tuple[dict[str, list[Text]], str]:
     """The three sets as the source holds them (before sampling), and where they came from."""
     if cfg.source == "phee":

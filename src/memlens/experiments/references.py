@@ -49,12 +49,12 @@ def plan_population(cfg: RunConfig, splits, n_train: int) -> PopulationPlan:
     """Split the population for ``cfg.attacks.reference_models`` references, each to train on ``n_train``
     texts like the target (fewer, with a warning, when the pool is too small). Seeded by ``attacks.seed``."""
     from memlens.data.audit import normalize
-    from memlens.experiments.runner import texts_from
+    from memlens.data.splits import texts_from
 
     source, k = cfg.attacks.population or "pool", cfg.attacks.reference_models or 0
     scored = {normalize(t.text) for t in splits.members + splits.nonmembers}
     pool, seen = [], set(scored)
-    for t in texts_from(source, cfg, splits, "attacks.population"):
+    for t in texts_from(source, cfg.data, splits, "attacks.population"):
         key = normalize(t.text)
         if t.text.strip() and key not in seen:  # never a scored text, each distinct text once
             seen.add(key)

