@@ -257,3 +257,54 @@ def test_the_neighbourhood_attack_runs_from_the_cli_and_refuses_too_few_neighbou
     bad = invoke("run", write_config(tmp_path / "bad.toml", cfg))
     assert_one_line_error(bad, "attacks.neighbours.*greater than or equal to 2")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_gradient_norms_match_one_backward_pass_per_text(tiny_dir, method):
+    from memlens.config import TuningConfig
+    from memlens.models import load_model
+    from memlens.scoring.gradients import gradient_norms
+    from memlens.tuning import apply_method
+
+    lm = load_model(str(tiny_dir), device="cpu")
+    torch.manual_seed(0)
+    model, _ = apply_method(lm.model, TuningConfig(method=method, rank=4, dropout=0.3))
+    ids = encode(lm.tokenizer, TEXTS, 64).ids
+    starts = [1 + (i % 3) for i in range(len(ids))]
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    model.eval()
+    got = gradient_norms(model, ids, lm.tokenizer.pad_token_id, starts=starts, batch_size=4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i, (seq, k) in enumerate(zip(ids, starts, strict=True)):  # the readable way: one text at a time
+        logits = model(input_ids=torch.tensor([seq])).logits[0, :-1]
+        loss = torch.nn.functional.cross_entropy(logits[k - 1 :], torch.tensor(seq[k:]))
+        grads = torch.autograd.grad(loss, params)
+        assert got[i] == pytest.approx(float(torch.sqrt(sum((g.double() ** 2).sum() for g in grads))), rel=1e-4)
+    assert not model.training and all(p.grad is None for p in params)
+    assert all(torch.equal(v, before[k]) for k, v in model.named_parameters())
+    assert all(m.p == 0.3 for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p)  # restored
+    assert not any(m._forward_hooks or m._backward_hooks for m in model.modules())  # opacus's hooks removed
+
+
+def test_the_gradient_norm_attack_runs_after_fine_tuning_only(tiny_dir, tmp_path):
+    cfg = tiny_config(
+        tiny_dir, tmp_path / "out", tuning={"method": "lora"}, attacks={"names": ["loss", "gradient_norm"]}
+    )
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["records"]
+    aucs = {r["epoch"]: r for r in rows if r["attack"] == "gradient_norm" and r["metric"] == "auc"}
+    assert set(aucs) == {1} and aucs[1]["ci_low"] <= aucs[1]["value"] <= aucs[1]["ci_high"]
+
+
+@pytest.mark.parametrize(
+    ("sections", "pattern"),
+    [
+        ({"tuning": {"method": "ia3"}}, "gradient_norm cannot measure tuning.method 'ia3'"),
+        ({"privacy": {"dp": True, "epsilon": 8.0}}, "gradient_norm and DP-SGD both hook"),
+    ],
+)
+def test_gradient_norm_refuses_what_it_cannot_measure(tiny_dir, tmp_path, sections, pattern):
+    cfg = tiny_config(tiny_dir, tmp_path / "out", attacks={"names": ["gradient_norm"]}, **sections)
+    assert_one_line_error(invoke("run", write_config(tmp_path / "c.toml", cfg)), pattern)
+    assert not (tmp_path / "out").exists()

@@ -78,6 +78,35 @@ def test_dp_without_noise_or_clipping_equals_ordinary_training(tiny_dir):
     assert info["privacy"]["epsilon"] is None and info["privacy"]["clipped_share"] == 0.0
 
 
+def test_per_text_gradients_of_a_full_fine_tune_sum_to_the_batch_gradient(tiny_dir):
+    """Every weight, the tied token embedding included: its padding row (the tiny model's start token) gets no
+    per-text gradient from the lookup, as torch's own backward has it (opacus alone would add one)."""
+    import torch.nn.functional as F
+
+    from memlens.models import load_model
+    from memlens.scoring.gradients import per_sample_module
+    from memlens.tokens import pad_batch
+
+    model = load_model(str(tiny_dir), device="cpu").model
+    assert model.model.embed_tokens.padding_idx == 0 and model.lm_head.weight is model.model.embed_tokens.weight
+    ids, mask = pad_batch([[0, *s] for s in _ids(2, 12) + _ids(2, 7, seed=1)], 0)  # start token 0, as texts
+
+    def loss(m):
+        nll = F.cross_entropy(m(input_ids=ids, attention_mask=mask).logits[:, :-1].transpose(1, 2), ids[:, 1:],
+                              reduction="none")  # fmt: skip
+        learned = mask[:, 1:] == 1
+        return ((nll * learned).sum(1) / learned.sum(1)).sum()
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    batch = torch.autograd.grad(loss(model), params)
+    module = per_sample_module(model)
+    model.train()
+    loss(module).backward()
+    for p, g in zip(params, batch, strict=True):
+        assert torch.allclose(p.grad_sample.sum(0), g, atol=1e-5), p.shape
+    module._close()
+
+
 def test_dp_training_moves_the_adapter_spends_its_budget_and_leaves_the_base_alone(tiny):
     model = _lora(tiny)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}

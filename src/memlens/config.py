@@ -438,8 +438,17 @@ class RunConfig(_Section):
         dynamic = self.mitigation is not None and self.mitigation.method == "dynamiccut"
         if dynamic and self.distillation is not None and self.distillation.enabled:
             raise ValueError("DynamicCut and distillation cannot be combined in one run: run them apart")
-        if self.attacks.reference_models and self.distillation is not None and self.distillation.enabled:
-            raise ValueError("reference-model attacks (rmia, lira) are not run on distilled students: run them apart")
+        from memlens.attacks import run_only
+
+        only = run_only(self.attacks.names)
+        if only and self.distillation is not None and self.distillation.enabled:
+            raise ValueError(f"attack(s) {only} are not run on distilled students: run them apart")
+        if "gradient_norm" in self.attacks.names:
+            if self.tuning.method in DP_UNSUPPORTED:
+                why = DP_UNSUPPORTED[self.tuning.method].replace("opacus would", "per-text gradients would")
+                raise ValueError(f"gradient_norm cannot measure tuning.method {self.tuning.method!r}: {why}")
+            if self.privacy is not None and self.privacy.dp:
+                raise ValueError("gradient_norm and DP-SGD both hook per-text gradients: run them apart")
         return self
 
     def output_dir(self) -> Path:

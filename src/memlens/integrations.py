@@ -90,6 +90,10 @@ class MemlensCallback(TrainerCallback):
         from memlens.tokens import ensure_pad_token, scored_texts
 
         ensure_pad_token(tok)
+        from memlens.attacks import run_only
+
+        if run_only(self.cfg.attacks.names):
+            raise MemlensError(f"MemlensCallback cannot run {run_only(self.cfg.attacks.names)}: use memlens run")
         if self.cfg.attacks.frequency_corpus == "pool":
             raise MemlensError(
                 "MemlensCallback has no data pool: set attacks.frequency_corpus to sotu, validation or a file"

@@ -33,7 +33,8 @@ class AttackInputs:
     - ``token_frequency``: ``(V,)`` each token's smoothed frequency in a reference corpus (DC-PDD);
     - ``references``: what the reference models memlens trained say about the texts (RMIA, LiRA);
     - ``population``: the target model's statistics of RMIA's population samples (no model trained on them);
-    - ``neighbours``: the target model's statistics of each text's ``m`` neighbours, text by text (``N·m`` rows).
+    - ``neighbours``: the target model's statistics of each text's ``m`` neighbours, text by text (``N·m`` rows);
+    - ``gradient_norms``: ``(N,)`` each text's loss-gradient norm over the trainable parameters.
     """
 
     target: TokenStats
@@ -46,6 +47,7 @@ class AttackInputs:
     references: ReferenceSignals | None = None
     population: TokenStats | None = None
     neighbours: TokenStats | None = None
+    gradient_norms: np.ndarray | None = None
 
     def need(self, name: str) -> Any:
         """The input ``name``; an attack registered with ``needs=[name]`` is only called when it is set."""
@@ -81,6 +83,17 @@ def register(name: str, *, needs: Sequence[str] = (), description: str = "", tak
     return add
 
 
+RUN_ONLY = {  # inputs only a fine-tune memlens runs itself has
+    "references": "reference models trained with the run's own recipe",
+    "gradient_norms": "the trainable parameters of a fine-tune memlens runs",
+}
+
+
+def run_only(names: Sequence[str]) -> list[str]:
+    """The attacks among ``names`` that need what only ``memlens run`` has (:data:`RUN_ONLY`)."""
+    return [n for n in names if n in ATTACKS and ATTACKS[n].needs & RUN_ONLY.keys()]
+
+
 def run_attack(name: str, inputs: AttackInputs, k: float | None = None) -> np.ndarray:
     """Scores of attack ``name`` (one per text; higher = member); ``k`` for the Min-K% family."""
     if name not in ATTACKS:
@@ -108,4 +121,4 @@ def attack_labels(names: Sequence[str], ks: Sequence[float]) -> list[tuple[str, 
 
 from memlens.attacks import calibrated, likelihood, min_k, neighbours, references  # noqa: E402,F401  (registers the attacks)
 
-__all__ = ["ATTACKS", "Attack", "AttackInputs", "attack_labels", "register", "run_attack"]
+__all__ = ["ATTACKS", "RUN_ONLY", "Attack", "AttackInputs", "attack_labels", "register", "run_attack", "run_only"]

@@ -46,3 +46,13 @@ def lowercase(inputs: AttackInputs) -> np.ndarray:
 def recall(inputs: AttackInputs) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return inputs.need("recall").nll() / inputs.target.nll()
+
+
+@register(
+    "gradient_norm",
+    needs=["gradient_norms"],
+    description="Gradient norm: −‖∇θ L(x, M)‖₂ over the fine-tuned (trainable) parameters; members sit where the "
+    "loss is flat. Fine-tuned stages of memlens run only (one backward pass per batch)",
+)
+def gradient_norm(inputs: AttackInputs) -> np.ndarray:
+    return -np.asarray(inputs.need("gradient_norms"), dtype=np.float64)

@@ -75,10 +75,13 @@ def load_adapter(model, folder: Path, model_name: str):
 
 
 def _audit(cfg: RunConfig, staging: Path | None) -> dict:
-    if cfg.attacks.reference_models:
+    from memlens.attacks import run_only
+
+    if run_only(cfg.attacks.names):
         raise MemlensError(
-            "attacks.reference_models (rmia, lira) trains references with the target's own recipe, which an "
-            "audit of a fine-tune made elsewhere does not know: use memlens run, or other attacks here"
+            f"attack(s) {run_only(cfg.attacks.names)} need a fine-tune memlens runs itself (reference models trained "
+            "with its recipe, its trainable parameters), which an audit of a fine-tune made elsewhere does not "
+            "have: use memlens run, or other attacks here"
         )
     t_start = time.perf_counter()
     clock = Stopwatch(["load", "score_base", "score_audited"])

@@ -161,7 +161,8 @@ def measure(
             return
         with clock("score_finetuned"):
             stats = score_stage(model, inputs, cfg, lm.info["identity"], f"epoch {epoch}")
-            scores[epoch] = stage_scores(cfg, stats, reference, scored, inputs)
+            norms = stage_gradient_norms(cfg, model, inputs, f"gradient norms, epoch {epoch}")
+            scores[epoch] = stage_scores(cfg, stats, reference, scored, inputs, gradient_norms=norms)
             now, before, ppl = (
                 kept_rows(scores[epoch], keep),
                 kept_rows(scores[0], keep),
@@ -538,7 +539,7 @@ def flag_blind(records: list[Record], blind: dict | None) -> list[Record]:
 
 def passes_needed(cfg: RunConfig) -> set[str]:
     """The extra inputs the configured attacks need: passes (``lowercase``, ``recall``) and token frequencies."""
-    passes = {"lowercase", "recall", "token_frequency", "neighbours"}
+    passes = {"lowercase", "recall", "token_frequency", "neighbours", "gradient_norms"}
     return {n for a in cfg.attacks.names for n in ATTACKS[a].needs} & passes
 
 
@@ -790,11 +791,29 @@ def _beats_pretrained(after: np.ndarray, before: np.ndarray | None, n_members: i
     return bool(d.ci_low > 0) if np.isfinite(d.ci_low) else None
 
 
+def stage_gradient_norms(cfg: RunConfig, model, inputs: PassInputs, desc: str) -> np.ndarray | None:
+    """Each text's gradient norm under ``model`` as it is now, when an attack needs it (else None); full
+    fine-tuning takes batches of 2 (per-text gradients of every weight)."""
+    if "gradient_norms" not in passes_needed(cfg):
+        return None
+    from memlens.scoring.gradients import gradient_norms
+
+    batch = 2 if cfg.tuning.method == "full" else 8
+    enc = inputs.target
+    return gradient_norms(model, enc.ids, inputs.pad_id, starts=enc.first, batch_size=batch, desc=desc)
+
+
 def stage_scores(
-    cfg: RunConfig, stats: dict[str, TokenStats], reference: TokenStats | None, texts, passes: PassInputs | None = None
+    cfg: RunConfig,
+    stats: dict[str, TokenStats],
+    reference: TokenStats | None,
+    texts,
+    passes: PassInputs | None = None,
+    *,
+    gradient_norms: np.ndarray | None = None,
 ) -> dict:
     """Per-text scores of every attack that can run at this stage (label -> array); ``passes``: the token ids
-    and frequencies DC-PDD reads."""
+    and frequencies DC-PDD reads; ``gradient_norms``: (N,) per text, at fine-tuned stages."""
     frequency = passes.token_frequency if passes is not None else None
     inputs = AttackInputs(
         target=stats["target"],
@@ -802,6 +821,7 @@ def stage_scores(
         texts=texts,
         lowercase=stats.get("lowercase"),
         neighbours=stats.get("neighbours"),
+        gradient_norms=gradient_norms,
         recall=stats.get("recall"),
         token_ids=passes.token_ids() if passes is not None and frequency is not None else None,
         token_frequency=frequency,

@@ -66,8 +66,9 @@ class PrivateSteps:
 
     def __init__(self, model, privacy: PrivacyConfig, *, n: int, batch: int, epochs: int, seed: int) -> None:
         import torch
-        from opacus import GradSampleModule
         from opacus.accountants import create_accountant
+
+        from memlens.scoring.gradients import per_sample_module
 
         if privacy.delta >= 1 / n:
             raise MemlensError(
@@ -79,7 +80,7 @@ class PrivateSteps:
         self.steps_per_epoch = int(np.ceil(n / batch))
         self.steps = self.steps_per_epoch * epochs
         self.sigma = noise_multiplier(privacy, sample_rate=self.sample_rate, steps=self.steps)
-        self.module = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+        self.module = per_sample_module(model)  # memlens.scoring.gradients
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.sums = [torch.zeros_like(p) for p in self.params]
         self.accountant = create_accountant(privacy.accountant)
