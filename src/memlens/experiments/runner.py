@@ -107,7 +107,9 @@ def measure(
         if cfg.attacks.reference_models:
             from memlens.experiments.references import plan_population
 
-            population = plan_population(cfg, splits, sum(x.id not in leave_out for x in splits.members))
+            # as many texts as the members (also for a run that leaves some out: DynamicCut's three fine-tunes
+            # then share their references, from the cache)
+            population = plan_population(cfg, splits, len(splits.members))
         import torch
 
         from memlens.models import load_model
