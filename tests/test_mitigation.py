@@ -48,6 +48,7 @@ def test_dynamiccut_ranks_by_lira_calibrated_on_reference_models(tiny_dir, tmp_p
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["mitigation"]["rank_by"] == "lira" and results["mitigation"]["dropped"] == 6
     assert results["reference_models"]["k"] == 1
+    assert results["reference_models"]["cached"] == [True]  # trained once, for the ranking fine-tune
     assert "ranked by lira" in result.stdout
 
 
