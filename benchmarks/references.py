@@ -30,6 +30,7 @@ def main() -> None:
 
     from memlens import progress
     from memlens.attacks import AttackInputs, run_attack
+    from memlens.comparison import delong
     from memlens.config import load_config
     from memlens.data import load_splits
     from memlens.experiments.references import plan_population, reference_signals
@@ -70,21 +71,24 @@ def main() -> None:
     ident = pre.info["identity"]
     final = stats(target, inputs.target, ident)
     pretrained = stats(pre.model, inputs.target, ident)
-    print("\nK  attack     AUC [95% CI]            TPR@1% FPR [95% CI]       TPR@0.1%  RMIA a")
+    print("\nK  attack     AUC [95% CI]            TPR@1% FPR [95% CI]       TPR@0.1%  ΔAUC vs loss (paired)    RMIA a")
     for k in ks:
         ck = with_k(k)
         plan = plan_population(ck, splits, n_mem)
         signals, z, got = reference_signals(ck, plan, pre.model, tok, ident, inputs.target, inputs.pad_id)
         assert all(got["cached"]), "every reference should come from the run above"
         attack_in = AttackInputs(final, reference=pretrained, references=signals, population=stats(target, z, ident))
+        loss = run_attack("loss", attack_in)[keep]
         for name in ("loss", "reference", "rmia", "lira"):
             s = run_attack(name, attack_in)[keep]
+            d = delong(s, loss, n_eval) if name != "loss" else None
+            paired = f"{d.diff:+.3f} [{d.ci_low:+.3f}, {d.ci_high:+.3f}]" if d else "—"
             m = evaluate(s[:n_eval], s[n_eval:], fprs=[0.01, 0.001], n_boot=1000, seed=0)
             t1, t01 = m["tpr"][0.01], m["tpr"][0.001]
             low = "n/e" if t01.note else f"{100 * t01.tpr:.1f}%"
             print(
                 f"{k:<2} {name:<10} {m['auc']:.3f} [{m['auc_ci_low']:.3f}, {m['auc_ci_high']:.3f}]   "
-                f"{100 * t1.tpr:5.1f}% [{100 * t1.ci_low:.1f}, {100 * t1.ci_high:.1f}]      {low:<8}  "
+                f"{100 * t1.tpr:5.1f}% [{100 * t1.ci_low:.1f}, {100 * t1.ci_high:.1f}]      {low:<8}  {paired:<24} "
                 f"{got['rmia_a'] if name == 'rmia' else ''}"
             )
     n_non = int(keep[n_mem:].sum())
