@@ -194,3 +194,18 @@ def test_bad_reference_model_settings_are_one_clear_line(tiny_dir, tmp_path):
     small = str(write_jsonl(tmp_path / "small.jsonl", phee_texts("dev", 12)))
     bad("holds 12 texts that are not scored: too few", names=["lira"], reference_models=1, population=small)
     bad("audit of a fine-tune made elsewhere", "audit", names=["lira"], reference_models=1)
+
+
+def test_a_reference_is_keyed_by_how_it_trains_not_by_when_the_target_is_measured(tiny_dir, tmp_path):
+    from memlens.experiments.references import recipe_key
+    from memlens.tokens import Encoded
+
+    base = tiny_config(tiny_dir, tmp_path, attacks={"names": ["lira"], "reference_models": 1})
+    enc = Encoded([[0, 5, 6], [0, 7]], [False, False])
+
+    def key(**training):
+        cfg = parse_config(base | {"training": base["training"] | training}, "t")
+        return recipe_key(cfg, "fingerprint", 0, enc, [[0, 1, 2]], None)
+
+    assert key() == key(eval_every=3, eval_at=[1], save_checkpoints=True)  # evaluation only: same reference
+    assert key() != key(lr=1e-4) and key() != key(epochs=2)  # another recipe: another reference

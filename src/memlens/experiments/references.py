@@ -90,10 +90,12 @@ def recipe_key(cfg: RunConfig, base: str, k: int, train: Encoded, scored: list[l
     training with the reference's seed, DP), the token ids it trains on and those it scores."""
     from memlens.scoring import cache
 
-    recipe = {
-        "tuning": cfg.tuning.model_dump(mode="json"),
-        "training": cfg.training.model_dump(mode="json") | {"seed": reference_seed(cfg, k)},
-        "privacy": cfg.privacy.model_dump(mode="json") if cfg.privacy is not None else None,
+    evaluation_only = {"eval_every", "eval_at", "save_checkpoints"}  # when the target is measured, not how trained
+    training = cfg.training.model_dump(mode="json", exclude_none=True, exclude=evaluation_only)
+    recipe = {  # unset (None) fields left out, so a new optional setting keeps every cached reference
+        "tuning": cfg.tuning.model_dump(mode="json", exclude_none=True),
+        "training": training | {"seed": reference_seed(cfg, k)},
+        "privacy": cfg.privacy.model_dump(mode="json", exclude_none=True) if cfg.privacy is not None else None,
     }
     h = hashlib.sha256(f"{base}|{json.dumps(recipe, sort_keys=True)}|".encode())
     for s, first in zip(train.ids, train.first, strict=True):
