@@ -176,10 +176,10 @@ def test_packing_self_check_falls_back_with_a_warning(monkeypatch, capsys):
 
 
 def test_pack_fills_bins_best_fit():
-    from memlens.scoring.engine import _pack
+    from memlens.scoring.engine import best_fit
 
     sizes = np.array([60, 50, 40, 30, 20, 10, 3, 2])
-    bins = _pack(sizes, 64)
+    bins = best_fit(sizes, 64)
     assert sorted(i for b in bins for i in b) == list(range(len(sizes)))
     assert all(sizes[b].sum() <= 64 for b in bins)
     assert len(bins) == 4  # ⌈215 / 64⌉: no bin wasted
