@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from memlens import progress
-from memlens.attacks.references import OFFLINE_A, ReferenceSignals, probability, tune_offline_a
+from memlens.attacks.references import LIRA_PER_EXAMPLE, OFFLINE_A, ReferenceSignals, probability, tune_offline_a
 from memlens.config import RunConfig
 from memlens.data import Text
 from memlens.errors import MemlensError
@@ -172,7 +172,7 @@ def reference_signals(
         "rmia_a_curve": [{"a": x, "auc": y} for x, y in curve],
         "tune_texts": len(plan.tune_in),
         "rmia_gamma": signals.gamma,
-        "lira_variance": "per text" if n_refs >= 64 else "shared",
+        "lira_variance": "per text" if n_refs >= LIRA_PER_EXAMPLE else "shared",
     }
     return signals, z, info
 
@@ -182,7 +182,7 @@ def offline_a(cfg: RunConfig, signals: ReferenceSignals, tune_nll: np.ndarray, n
     if cfg.attacks.rmia_a is not None:
         return cfg.attacks.rmia_a, "set", []
     if len(signals.nll) < 2 or n_in < 2:
-        return OFFLINE_A, "default (one reference model: nothing to tune on)", []
+        return OFFLINE_A, "default", []  # one reference: nothing to tune on
     p, pz = probability(tune_nll), probability(signals.population)  # (K, 2T), (K, Z)
     a, curve = tune_offline_a(p[0, :n_in], p[0, n_in:], p[1:, :n_in], p[1:, n_in:], pz[0], pz[1:], gamma=signals.gamma)
     return a, "tuned", curve

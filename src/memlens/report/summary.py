@@ -314,6 +314,9 @@ def _extraction_lines(records: list[dict], last: int) -> list[str]:
     return lines
 
 
+A_FROM = {"default": "default: one reference model, nothing to tune it on", "tuned": "tuned", "set": "set"}
+
+
 def reference_model_lines(info: dict | None) -> list[str]:
     """The reference models behind RMIA and LiRA: how many, on what, what they cost, RMIA's a."""
     if not info:
@@ -324,6 +327,7 @@ def reference_model_lines(info: dict | None) -> list[str]:
         f"each ({info['population']}: {info['population_texts']:,} texts not scored; {info['population_samples']} "
         f"set aside as RMIA's z), {sum(info['seconds']):.0f} s"
         + (f", {cached} of {info['k']} from the cache" if cached else ""),
-        f"RMIA: a = {info['rmia_a']:g} ({info['rmia_a_from']}), γ = {info['rmia_gamma']:g}; "
+        f"RMIA: a = {info['rmia_a']:g} ({A_FROM.get(info['rmia_a_from'], info['rmia_a_from'])}), "
+        f"γ = {info['rmia_gamma']:g}; "
         f"LiRA: {info['lira_variance']} variance",
     ]
