@@ -115,7 +115,7 @@ def test_compare_two_trials_from_the_store(two_trials):
     from memlens.experiments.store import Store
 
     c = compare_trials(two_trials, "full", "2", fprs=[0.01, 0.5], n_boot=300)
-    assert (c.a[1], c.b[1]) == ("full", "head") and c.rows[0].epoch == 2
+    assert (c.a, c.b) == ("trial 1 (full)", "trial 2 (head)") and c.rows[0].epoch == 2
     loss = next(r for r in c.rows if r.attack == "loss")
     store = Store(two_trials, create=False)
     res = store.results()
@@ -152,3 +152,25 @@ def test_compare_cli_and_its_errors(two_trials):
     assert_one_line_error(invoke("compare", "1", "1", "--dir", two_trials), "compared with itself")
     assert_one_line_error(invoke("compare", "1", "2", "--dir", two_trials, "--epoch", "9"), "no scores at epoch 9")
     assert_one_line_error(invoke("compare", "1", "2", "--dir", two_trials, "--fpr", "2"), "--fpr must be")
+
+
+def test_compare_two_run_folders_as_two_trials(two_trials):
+    """Run folders (each with its scores.csv) compare exactly as the same two trials of a store do."""
+    from helpers import assert_one_line_error, invoke
+
+    from memlens.experiments.compare import compare_runs, compare_trials
+    from memlens.experiments.store import Store
+
+    store = Store(two_trials, create=False)
+    one, two = store.trial_dir(1), store.trial_dir(2)
+    store.close()
+    runs, trials = compare_runs(one, two, n_boot=100), compare_trials(two_trials, "1", "2", n_boot=100)
+    assert runs.a == f"run {one}" and [r.attack for r in runs.rows] == [r.attack for r in trials.rows]
+    assert [r.auc_delong for r in runs.rows] == [r.auc_delong for r in trials.rows]
+    assert [r.p_holm for r in runs.rows] == [r.p_holm for r in trials.rows] and runs.gap == trials.gap
+    result = invoke("compare", str(one), str(two), "--bootstrap", "50")
+    assert result.exit_code == 0, result.output
+    assert f"a=run{one}vsb=run{two}" in "".join(result.stdout.split()) and "ΔAUC" in result.stdout
+    assert_one_line_error(invoke("compare", str(one), str(one)), "compared with itself")
+    assert_one_line_error(invoke("compare", str(one), str(two_trials / "nope")), "is not a run folder")
+    assert_one_line_error(invoke("compare", str(one), str(two_trials)), "scores.csv is missing")

@@ -336,27 +336,33 @@ def report_cmd(
 @app.command("compare")
 @_guard
 def compare_cmd(
-    a: Annotated[str, typer.Argument(help="Trial id or label.")],
-    b: Annotated[str, typer.Argument(help="Trial id or label, compared with A (differences are A − B).")],
-    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store (read only).")],
+    a: Annotated[str, typer.Argument(help="Trial id or label (with --dir), or a run's output folder.")],
+    b: Annotated[str, typer.Argument(help="The same kind as A, compared with it (differences are A − B).")],
+    folder: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Project folder with the results store (read only); without it A and B are runs."),
+    ] = None,
     epoch: Annotated[int | None, typer.Option(help="Epoch to compare (default: the last both evaluated).")] = None,
     fpr: Annotated[float, typer.Option(help="FPR budget of the TPR difference.")] = 0.01,
     bootstrap: Annotated[int, typer.Option(help="Paired bootstrap replicates.")] = 1000,
 ) -> None:
-    """Compare two trials attack by attack on their paired per-text scores: ΔAUC (DeLong CI, Holm-adjusted p,
-    paired-bootstrap CI) and ΔTPR at an FPR budget (paired-bootstrap CI)."""
+    """Compare two trials of a store (--dir) or two run folders attack by attack on their paired per-text scores:
+    ΔAUC (DeLong CI, Holm-adjusted p, paired-bootstrap CI) and ΔTPR at an FPR budget (paired-bootstrap CI)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from memlens.experiments.compare import compare_trials
+    from memlens.experiments.compare import compare_runs, compare_trials
 
     if not 0 < fpr < 1 or bootstrap < 1:
         from memlens.errors import MemlensError
 
         raise MemlensError("--fpr must be in (0, 1) and --bootstrap at least 1")
-    c = compare_trials(folder, a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
-    title = f"a = trial {c.a[0]} ({c.a[1]})  vs  b = trial {c.b[0]} ({c.b[1]}), epoch {c.rows[0].epoch}"
+    if folder is None:
+        c = compare_runs(a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
+    else:
+        c = compare_trials(folder, a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
+    title = f"a = {c.a}  vs  b = {c.b}, epoch {c.rows[0].epoch}"
     table = Table(title=escape(title), title_justify="left")
     for col in ("attack", "AUC a", "AUC b", "ΔAUC [95% CI, DeLong]", "p (Holm)", "ΔAUC [paired bootstrap]"):
         table.add_column(col, justify="left" if col == "attack" else "right")

@@ -48,10 +48,10 @@ class AttackComparison:
 
 @dataclass(frozen=True)
 class TrialComparison:
-    """Trial ``a`` against trial ``b`` (ids and labels), per attack."""
+    """Trial (or run) ``a`` against ``b``, per attack."""
 
-    a: tuple[int, str]
-    b: tuple[int, str]
+    a: str  # "trial 3 (head seed=0)" or "run runs/demo-lora"
+    b: str
     rows: list[AttackComparison]
     gap: Difference | None = None  # loss gap a − b (nats/token); None where a trial lacks epoch-0 losses
 
@@ -106,16 +106,47 @@ def compare_trials(
         store.close()
     if ta[0] == tb[0]:
         raise MemlensError(f"trial {ta[0]} compared with itself")
+    names = (f"trial {ta[0]} ({ta[1]})", f"trial {tb[0]} ({tb[1]})")
+    return _compare(sa, sb, names, epoch=epoch, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def compare_runs(
+    a: str | Path,
+    b: str | Path,
+    *,
+    epoch: int | None = None,
+    fprs: tuple[float, ...] | list[float] = (0.01,),
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> TrialComparison:
+    """Compare two run folders (``memlens run`` outputs, each with its ``scores.csv``) the way
+    :func:`compare_trials` compares two trials of a store — e.g. a mitigated run against a plain one."""
+    a, b = Path(a), Path(b)
+    for d in (a, b):
+        if not d.is_dir():
+            raise MemlensError(f"{d} is not a run folder (give --dir to compare trials of a results store)")
+    if a.resolve() == b.resolve():
+        raise MemlensError(f"run {a} compared with itself")
+    sa, sb = _scores(a / "scores.csv"), _scores(b / "scores.csv")
+    names = (f"run {a}", f"run {b}")
+    return _compare(sa, sb, names, epoch=epoch, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def _compare(
+    sa, sb, names: tuple[str, str], *, epoch: int | None, fprs, n_boot: int, confidence: float, seed: int
+) -> TrialComparison:
+    """The comparison of two per-text score tables (scores.csv) that must hold the same texts."""
     common = sorted(set(sa["epoch"]) & set(sb["epoch"]))
     if epoch is None:
         epoch = int(common[-1]) if common else -1
     if epoch not in common:
-        raise MemlensError(f"the two trials share no scores at epoch {epoch}; both have epochs {common}")
+        raise MemlensError(f"the two share no scores at epoch {epoch}; both have epochs {common}")
     texts_a = sa.loc[sa["epoch"] == epoch, ["id", "member"]].drop_duplicates()
     texts_b = sb.loc[sb["epoch"] == epoch, ["id", "member"]].drop_duplicates()
     if len(texts_a) != len(texts_b) or set(map(tuple, texts_a.to_numpy())) != set(map(tuple, texts_b.to_numpy())):
         raise MemlensError(
-            f"trials {ta[0]} and {tb[0]} scored different texts; a paired comparison needs the same members and "
+            f"{names[0]} and {names[1]} scored different texts; a paired comparison needs the same members and "
             "non-members (same data settings)"
         )
     attacks = [
@@ -124,7 +155,7 @@ def compare_trials(
         if x != "nll" and not x.startswith(EXTRACTION) and x in set(sb.loc[sb["epoch"] == epoch, "attack"])
     ]
     if not attacks:
-        raise MemlensError(f"the two trials share no attack at epoch {epoch}")
+        raise MemlensError(f"the two share no attack at epoch {epoch}")
     rows = []
     for attack in attacks:
         pa, pb = _per_text(sa, attack, epoch), _per_text(sb, attack, epoch)
@@ -153,7 +184,7 @@ def compare_trials(
     gap = _gap_difference(sa, sb, epoch, n_boot=n_boot, confidence=confidence, seed=seed) if epoch > 0 else None
     adjusted = holm([r.auc_delong.p_value if r.auc_delong.p_value is not None else 1.0 for r in rows])
     rows = [replace(r, p_holm=p) for r, p in zip(rows, adjusted, strict=True)]
-    return TrialComparison(ta, tb, rows, gap)
+    return TrialComparison(*names, rows, gap)
 
 
 def _per_text(scores, attack: str, epoch: int):
