@@ -190,21 +190,39 @@ def sweep_cmd(
     folder: Annotated[Path | None, typer.Option("--dir", help="Project folder with the results store.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and a cost estimate only.")] = False,
     retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
+    backend: Annotated[
+        str, typer.Option(help="local (one trial after another here) or ray (trials as Ray tasks on a cluster).")
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="With --backend ray: the cluster, auto or HOST:PORT (default: a new local Ray instance)."),
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Run every trial of a sweep into a crash-safe results store (a killed sweep resumes where it stopped)."""
     from memlens import progress
+    from memlens.errors import MemlensError
     from memlens.experiments.sweep import dry_run_table, load_sweep, run_sweep
 
     progress.set_enabled(not quiet)
+    if backend not in ("local", "ray"):
+        raise MemlensError(f"--backend must be local or ray (got {backend!r})")
+    if address is not None and backend != "ray":
+        raise MemlensError("--address names a Ray cluster: use it with --backend ray")
     sweep = load_sweep(file)
     if dry_run:
         rows, total = dry_run_table(sweep)
         for label, overrides, cost in rows:
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
         typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: FLOPs at ~100 GFLOP/s on CPU)")
+        if backend == "ray":
+            from memlens.experiments.distributed import placement
+
+            typer.echo(placement(sweep.resources, address, len(rows)))
         return
-    counts = run_sweep(sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed)
+    counts = run_sweep(
+        sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed, backend=backend, address=address
+    )
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 

@@ -35,6 +35,7 @@ from typing import Any, get_args
 from memlens import progress
 from memlens.config import RunConfig, parse_config, read_toml, with_overrides
 from memlens.errors import MemlensError
+from memlens.experiments.distributed import resources
 from memlens.files import safe_label
 
 AXES = {
@@ -79,6 +80,11 @@ class Sweep:
     spec: dict
 
     @property
+    def resources(self):
+        """What each trial asks a Ray cluster for (the sweep file's ``[resources]``; not part of any hash)."""
+        return resources(self.spec.get("resources"), self.base.model.device)
+
+    @property
     def spec_hash(self) -> str:
         return hashlib.sha256(json.dumps([t.hash for t in self.trials]).encode()).hexdigest()[:16]
 
@@ -105,10 +111,11 @@ def _label(overrides: dict[str, Any]) -> str:
 
 def expand(spec: dict, source: str = "sweep") -> Sweep:
     """Expand a sweep mapping into validated trials (refusing unknown axes and empty grids)."""
-    unknown = set(spec) - {"name", "base", "grid", "variants", "seeds"}
+    unknown = set(spec) - {"name", "base", "grid", "variants", "seeds", "resources"}
     if unknown:
         raise MemlensError(
-            f"{source}: unknown top-level key(s) {sorted(unknown)} (expected name, base, grid, variants, seeds)"
+            f"{source}: unknown top-level key(s) {sorted(unknown)} (expected name, base, grid, variants, seeds, "
+            "resources)"
         )
     name = spec.get("name")
     if not isinstance(name, str) or not name:
@@ -123,6 +130,9 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     if not all(isinstance(x, str) and x.strip() for x in labels):
         raise MemlensError(f"{source}: a variant's label must be a non-empty string")
     base = parse_config({"name": name} | base_spec, f"{source} [base]")
+    if not isinstance(spec.get("resources", {}), dict):
+        raise MemlensError(f"{source}: [resources] must be a table (cpus, gpus, memory_gb)")
+    resources(spec.get("resources"), base.model.device, source)  # checked now, used by --backend ray
     axes = {_key(a): v for a, v in grid.items()}
     if "seeds" in spec:
         seeds = spec["seeds"]
@@ -205,11 +215,36 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
     return rows, total
 
 
-def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -> dict[str, int]:
-    """Run every unfinished trial of ``sweep`` into the store in ``folder``; return the status counts."""
-    from memlens.experiments import run
+def stored(results: dict) -> tuple[list[dict], dict]:
+    """What a store keeps of a trial's results: its rows (the target's and any distillation student's, role
+    ``student``) and its info."""
+    keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
+    students = (results.get("distillation") or {}).get("records", [])
+    return results["records"] + students, {k: results.get(k) for k in keys}
+
+
+def run_sweep(
+    sweep: Sweep,
+    folder: str | Path,
+    *,
+    retry_failed: bool = False,
+    backend: str = "local",
+    address: str | None = None,
+) -> dict[str, int]:
+    """Run every unfinished trial of ``sweep`` into the store in ``folder``; return the status counts.
+
+    ``backend="ray"`` hands the trials to a Ray cluster (``address``: None starts a local one, ``"auto"`` or
+    ``HOST:PORT`` joins one; see :mod:`memlens.experiments.distributed`); this process still writes the store."""
     from memlens.experiments.store import Store
 
+    if backend not in ("local", "ray"):
+        raise MemlensError(f"unknown backend {backend!r}; use local or ray")
+    if address is not None and backend != "ray":
+        raise MemlensError("--address names a Ray cluster: use it with --backend ray")
+    if backend == "ray":
+        from memlens.experiments.distributed import require_ray
+
+        require_ray()  # before anything is written
     store = Store(folder)
     with store.running(sweep.name):
         store.register_sweep(
@@ -221,26 +256,35 @@ def run_sweep(sweep: Sweep, folder: str | Path, *, retry_failed: bool = False) -
         todo = store.pending(sweep.name, retry_failed)
         done_before = store.counts(sweep.name).get("done", 0)
         progress.info(f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, {len(todo)} to run")
-        with progress.bar(f"sweep {sweep.name}", len(todo), "trials") as bar:
-            for trial_id, label, cfg_json in todo:
-                bar.note(label)
-                cfg = parse_config(cfg_json)
-                cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
-                store.start(trial_id)
-                t0 = time.perf_counter()
-                try:
-                    results = run(cfg)
-                except (MemlensError, RuntimeError, ValueError, OSError) as err:
-                    detail = str(err) if isinstance(err, MemlensError) else traceback.format_exc(limit=3)
-                    store.fail(trial_id, f"{type(err).__name__}: {detail}", time.perf_counter() - t0)
-                    first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                    progress.info(f"trial {label!r} failed: {first}")
-                else:
-                    keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
-                    info = {k: results.get(k) for k in keys}
-                    students = (results.get("distillation") or {}).get("records", [])  # role = "student"
-                    store.finish(trial_id, results["records"] + students, info, time.perf_counter() - t0)
-                bar.advance(1)
+        if backend == "ray" and todo:
+            from memlens.experiments.distributed import run_on_ray
+
+            run_on_ray(store, sweep.name, todo, sweep.resources, address)
+        elif todo:
+            _run_here(store, sweep.name, todo)
     counts = store.counts(sweep.name)
     store.close()
     return counts
+
+
+def _run_here(store, sweep_name: str, todo: list[tuple[int, str, dict]]) -> None:
+    """The local backend: the trials one after another in this process."""
+    from memlens.experiments import run
+
+    with progress.bar(f"sweep {sweep_name}", len(todo), "trials") as bar:
+        for trial_id, label, cfg_json in todo:
+            bar.note(label)
+            cfg = parse_config(cfg_json)
+            cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
+            store.start(trial_id)
+            t0 = time.perf_counter()
+            try:
+                results = run(cfg)
+            except (MemlensError, RuntimeError, ValueError, OSError) as err:
+                detail = str(err) if isinstance(err, MemlensError) else traceback.format_exc(limit=3)
+                store.fail(trial_id, f"{type(err).__name__}: {detail}", time.perf_counter() - t0)
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                progress.info(f"trial {label!r} failed: {first}")
+            else:
+                store.finish(trial_id, *stored(results), time.perf_counter() - t0)
+            bar.advance(1)
