@@ -186,20 +186,43 @@ def test_pack_fills_bins_best_fit():
 
 
 @pytest.mark.parametrize("scale", [1.0, 60.0])  # ordinary and very peaked next-token distributions
-def test_sliced_head_matches_full_softmax(monkeypatch, scale):
+def test_sliced_head_matches_full_softmax(scale):
     from memlens.scoring import engine
 
-    monkeypatch.setattr(engine, "VOCAB_SLICE", 7)  # many slices and a ragged last one
     g = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(30, 16, generator=g), torch.randn(50, 16, generator=g) * scale / 4
     bias, targets, where = torch.randn(50, generator=g), torch.randint(0, 50, (20,), generator=g), torch.arange(5, 25)
-    ll, mu, sd = engine._reduce_sliced(hidden, where, targets, weight=weight, bias=bias)
+    # 7 entries a slice: many slices and a ragged last one; 8 positions a tile: three tiles, the last ragged
+    ll, mu, sd = engine._reduce_sliced(hidden, where, targets, weight=weight, bias=bias, tiles=(8, 7))
     logp = torch.log_softmax((hidden[where] @ weight.T + bias).double(), -1)
     p = logp.exp()
     exp_mu = (p * logp).sum(-1)
     np.testing.assert_allclose(ll, logp[torch.arange(20), targets], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(mu, exp_mu, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(sd, (p * (logp - exp_mu[:, None]) ** 2).sum(-1).sqrt(), rtol=1e-4, atol=1e-5)
+
+
+def test_sliced_head_with_the_cuda_tiles_matches_full_softmax():
+    """The CUDA tile sizes, run on CPU tensors in bf16 as on a GPU: two row tiles and two vocabulary slices,
+    each ragged; checked against the full softmax at positions on both sides of every tile edge."""
+    from memlens.scoring import engine
+
+    rows, vocab = engine.HEAD_TILES["cuda"]
+    n, v = rows + 300, vocab + 1000
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(n, 8, generator=g).bfloat16()
+    weight, targets = (torch.randn(v, 8, generator=g) * 2).bfloat16(), torch.randint(0, v, (n,), generator=g)
+    targets[:4] = torch.tensor([0, vocab - 1, vocab, v - 1])  # targets in each slice, at their edges
+    where = torch.arange(n)
+    ll, mu, sd = engine._reduce_sliced(hidden, where, targets, weight=weight, bias=None, tiles=(rows, vocab))
+    check = torch.tensor([0, 1, 2, 3, rows - 1, rows, rows + 1, n - 1])
+    logp = torch.log_softmax(torch.nn.functional.linear(hidden[check], weight).double(), -1)
+    p = logp.exp()
+    exp_mu = (p * logp).sum(-1)
+    np.testing.assert_allclose(ll[check], logp[torch.arange(len(check)), targets[check]], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(mu[check], exp_mu, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(sd[check], (p * (logp - exp_mu[:, None]) ** 2).sum(-1).sqrt(), rtol=1e-4, atol=1e-4)
+    assert torch.isfinite(ll).all() and torch.isfinite(sd).all()
 
 
 def test_output_head_is_restored_and_other_heads_use_their_own_logits(tiny, monkeypatch):
