@@ -139,10 +139,13 @@ def test_a_delta_not_below_one_over_n_or_a_budget_too_small_is_refused(tiny):
         ({"dp": True, "epsilon": 1.0}, "prompt", "soft prompt once per batch"),
         ({"audit": -1}, "lora", "privacy.audit"),
         ({"audit": 5}, "lora", "at least 20 canaries"),
+        ({"dp": True, "epsilon": 1.0}, "lora+checkpointing", "gradient_checkpointing cannot be combined with DP-SGD"),
     ],
 )
 def test_bad_privacy_configs_are_one_clear_error(tmp_path, tiny_dir, section, tuning, pattern):
-    cfg = tiny_config(tiny_dir, tmp_path / "out", privacy=section, tuning={"method": tuning})
+    method, _, checkpointing = tuning.partition("+")
+    training = {"gradient_checkpointing": True} if checkpointing else {}
+    cfg = tiny_config(tiny_dir, tmp_path / "out", privacy=section, tuning={"method": method}, training=training)
     result = invoke("run", write_config(tmp_path / "c.toml", cfg))
     assert_one_line_error(result, pattern)
     assert not (tmp_path / "out").exists()

@@ -173,6 +173,37 @@ def test_packed_training_matches_padded_training(tiny_dir, method):
     np.testing.assert_allclose(nll_packed, nll_padded, atol=2e-4)  # same texts, same steps, same weights
 
 
+@pytest.mark.parametrize("method", ["lora", "full", "prompt"])
+def test_gradient_checkpointing_trains_the_same_weights(tiny_dir, method):
+    """Checkpointed blocks (recomputed in the backward pass) give the same training as stored activations,
+    while the autograd graph keeps a fraction of the activations."""
+    from memlens.models import load_model
+
+    out, saved = {}, {}
+    for checkpointing in (False, True):
+        lm = load_model(str(tiny_dir), device="cpu")
+        torch.manual_seed(0)
+        model, _ = apply_method(lm.model, TuningConfig(method=method, rank=4, dropout=0.1, virtual_tokens=4))
+        enc = encode(lm.tokenizer, TEXTS, 48)
+        cfg = TrainingConfig(epochs=2, batch_size=4, seed=0, gradient_checkpointing=checkpointing)
+        saved[checkpointing] = 0
+
+        def pack(t, key=checkpointing):  # bytes the graph keeps for the backward pass (outside checkpoints)
+            saved[key] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            report = train(model, enc.ids, lm.tokenizer.pad_token_id, cfg, lr=3e-3)
+        assert report["gradient_checkpointing"] is checkpointing
+        assert not getattr(model, "is_gradient_checkpointing", False)  # off again after training
+        out[checkpointing] = (report, score_texts(model, lm.tokenizer, TEXTS).nll())
+    (plain, nll_plain), (ckpt, nll_ckpt) = out[False], out[True]
+    assert saved[True] < 0.5 * saved[False]  # the blocks' activations were not kept
+    for a, b in zip(plain["epochs"], ckpt["epochs"], strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-5)  # dropout replayed, not redrawn
+    np.testing.assert_allclose(nll_ckpt, nll_plain, atol=1e-5)
+
+
 def test_prompt_learning_falls_back_to_padded_batches(tiny):
     model, _ = apply_method(tiny.model, TuningConfig(method="prompt", virtual_tokens=4))
     enc = encode(tiny.tokenizer, TEXTS, 48)

@@ -28,12 +28,25 @@ class _Section(BaseModel):
 
 class ModelConfig(_Section):
     """Which pre-trained model to fine-tune (built-in name, local dir, ``.gguf`` file or Hugging Face id).
-    ``adapter`` (``memlens audit`` only): a peft adapter folder, fine-tuned elsewhere, loaded on that model."""
+    ``adapter`` (``memlens audit`` only): a peft adapter folder, fine-tuned elsewhere, loaded on that model.
+    ``dtype = "auto"``: bfloat16 on CUDA, float32 on CPU.
+    ``quantization`` (CUDA + bitsandbytes): load the frozen base in ``4bit`` (NF4, double quantization, compute in
+    ``dtype``) or ``8bit`` — QLoRA when the method is an adapter (full and head fine-tuning are refused).
+    ``device_map = "auto"``: spread the layers over every visible GPU (then CPU memory) with accelerate, for a
+    model larger than one GPU; inputs go to the first layer's device."""
 
     name: Annotated[str, Field(min_length=1)] = "smollm2-135m"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     adapter: PathField | None = None
+    quantization: Literal["4bit", "8bit"] | None = None
+    device_map: Literal["auto"] | None = None
+
+    @model_validator(mode="after")
+    def _quantized_on_cuda(self) -> ModelConfig:
+        if self.quantization and self.device == "cpu":
+            raise ValueError("model.quantization needs a CUDA GPU (bitsandbytes' kernels); drop it for device cpu")
+        return self
 
 
 class DataConfig(_Section):
@@ -112,7 +125,10 @@ class TrainingConfig(_Section):
 
     Memorization is evaluated at epoch 0 (the pre-trained model), every ``eval_every`` epochs, at each epoch in
     ``eval_at`` and after the last epoch. ``save_checkpoints`` keeps the trainable weights at each evaluated
-    epoch (small for adapters; for ``full`` it is the whole model).
+    epoch (small for adapters; for ``full`` it is the whole model). ``gradient_checkpointing``: keep only each
+    block's input during the forward pass and recompute the rest in the backward pass (transformers'
+    non-reentrant checkpointing): activation memory falls from every block's to one block's, for about a third
+    more compute; the trained weights are the same. Not with DP-SGD.
     """
 
     epochs: Annotated[int, Field(ge=0)] = 3
@@ -128,6 +144,7 @@ class TrainingConfig(_Section):
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
     seed: Seed = 0
     packing: bool | None = None  # None: False (padded, length-grouped batches)
+    gradient_checkpointing: bool | None = None  # None: False
 
 
 class ScoringConfig(_Section):
@@ -413,10 +430,27 @@ class RunConfig(_Section):
             raise ValueError(str(err)) from None
 
     @model_validator(mode="after")
+    def _quantized_base(self) -> RunConfig:
+        q = self.model.quantization
+        if q and self.tuning.method in ("full", "head"):
+            raise ValueError(
+                f"tuning.method {self.tuning.method!r} would train the {q} weights themselves; a quantized base "
+                "takes an adapter method (lora, ia3, prefix, prompt, ptuning)"
+            )
+        if q and self.privacy is not None and self.privacy.dp:
+            raise ValueError("DP-SGD on a quantized base is not verified: drop model.quantization or privacy.dp")
+        return self
+
+    @model_validator(mode="after")
     def _private_method(self) -> RunConfig:
         if self.privacy is not None and self.privacy.dp and self.tuning.method in DP_UNSUPPORTED:
             why = DP_UNSUPPORTED[self.tuning.method]
             raise ValueError(f"DP-SGD cannot train tuning.method {self.tuning.method!r}: {why}")
+        if self.privacy is not None and self.privacy.dp and self.training.gradient_checkpointing:
+            raise ValueError(
+                "training.gradient_checkpointing cannot be combined with DP-SGD: opacus's per-text gradient hooks "
+                "would see every recomputed forward pass again"
+            )
         return self
 
     @model_validator(mode="after")

@@ -87,9 +87,9 @@ def _audit(cfg: RunConfig, staging: Path | None) -> dict:
     clock = Stopwatch(["load", "score_base", "score_audited"])
     with clock("load"):
         splits = load_splits(cfg.data)
-        from memlens.models import load_model
+        from memlens.models import load_model, model_placement
 
-        lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        lm = load_model(cfg.model.name, **model_placement(cfg))
         model, tok = lm.model, lm.tokenizer
         adapter = cfg.model.adapter
         if adapter is not None:

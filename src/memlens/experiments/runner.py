@@ -112,10 +112,10 @@ def measure(
             population = plan_population(cfg, splits, len(splits.members))
         import torch
 
-        from memlens.models import load_model
+        from memlens.models import load_model, model_placement
         from memlens.tuning import DEFAULT_LR, METHODS, apply_method, check_method, train
 
-        lm = load_model(cfg.model.name, device=cfg.model.device, dtype=cfg.model.dtype)
+        lm = load_model(cfg.model.name, **model_placement(cfg))
         model, tok = lm.model, lm.tokenizer
         check_method(model, cfg.tuning)  # a target the architecture lacks fails now, not after scoring
         corpus = splits.members + splits.nonmembers
@@ -664,12 +664,12 @@ def score_stage(
 def reference_model_stats(cfg: RunConfig, texts: Sequence[Text]) -> tuple[TokenStats, dict]:
     """Statistics of ``texts`` under ``cfg.attacks.reference_model`` (its own tokenizer), and its info; the
     model is released before fine-tuning starts."""
-    from memlens.models import load_model
+    from memlens.models import load_model, model_placement
     from memlens.scoring import score_cached
     from memlens.tokens import ensure_pad_token
 
     assert cfg.attacks.reference_model is not None
-    ref = load_model(cfg.attacks.reference_model, device=cfg.model.device, dtype=cfg.model.dtype)
+    ref = load_model(cfg.attacks.reference_model, **model_placement(cfg))
     enc = encode_records(ref.tokenizer, texts, cfg.data.max_tokens)
     stats, _ = score_cached(
         ref.model,

@@ -80,14 +80,23 @@ def _prepare(spec: str) -> Path:
     raise _unknown(spec) if "/" not in spec else _NotLocal(spec)
 
 
-def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> LoadedModel:
-    """Load a causal LM and its tokenizer from a spec (see the module docstring)."""
+def load_model(
+    spec: str,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
+    quantization: str | None = None,
+    device_map: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a spec (see the module docstring). ``quantization`` (``4bit`` /
+    ``8bit``, CUDA) and ``device_map`` (``auto``) as in :class:`memlens.config.ModelConfig`."""
 
     _quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    placement = placement_kwargs(dev, torch_dtype, quantization, device_map)
     try:
         source: str | Path = prepare(spec)
         kind = "local"
@@ -99,7 +108,7 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
         kw["local_files_only"] = True  # no network: the local hub cache only, no retries
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, use_safetensors=True, **kw, **placement)
     except (OSError, ValueError) as err:
         if kind == "hub":
             where = "from the Hugging Face hub" if online else "(the Hugging Face hub cannot be reached from here, "
@@ -112,7 +121,8 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
     from memlens.tokens import ensure_pad_token
 
     ensure_pad_token(tokenizer)
-    model.to(dev)  # type: ignore[arg-type]  # transformers' stubs take a device for a model here
+    if "device_map" not in placement:  # accelerate placed it
+        model.to(dev)  # type: ignore[arg-type]  # transformers' stubs take a device for a model here
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     info = {
@@ -123,9 +133,46 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto") -> Loade
         "tied_embeddings": bool(getattr(model.config, "tie_word_embeddings", False)),
         "device": dev,
         "dtype": str(torch_dtype).removeprefix("torch."),
-        "identity": _identity(source),
+        "quantization": quantization,
+        "device_map": device_map,
+        # a quantized base scores differently: its statistics are cached apart
+        "identity": _identity(source) + (f"|{quantization}" if quantization else ""),
     }
     return LoadedModel(model, tokenizer, info)
+
+
+def model_placement(cfg) -> dict[str, Any]:
+    """:func:`load_model`'s device, dtype, quantization and device map from a run config's ``[model]``."""
+    m = cfg.model
+    return {"device": m.device, "dtype": m.dtype, "quantization": m.quantization, "device_map": m.device_map}
+
+
+def placement_kwargs(device: str, dtype, quantization: str | None, device_map: str | None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments for a quantized base (bitsandbytes) and/or an accelerate device map;
+    empty for a model loaded whole and moved to ``device``."""
+    out: dict[str, Any] = {}
+    if quantization:
+        if device != "cuda":
+            raise MemlensError("model.quantization needs a CUDA GPU (bitsandbytes' kernels); none is available")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise MemlensError("model.quantization needs bitsandbytes: pip install bitsandbytes") from None
+        from transformers import BitsAndBytesConfig
+
+        if quantization == "4bit":  # QLoRA's NF4 with double quantization, computing in the model's dtype
+            out["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+        else:
+            out["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        out["device_map"] = {"": 0}  # bitsandbytes weights are placed at load time, never moved after
+    if device_map:
+        out["device_map"] = device_map
+    return out
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

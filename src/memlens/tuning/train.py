@@ -39,7 +39,8 @@ def train(
     ``loss_fn(model, ids, mask, labels)`` replaces the LM loss by another mean per-token loss over the same
     labelled positions (e.g. a distillation objective, :mod:`memlens.tuning.distill`); not with DP-SGD.
     ``cfg.packing``: each step's texts in packed rows (:func:`packed_rows`) where the model is verified to
-    isolate them, with the LM loss and without DP-SGD; otherwise padded rows.
+    isolate them, with the LM loss and without DP-SGD; otherwise padded rows. ``cfg.gradient_checkpointing``:
+    recompute each block's activations in the backward pass (turned off again when training ends).
     """
     import torch
     from transformers import get_scheduler
@@ -75,6 +76,11 @@ def train(
     )
     epochs: list[dict] = []
     n_tokens, t_train, pad_frac, spent = 0, 0.0, [], ""
+    checkpointing = bool(cfg.gradient_checkpointing)
+    if checkpointing:
+        if private is not None:
+            raise ValueError("gradient checkpointing cannot be combined with DP-SGD")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     try:
         with progress.bar("fine-tuning", total_steps, "steps") as bar:
             for epoch in range(1, cfg.epochs + 1):
@@ -146,6 +152,8 @@ def train(
                     on_epoch_end(epoch)
     finally:
         summary = private.close() if private is not None else None
+        if checkpointing:
+            model.gradient_checkpointing_disable()
     model.eval()
     return {
         "epochs": epochs,
@@ -156,6 +164,7 @@ def train(
         "tokens_per_second": n_tokens / t_train if t_train else float("nan"),
         "padding_fraction": float(np.mean(pad_frac)) if pad_frac else 0.0,
         "packed": packed,
+        "gradient_checkpointing": checkpointing,
         "privacy": summary,
     }
 
