@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -140,6 +142,9 @@ def test_a_delta_not_below_one_over_n_or_a_budget_too_small_is_refused(tiny):
         ({"audit": -1}, "lora", "privacy.audit"),
         ({"audit": 5}, "lora", "at least 20 canaries"),
         ({"dp": True, "epsilon": 1.0}, "lora+checkpointing", "gradient_checkpointing cannot be combined with DP-SGD"),
+        ({"audit_canaries": "sentences"}, "lora", "audit_canaries applies with privacy.audit"),
+        ({"audit": 50, "audit_canaries": "poem"}, "lora", "privacy.audit_canaries"),
+        ({"audit": 5000, "audit_canaries": "pool"}, "lora", "only .* pool texts are left"),
     ],
 )
 def test_bad_privacy_configs_are_one_clear_error(tmp_path, tiny_dir, section, tuning, pattern):
@@ -197,6 +202,30 @@ def test_audit_canaries_are_distinct_seeded_and_half_trained():
         one_run_audit(np.array([np.nan] * 30), np.ones(30, bool), delta=1e-5)
 
 
+def test_audit_canaries_of_each_kind_are_drawn_from_texts_no_run_holds():
+    from memlens.config import DataConfig
+    from memlens.data.splits import audit_candidates, load_splits, unused_texts
+
+    data = DataConfig(source="sotu", n_members=300, n_nonmembers=300, n_validation=100)
+    splits = load_splits(data)  # the run's own texts are SOTU sentences here: none may be a canary
+    run_texts = {" ".join(t.text.split()) for t in splits.members + splits.nonmembers + splits.validation}
+    sentences = audit_candidates("sentences", data, splits)
+    assert len(sentences) > 1000 and not run_texts & {" ".join(t.split()) for t in sentences}
+    assert all(40 <= len(t.strip()) <= 200 for t in sentences)
+    texts, trained = audit_canaries(200, seed=1, kind="sentences", texts=sentences)
+    assert len({t.text for t in texts}) == 200 and {t.text for t in texts} <= set(sentences)
+    assert 0.35 < trained.mean() < 0.65
+    words, _ = audit_canaries(200, seed=1, kind="words", texts=audit_candidates("words", data, splits))
+    assert len({t.text for t in words}) == 200 and all(len(t.text.split()) == 8 for t in words)
+    pool = audit_candidates("pool", data, splits)
+    assert pool == [t.text for t in unused_texts(data, splits)] and audit_candidates("records", data, splits) == []
+    with pytest.raises(MemlensError, match="only 30 pool texts are left"):
+        audit_canaries(40, seed=0, kind="pool", texts=pool[:30])
+    both = {"privacy": {"audit": 40, "audit_canaries": "pool"}, "attacks": {"names": ["rmia"], "reference_models": 1}}
+    with pytest.raises(MemlensError, match="both draw on the unused texts"):
+        parse_config(tiny_config(Path("tiny"), Path("out"), **both))
+
+
 def test_a_private_run_records_its_epsilon_and_its_audit(tmp_path, tiny_dir):
     from memlens.experiments.runner import run
     from memlens.report.summary import privacy_lines
@@ -214,11 +243,18 @@ def test_a_private_run_records_its_epsilon_and_its_audit(tmp_path, tiny_dir):
     assert "Record of" not in str(results)  # audit canary texts are never written out
 
 
-def test_the_audit_proves_a_positive_epsilon_for_a_fine_tune_that_memorizes(tmp_path, tiny_dir):
+@pytest.mark.parametrize("kind", [None, "sentences"])
+def test_the_audit_proves_a_positive_epsilon_for_a_fine_tune_that_memorizes(tmp_path, tiny_dir, kind):
     """No DP, heavy full fine-tuning of the tiny model: the trained audit canaries stand out, ε ≥ something > 0."""
     from memlens.experiments.runner import run
+    from memlens.report.summary import privacy_lines
 
-    sections = {"privacy": {"audit": 100}, "training": {"epochs": 6, "lr": 3e-3}}
+    privacy = {"audit": 100} | ({"audit_canaries": kind} if kind else {})
+    sections = {"privacy": privacy, "training": {"epochs": 6, "lr": 3e-3}}
     results = run(parse_config(tiny_config(tiny_dir, tmp_path / "out", **sections)), write=False)
     audit = results["privacy"]["audit"]
     assert results["privacy"]["dp"] is False and 0.3 < audit["epsilon_lower_bound"] <= audit["ceiling"]
+    assert (
+        audit["canaries_kind"] == (kind or "records")
+        and f"({kind or 'records'})" in privacy_lines(results["privacy"])[0]
+    )

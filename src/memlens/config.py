@@ -308,7 +308,13 @@ class PrivacyConfig(_Section):
 
     ``audit = m``: plant ``m`` audit canaries, each trained on with probability ½, and turn the membership test
     on them into a lower bound on ε at ``audit_confidence`` (one-run auditing, Steinke, Nasr & Jagielski 2023),
-    for DP and non-DP runs alike.
+    for DP and non-DP runs alike. ``audit_canaries``: what they are —
+    ``records`` (default): templated patient records with random fields (a small model learns one copy weakly);
+    ``sentences``: English sentences of the State of the Union addresses shipped with memlens, none equal to a
+    text of the run (natural text, learned from one copy as a training text is; recommended);
+    ``words``: eight random words from that vocabulary (no grammar, no domain);
+    ``pool``: unused texts of the members' split (the members' own distribution; not with reference models,
+    which draw on the same pool).
     """
 
     dp: bool = False
@@ -320,6 +326,7 @@ class PrivacyConfig(_Section):
     poisson: bool = True
     audit: Annotated[int, Field(ge=0)] = 0
     audit_confidence: Annotated[float, Field(gt=0.5, lt=1)] = 0.95
+    audit_canaries: Literal["records", "sentences", "words", "pool"] | None = None  # None: records
 
     @model_validator(mode="after")
     def _noise(self) -> PrivacyConfig:
@@ -327,6 +334,8 @@ class PrivacyConfig(_Section):
             raise ValueError("dp = true needs exactly one of epsilon (the budget) or noise_multiplier")
         if not self.dp and (self.epsilon is not None or self.noise_multiplier is not None):
             raise ValueError("epsilon and noise_multiplier apply only with dp = true")
+        if self.audit_canaries is not None and not self.audit:
+            raise ValueError("privacy.audit_canaries applies with privacy.audit = m (the number of audit canaries)")
         if 0 < self.audit < 20:
             raise ValueError(f"privacy.audit needs 0 (no audit) or at least 20 canaries (got {self.audit})")
         return self
@@ -439,6 +448,15 @@ class RunConfig(_Section):
             )
         if q and self.privacy is not None and self.privacy.dp:
             raise ValueError("DP-SGD on a quantized base is not verified: drop model.quantization or privacy.dp")
+        return self
+
+    @model_validator(mode="after")
+    def _audit_pool(self) -> RunConfig:
+        if self.privacy is not None and self.privacy.audit_canaries == "pool" and self.attacks.reference_models:
+            raise ValueError(
+                "privacy.audit_canaries = 'pool' and attacks.reference_models both draw on the unused texts of the "
+                "members' split: use audit_canaries = 'sentences'"
+            )
         return self
 
     @model_validator(mode="after")

@@ -79,6 +79,24 @@ def unused_texts(cfg: DataConfig, splits: Splits) -> list[Text]:
     return [t for t in pool if t.id not in picked and _norm(t.text) not in taken]
 
 
+def audit_candidates(kind: str, cfg: DataConfig, splits: Splits) -> list[str]:
+    """The texts audit canaries of ``kind`` are drawn from: for ``sentences``, every sentence of 40–200
+    characters of the shipped SOTU set (all three splits) that equals no member, non-member or validation text
+    after normalisation (``words``: every such sentence, whatever its length, for its vocabulary); for ``pool``,
+    :func:`unused_texts`; none for ``records`` (they are generated)."""
+    if kind == "records":
+        return []
+    if kind == "pool":
+        return [t.text for t in unused_texts(cfg, splits)]
+    from memlens.data.sources import read_packaged
+
+    taken = {_norm(t.text) for t in splits.members + splits.nonmembers + splits.validation}
+    sotu = [t.text for split in ("train", "dev", "test") for t in read_packaged("sotu", split)]
+    if kind == "sentences":  # whole sentences of 40–200 characters: neither a fragment nor truncated
+        sotu = [t for t in sotu if 40 <= len(t.strip()) <= 200]
+    return [t for t in sotu if _norm(t) not in taken]
+
+
 def texts_from(source: str, cfg: DataConfig, splits: Splits, field: str, also: str = "") -> list[Text]:
     """The texts ``source`` names: ``validation``, ``pool`` (:func:`unused_texts`) or a JSONL/CSV file (``field``:
     the config field, for the error; ``also``: other names it accepts)."""

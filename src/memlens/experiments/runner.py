@@ -103,6 +103,7 @@ def measure(
     clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
     with clock("load"):
         splits = load_splits(cfg.data)  # data errors surface before the heavy imports
+        planned_audit, audit_set = audit_before(cfg, splits), None
         population = None
         if cfg.attacks.reference_models:
             from memlens.experiments.references import plan_population
@@ -146,7 +147,8 @@ def measure(
         if cfg.attacks.reference_model and "reference" in cfg.attacks.names:
             reference, reference_info = reference_model_stats(cfg, corpus)
         scores = {0: stage_scores(cfg, base, reference if reference_info else None, scored, inputs)}
-        audit_set = audit_before(cfg, model, tok)
+        if planned_audit is not None:  # (texts, trained, pre-trained NLL (m,))
+            audit_set = (*planned_audit, _audit_nll(cfg, model, tok, planned_audit[0]))
         keep = distinct_rows(texts, n_mem) if cfg.attacks.distinct else np.ones(len(texts), bool)
         n_eval = int(keep[:n_mem].sum())  # members counted in the metrics (each distinct text once)
         records = stage_records(cfg, kept_rows(scores[0], keep), base["validation"].perplexity(), 0, n_eval)
@@ -280,14 +282,17 @@ def subset_records(
     return out
 
 
-def audit_before(cfg: RunConfig, model, tok) -> tuple[list[Text], np.ndarray, np.ndarray] | None:
-    """With ``privacy.audit = m``: the audit canaries, which are trained on, and their pre-trained NLL (m,)."""
+def audit_before(cfg: RunConfig, splits) -> tuple[list[Text], np.ndarray] | None:
+    """With ``privacy.audit = m``: the audit canaries and which are trained on (drawn before the model loads,
+    so that too few candidate texts is an error before any work)."""
     if cfg.privacy is None or not cfg.privacy.audit:
         return None
+    from memlens.data.splits import audit_candidates
     from memlens.extraction.epsilon import audit_canaries
 
-    texts, trained = audit_canaries(cfg.privacy.audit, seed=cfg.training.seed)
-    return texts, trained, _audit_nll(cfg, model, tok, texts)
+    kind = cfg.privacy.audit_canaries or "records"
+    candidates = audit_candidates(kind, cfg.data, splits)
+    return audit_canaries(cfg.privacy.audit, seed=cfg.training.seed, kind=kind, texts=candidates)
 
 
 def _audit_nll(cfg: RunConfig, model, tok, texts: list[Text]) -> np.ndarray:
@@ -312,7 +317,8 @@ def privacy_results(cfg: RunConfig, model, tok, dp: dict | None, audit_set) -> d
         texts, trained, before = audit_set
         drop = before - _audit_nll(cfg, model, tok, texts)  # (m,) loss drop: higher = more likely trained on
         found = one_run_audit(drop, trained, delta=cfg.privacy.delta, confidence=cfg.privacy.audit_confidence)
-        out["audit"] = found  # its counts, δ and confidence are fields here, not packed into the record
+        # its counts, δ, confidence and canaries are fields here, not packed into the record
+        out["audit"] = found | {"canaries_kind": cfg.privacy.audit_canaries or "records"}
         records.append(
             Record(
                 "epsilon_lower_bound",

@@ -12,6 +12,9 @@ with few canaries it cannot be large (its ceiling is listed beside it).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 
 from memlens.data import Text
@@ -23,14 +26,48 @@ RULES = ((0.05, 0.0), (0.1, 0.0), (0.25, 0.0), (0.5, 0.0), (0.05, 0.05), (0.1, 0
 MIN_CANARIES = 20  # every rule guesses at least one canary
 
 
-def audit_canaries(m: int, *, seed: int) -> tuple[list[Text], np.ndarray]:
-    """``m`` distinct audit texts (ids ``audit-0`` …) and whether each is trained on, (m,) bool with P = ½."""
+AUDIT_WORDS = 8  # words per ``words`` canary
+
+
+def audit_canaries(
+    m: int, *, seed: int, kind: str = "records", texts: Sequence[str] = ()
+) -> tuple[list[Text], np.ndarray]:
+    """``m`` distinct audit texts (ids ``audit-0`` …) and whether each is trained on, (m,) bool with P = ½.
+
+    ``kind``: ``records`` (templated patient records, :data:`TEMPLATE`), ``words`` (:data:`AUDIT_WORDS` random
+    words of the vocabulary of ``texts``) or ``sentences`` / ``pool`` (``m`` of ``texts`` themselves, drawn
+    without replacement; the caller passes candidates that are no text of the run)."""
+    if m < MIN_CANARIES:
+        raise MemlensError(f"privacy.audit must be at least {MIN_CANARIES} canaries (got {m})")
+    rng = np.random.default_rng([seed, 0xA0D1])
+    if kind == "records":
+        return _records(m, rng)
+    if kind == "words":
+        vocab = sorted({w for t in texts for w in re.findall(r"[a-z]{3,12}", t.lower())})
+        if len(vocab) < 10 * AUDIT_WORDS:
+            raise MemlensError(f"the audit's vocabulary has {len(vocab)} words; words canaries need more")
+        drawn: dict[str, None] = {}
+        while len(drawn) < m:  # distinct texts (a repeat is vanishingly rare, but would be one canary twice)
+            words = [vocab[i] for i in rng.choice(len(vocab), AUDIT_WORDS, replace=False)]
+            drawn[" ".join(words).capitalize() + "."] = None
+        chosen = list(drawn)
+    else:
+        distinct = list(dict.fromkeys(t for t in texts if t.strip()))
+        if len(distinct) < m:
+            raise MemlensError(
+                f"privacy.audit = {m} but only {len(distinct)} {kind} texts are left for audit canaries "
+                "(none may be a text of the run); lower privacy.audit"
+            )
+        chosen = [distinct[i] for i in rng.choice(len(distinct), m, replace=False)]
+    return [Text(f"audit-{k}", t) for k, t in enumerate(chosen)], rng.random(m) < 0.5
+
+
+def _records(m: int, rng: np.random.Generator) -> tuple[list[Text], np.ndarray]:
     from memlens.extraction.canaries import FIRST, KINDS, LAST
 
     space = KINDS["patient"].space
-    if not MIN_CANARIES <= m <= space:
+    if m > space:
         raise MemlensError(f"privacy.audit must be between {MIN_CANARIES} and {space} canaries (got {m})")
-    rng = np.random.default_rng([seed, 0xA0D1])
     names = rng.integers(len(FIRST) * len(LAST), size=m)
     secrets = rng.choice(space, m, replace=False)
     texts = [

@@ -206,7 +206,8 @@ def privacy_lines(privacy: dict | None) -> list[str]:
     if a := privacy.get("audit"):
         lines.append(
             f"one-run audit: ε ≥ {a['epsilon_lower_bound']:.2f} at {a['confidence']:.0%} confidence "
-            f"({a['correct']}/{a['guessed_in'] + a['guessed_out']} guesses right on {a['canaries']} audit canaries, "
+            f"({a['correct']}/{a['guessed_in'] + a['guessed_out']} guesses right on {a['canaries']} audit canaries "
+            f"({a.get('canaries_kind', 'records')}), "
             f"{a['trained']} trained on; the most this audit could show: {a['ceiling']:.2f})"
         )
     return lines
