@@ -323,3 +323,25 @@ def test_dp_trials_carry_their_epsilon_on_the_frontier_and_in_the_headline_table
     assert table.headers[-1] == "ε spent (DP) / audited ≥"
     assert [row[-1].text for row in table.rows] == ["— / 1.25", "8.00 / 0.00"]
     assert headline_table(final.drop(columns=["epsilon", "epsilon_audit"]), "loss").headers[-1] != table.headers[-1]
+
+
+def test_a_sweep_over_mitigations_lands_on_one_frontier(tiny_dir, tmp_path):
+    """A real sweep: plain, DP-SGD (ε = 8, audited with sentence canaries) and dedup trials of one recipe; the
+    report's frontier labels the DP point with its ε and the headline table carries ε spent and audited."""
+    base = tiny_config(tiny_dir, "unused", tuning={"method": "lora"}, training={"epochs": 2, "lr": 3e-3})
+    base.pop("name"), base.pop("output")
+    private = {"privacy.dp": True, "privacy.epsilon": 8.0, "privacy.delta": 1e-3}
+    audited = {"privacy.audit": 40, "privacy.audit_canaries": "sentences"}
+    variants = [
+        {"label": "plain"} | audited,
+        {"label": "private"} | private | audited,
+        {"label": "dedup", "mitigation.method": "dedup"},
+    ]
+    assert run_sweep(expand({"name": "levers", "base": base, "variants": variants}), tmp_path) == {"done": 3}
+    html_path, _ = render_report(tmp_path, tmp_path / "report")
+    page = html_path.read_text(encoding="utf-8")
+    assert "Privacy–utility frontier" in page and re.search(r"private \(ε=[0-9.]+\)", page)
+    assert "ε spent (DP) / audited ≥" in page
+    info = {r.label: r.info for r in Store(tmp_path, create=False).trials().itertuples()}
+    assert info["private"]["privacy"]["dp"] and info["private"]["privacy"]["audit"]["canaries_kind"] == "sentences"
+    assert info["dedup"]["mitigation"]["method"] == "dedup" and info["plain"]["privacy"]["dp"] is False
