@@ -111,10 +111,10 @@ def two_trials(tiny_dir, tmp_path_factory):
 def test_compare_two_trials_from_the_store(two_trials):
     import pandas as pd
 
-    from memlens.experiments.compare import compare_trials
+    from memlens.experiments.compare import compare
     from memlens.experiments.store import Store
 
-    c = compare_trials(two_trials, "full", "2", fprs=[0.01, 0.5], n_boot=300)
+    c = compare("full", "2", store=two_trials, fprs=[0.01, 0.5], n_boot=300)
     assert (c.a, c.b) == ("trial 1 (full)", "trial 2 (head)") and c.rows[0].epoch == 2
     loss = next(r for r in c.rows if r.attack == "loss")
     store = Store(two_trials, create=False)
@@ -137,7 +137,7 @@ def test_compare_two_trials_from_the_store(two_trials):
     assert c.gap is not None and (c.gap.a, c.gap.b) == pytest.approx((gap[1], gap[2]), abs=1e-5)  # scores.csv rounds
     assert c.gap.diff == pytest.approx(gap[1] - gap[2], abs=1e-5) and c.gap.ci_low <= c.gap.diff <= c.gap.ci_high
     assert c.gap_verdict in ("a > b", "a < b", "no difference shown")
-    assert compare_trials(two_trials, "full", "head", epoch=0, n_boot=50).gap is None  # nothing fine-tuned yet
+    assert compare("full", "head", store=two_trials, epoch=0, n_boot=50).gap is None  # nothing fine-tuned yet
 
 
 def test_compare_cli_and_its_errors(two_trials):
@@ -158,13 +158,13 @@ def test_compare_two_run_folders_as_two_trials(two_trials):
     """Run folders (each with its scores.csv) compare exactly as the same two trials of a store do."""
     from helpers import assert_one_line_error, invoke
 
-    from memlens.experiments.compare import compare_runs, compare_trials
+    from memlens.experiments.compare import compare
     from memlens.experiments.store import Store
 
     store = Store(two_trials, create=False)
     one, two = store.trial_dir(1), store.trial_dir(2)
     store.close()
-    runs, trials = compare_runs(one, two, n_boot=100), compare_trials(two_trials, "1", "2", n_boot=100)
+    runs, trials = compare(one, two, n_boot=100), compare("1", "2", store=two_trials, n_boot=100)
     assert runs.a == f"run {one}" and [r.attack for r in runs.rows] == [r.attack for r in trials.rows]
     assert [r.auc_delong for r in runs.rows] == [r.auc_delong for r in trials.rows]
     assert [r.p_holm for r in runs.rows] == [r.p_holm for r in trials.rows] and runs.gap == trials.gap

@@ -276,12 +276,12 @@ def test_repetitions_plot_and_pareto_front():
 
 
 def test_paired_comparison_table_agrees_with_memlens_compare(sweep_dir, report):
-    from memlens.experiments.compare import compare_trials
+    from memlens.experiments.compare import compare
 
     data = load_report_data(sweep_dir[0])
     assert data.comparisons is not None and data.comparisons.baseline.id == 1
     second, checks = data.comparisons.rows[0]
-    c = compare_trials(sweep_dir[0], str(second.id), "1", n_boot=200)
+    c = compare(str(second.id), "1", store=sweep_dir[0], n_boot=200)
     ref = next(r for r in c.rows if r.attack == "reference")
     assert checks["auc"].difference.diff == pytest.approx(ref.auc_bootstrap.diff)
     assert checks["gap"].difference.diff == pytest.approx(c.gap.diff)

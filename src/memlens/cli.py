@@ -370,16 +370,13 @@ def compare_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from memlens.experiments.compare import compare_runs, compare_trials
+    from memlens.experiments.compare import compare
 
     if not 0 < fpr < 1 or bootstrap < 1:
         from memlens.errors import MemlensError
 
         raise MemlensError("--fpr must be in (0, 1) and --bootstrap at least 1")
-    if folder is None:
-        c = compare_runs(a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
-    else:
-        c = compare_trials(folder, a, b, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
+    c = compare(a, b, store=folder, epoch=epoch, fprs=[fpr], n_boot=bootstrap)
     title = f"a = {c.a}  vs  b = {c.b}, epoch {c.rows[0].epoch}"
     table = Table(title=escape(title), title_justify="left")
     for col in ("attack", "AUC a", "AUC b", "ΔAUC [95% CI, DeLong]", "p (Holm)", "ΔAUC [paired bootstrap]"):

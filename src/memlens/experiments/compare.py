@@ -82,19 +82,25 @@ def _scores(path: Path):
     return pd.read_csv(path, dtype={"id": str, "attack": str})
 
 
-def compare_trials(
-    store_dir: str | Path,
-    a: str,
-    b: str,
+def compare(
+    a: str | Path,
+    b: str | Path,
     *,
+    store: str | Path | None = None,
     epoch: int | None = None,
     fprs: tuple[float, ...] | list[float] = (0.01,),
     n_boot: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> TrialComparison:
-    """Compare trials ``a`` and ``b`` (ids or labels) of the store in ``store_dir`` at ``epoch`` (default: the
-    last epoch both evaluated)."""
+    """Compare ``a`` with ``b`` at ``epoch`` (default: the last epoch both evaluated): two trials (ids or
+    labels) of the results store in the folder ``store``, or, without ``store``, two run folders (``memlens
+    run`` outputs, each with its ``scores.csv``; e.g. a mitigated run against a plain one)."""
+    sa, sb, names = _trial_scores(store, str(a), str(b)) if store is not None else _run_scores(Path(a), Path(b))
+    return _compare(sa, sb, names, epoch=epoch, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+
+
+def _trial_scores(store_dir: str | Path, a: str, b: str):
     from memlens.experiments.store import Store
 
     store = Store(store_dir, create=False)
@@ -106,31 +112,16 @@ def compare_trials(
         store.close()
     if ta[0] == tb[0]:
         raise MemlensError(f"trial {ta[0]} compared with itself")
-    names = (f"trial {ta[0]} ({ta[1]})", f"trial {tb[0]} ({tb[1]})")
-    return _compare(sa, sb, names, epoch=epoch, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+    return sa, sb, (f"trial {ta[0]} ({ta[1]})", f"trial {tb[0]} ({tb[1]})")
 
 
-def compare_runs(
-    a: str | Path,
-    b: str | Path,
-    *,
-    epoch: int | None = None,
-    fprs: tuple[float, ...] | list[float] = (0.01,),
-    n_boot: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-) -> TrialComparison:
-    """Compare two run folders (``memlens run`` outputs, each with its ``scores.csv``) the way
-    :func:`compare_trials` compares two trials of a store — e.g. a mitigated run against a plain one."""
-    a, b = Path(a), Path(b)
+def _run_scores(a: Path, b: Path):
     for d in (a, b):
         if not d.is_dir():
             raise MemlensError(f"{d} is not a run folder (give --dir to compare trials of a results store)")
     if a.resolve() == b.resolve():
         raise MemlensError(f"run {a} compared with itself")
-    sa, sb = _scores(a / "scores.csv"), _scores(b / "scores.csv")
-    names = (f"run {a}", f"run {b}")
-    return _compare(sa, sb, names, epoch=epoch, fprs=fprs, n_boot=n_boot, confidence=confidence, seed=seed)
+    return _scores(a / "scores.csv"), _scores(b / "scores.csv"), (f"run {a}", f"run {b}")
 
 
 def _compare(
