@@ -100,7 +100,7 @@ def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
     its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local run's does."""
     from memlens.config import parse_config, with_overrides
     from memlens.experiments import run
-    from memlens.experiments.sweep import stored
+    from memlens.experiments.store import stored
 
     folder = Path(tempfile.mkdtemp(prefix="memlens-trial-"))
     try:

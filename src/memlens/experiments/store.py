@@ -275,3 +275,11 @@ class Store:
 def _sql(v):
     """A record field as SQLite stores it (booleans as 0/1)."""
     return int(v) if isinstance(v, bool) else v
+
+
+def stored(results: dict) -> tuple[list[dict], dict]:
+    """What a store keeps of a trial's results: its rows (the target's and any distillation student's, role
+    ``student``) and its info."""
+    keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
+    students = (results.get("distillation") or {}).get("records", [])
+    return results["records"] + students, {k: results.get(k) for k in keys}

@@ -215,14 +215,6 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
     return rows, total
 
 
-def stored(results: dict) -> tuple[list[dict], dict]:
-    """What a store keeps of a trial's results: its rows (the target's and any distillation student's, role
-    ``student``) and its info."""
-    keys = ("model", "tuning", "training", "timings", "environment", "data", "privacy", "mitigation")
-    students = (results.get("distillation") or {}).get("records", [])
-    return results["records"] + students, {k: results.get(k) for k in keys}
-
-
 def run_sweep(
     sweep: Sweep,
     folder: str | Path,
@@ -270,6 +262,7 @@ def run_sweep(
 def _run_here(store, sweep_name: str, todo: list[tuple[int, str, dict]]) -> None:
     """The local backend: the trials one after another in this process."""
     from memlens.experiments import run
+    from memlens.experiments.store import stored
 
     with progress.bar(f"sweep {sweep_name}", len(todo), "trials") as bar:
         for trial_id, label, cfg_json in todo:
