@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import numpy as np
-from common import matmul_peak, parser
+from common import matmul_peak, parser, sync
 
 TRAINERS = ("Trainer", "Trainer grouped", "TRL packed", "memlens", "memlens packed")
 
@@ -96,6 +96,32 @@ def run_trl(model, tok, ids, batch_size: int, lr: float, seed: int) -> tuple[flo
         return time.perf_counter() - t, 0.0  # padding-free: no padded slot
 
 
+def shape_ceiling(model, rows: int, *, full: bool, device: str, dtype, peak: float) -> float:
+    """The share of the matmul peak that the model's linear layers alone reach at a training step's shapes:
+    ``rows`` = tokens a step, each layer's forward matmul, its input-gradient matmul and (``full``) its
+    weight-gradient matmul, nothing else (no attention, softmax, norms or optimizer). A trainer's FLOP share
+    cannot exceed it: the work it counts is these matmuls."""
+    import torch
+
+    shapes = [tuple(m.weight.shape) for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    w = [torch.randn(o, i, device=device, dtype=dtype) for o, i in shapes]
+    x = {i: torch.randn(rows, i, device=device, dtype=dtype) for _, i in shapes}
+    gy = {o: torch.randn(rows, o, device=device, dtype=dtype) for o, _ in shapes}
+    flops = sum(2 * rows * o * i for o, i in shapes) * (3 if full else 2)
+    best = float("inf")
+    for _ in range(3):
+        sync(device)
+        t = time.perf_counter()
+        for wt, (o, i) in zip(w, shapes, strict=True):
+            x[i] @ wt.T  # forward
+            gy[o] @ wt  # gradient of the input
+            if full:
+                gy[o].T @ x[i]  # gradient of the weight
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return flops / best / peak
+
+
 def _cuda() -> bool:
     import torch
 
@@ -131,6 +157,16 @@ def main() -> None:
     for method in args.methods:
         tuning = TuningConfig(method=method, rank=8, alpha=16, targets=["q", "v"], dropout=0.0)
         lr = 1e-3 if method == "lora" else 3e-5
+        lm = load_model(args.model)
+        step = round(
+            args.batch_size * float(np.mean([len(s) for s in encode(lm.tokenizer, texts, args.max_tokens).ids]))
+        )
+        ceiling = shape_ceiling(lm.model, step, full=method == "full", device=device, dtype=dtype, peak=peaks[-1])
+        print(
+            f"  {method:5s} ceiling: the linear layers' matmuls alone at {step} tokens a step reach "
+            f"{100 * ceiling:4.1f}% of the peak"
+        )
+        del lm
         for who in args.trainers:
             lm = load_model(args.model)
             torch.manual_seed(0)
