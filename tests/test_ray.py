@@ -48,11 +48,14 @@ def cluster(tmp_path_factory):
         subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True)
 
 
-def _sweep(tiny_dir: Path, folder: Path, lrs: list[float], epochs: int = 2) -> Path:
+def _sweep(tiny_dir: Path, folder: Path, lrs: list[float], epochs: int = 2, failing: bool = False) -> Path:
     base = tiny_config(tiny_dir, "unused", training={"epochs": epochs})
     base.pop("output")
     base.pop("name")
-    spec = {"name": "on-ray", "base": base, "grid": {"lr": lrs}, "resources": {"cpus": 1, "memory_gb": 0.5}}
+    variants: list[dict] = [{"label": f"lr={lr:g}", "lr": lr} for lr in lrs]
+    if failing:  # one more trial, whose data folder does not exist: it raises in its worker
+        variants.append({"label": "no data", "data.dir": str(folder / "missing")})
+    spec = {"name": "on-ray", "base": base, "variants": variants, "resources": {"cpus": 1, "memory_gb": 0.5}}
     path = folder / "sweep.toml"
     path.write_text(tomli_w.dumps(spec))
     return path
@@ -93,10 +96,10 @@ def _wait(check, timeout: float, what: str):
 
 
 def _assert_complete(store: Path, n: int) -> None:
-    assert _rows(store, "SELECT status, COUNT(*) FROM trials GROUP BY status") == [("done", n)]
+    assert dict(_rows(store, "SELECT status, COUNT(*) FROM trials GROUP BY status"))["done"] == n
     per_trial = dict(_rows(store, "SELECT trial, COUNT(*) FROM results GROUP BY trial"))
     assert len(per_trial) == n
-    for (trial,) in _rows(store, "SELECT id FROM trials"):
+    for (trial,) in _rows(store, "SELECT id FROM trials WHERE status = 'done'"):
         folder = store / "trials" / f"trial-{trial:04d}"
         assert (folder / "scores.csv").is_file()
         assert per_trial[trial] == len(json.loads((folder / "results.json").read_text())["records"])  # stored once
@@ -105,13 +108,15 @@ def _assert_complete(store: Path, n: int) -> None:
 
 def test_a_sweep_on_ray_survives_a_worker_killed_mid_trial(cluster, tiny_dir, tmp_path):
     address, env = cluster
-    sweep, store = _sweep(tiny_dir, tmp_path, [1e-3, 3e-3, 1e-2]), tmp_path / "store"
+    sweep, store = _sweep(tiny_dir, tmp_path, [1e-3, 3e-3, 1e-2], failing=True), tmp_path / "store"
     driver = _driver(sweep, store, address, env)
     victim = _wait(_trial_processes, 120, "a trial to start on a Ray worker")[0]
     os.kill(victim, signal.SIGKILL)
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 0, err
     _assert_complete(store, 3)  # Ray ran the killed trial again; it was stored once
+    [(label, error)] = _rows(store, "SELECT label, error FROM trials WHERE status = 'failed'")
+    assert label == "no data" and error.startswith("MemlensError: data directory not found")
     assert any(Path(env["MEMLENS_CACHE"]).rglob("*")), "the driver's MEMLENS_CACHE did not reach the workers"
 
 

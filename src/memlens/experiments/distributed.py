@@ -151,20 +151,20 @@ def run_on_ray(store, sweep_name: str, todo: list[tuple[int, str, dict]], need: 
     ray = connect(address)
     try:
         task = ray.remote(max_retries=MAX_RETRIES)(run_trial).options(**need.options())
-        pending: dict[Any, tuple[int, str]] = {}
+        pending: dict[Any, tuple[int, str, float]] = {}  # task -> (trial id, label, when submitted)
         for trial_id, label, config in todo:
             store.start(trial_id)
-            pending[task.remote(config, str(store.trial_dir(trial_id)))] = (trial_id, label)
-        started = time.perf_counter()
+            ref = task.remote(config, str(store.trial_dir(trial_id)))
+            pending[ref] = (trial_id, label, time.perf_counter())
         with progress.bar(f"sweep {sweep_name} on Ray", len(todo), "trials") as bar:
             while pending:
                 [ref], _ = ray.wait(list(pending), num_returns=1)
-                trial_id, label = pending.pop(ref)
+                trial_id, label, submitted = pending.pop(ref)
                 try:
                     out = ray.get(ref)
                 except Exception as err:  # the trial raised, or its worker died MAX_RETRIES + 1 times
                     error, line = failure(err)
-                    store.fail(trial_id, error, time.perf_counter() - started)
+                    store.fail(trial_id, error, time.perf_counter() - submitted)  # queueing included
                     progress.info(f"trial {label!r} failed: {line}")
                 else:
                     publish_files(store.trial_dir(trial_id), out["files"])
