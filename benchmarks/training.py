@@ -122,6 +122,16 @@ def shape_ceiling(model, rows: int, *, full: bool, device: str, dtype, peak: flo
     return flops / best / peak
 
 
+def time_split(prof) -> str:
+    """The profiled epoch's self time: matrix products (mm, addmm, bmm) against the rest, and their call count."""
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    mm = [e for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")]
+    share = sum(e.self_cpu_time_total for e in mm) / total
+    calls = sum(e.count for e in mm)
+    return f"profile: {100 * share:.0f}% of the time in matrix products ({calls} calls), {100 * (1 - share):.0f}% else"
+
+
 def _cuda() -> bool:
     import torch
 
@@ -132,6 +142,7 @@ def main() -> None:
     ap = parser(__doc__, n=192, batch_size=16)
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     ap.add_argument("--trainers", nargs="+", default=list(TRAINERS), choices=TRAINERS)
+    ap.add_argument("--profile", action="store_true", help="also print where memlens's epoch spends its time")
     args = ap.parse_args()
 
     import torch
@@ -188,8 +199,14 @@ def main() -> None:
                     seed=0,
                     packing=who.endswith("packed"),
                 )
-                rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
+                if args.profile:
+                    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                        rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
+                else:
+                    rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
                 seconds, pad = time.perf_counter() - t, rep["padding_fraction"]
+                if args.profile:
+                    print("  " + time_split(prof))
             model.eval()
             loss = float(np.nanmean(score_ids(model, ids, tok.pad_token_id, batch_size=32).nll()))
             peaks.append(matmul_peak(device, dtype))
