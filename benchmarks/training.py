@@ -206,7 +206,7 @@ def main() -> None:
                     rep = train(model, ids, tok.pad_token_id, cfg, lr=lr)
                 seconds, pad = time.perf_counter() - t, rep["padding_fraction"]
                 if args.profile:
-                    print("  " + time_split(prof))
+                    print(f"  {method:5s} " + time_split(prof))
             model.eval()
             loss = float(np.nanmean(score_ids(model, ids, tok.pad_token_id, batch_size=32).nll()))
             peaks.append(matmul_peak(device, dtype))
