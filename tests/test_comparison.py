@@ -174,3 +174,8 @@ def test_compare_two_run_folders_as_two_trials(two_trials):
     assert_one_line_error(invoke("compare", str(one), str(one)), "compared with itself")
     assert_one_line_error(invoke("compare", str(one), str(two_trials / "nope")), "is not a run folder")
     assert_one_line_error(invoke("compare", str(one), str(two_trials)), "scores.csv is missing")
+    for name, text in (("empty", ""), ("other", "a,b\n1,2\n")):
+        (two_trials.parent / name).mkdir(exist_ok=True)
+        (two_trials.parent / name / "scores.csv").write_text(text)
+        result = invoke("compare", str(one), str(two_trials.parent / name))
+        assert_one_line_error(result, "cannot be read as per-text scores|is not a memlens scores.csv")

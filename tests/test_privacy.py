@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -254,6 +255,14 @@ def test_the_audit_proves_a_positive_epsilon_for_a_fine_tune_that_memorizes(tmp_
     results = run(parse_config(tiny_config(tiny_dir, tmp_path / "out", **sections)), write=False)
     audit = results["privacy"]["audit"]
     assert results["privacy"]["dp"] is False and 0.3 < audit["epsilon_lower_bound"] <= audit["ceiling"]
+    if kind:  # the canaries are real sentences: none of them is written out
+        from memlens.data.splits import audit_candidates, load_splits
+
+        cfg = parse_config(tiny_config(tiny_dir, tmp_path / "out", **sections))
+        candidates = audit_candidates(kind, cfg.data, load_splits(cfg.data))
+        texts, _ = audit_canaries(100, seed=cfg.training.seed, kind=kind, texts=candidates)
+        dumped = json.dumps(results, default=str)
+        assert not any(t.text in dumped for t in texts)
     assert (
         audit["canaries_kind"] == (kind or "records")
         and f"({kind or 'records'})" in privacy_lines(results["privacy"])[0]

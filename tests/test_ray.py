@@ -31,19 +31,15 @@ def _free_port() -> int:
 def cluster(tmp_path_factory):
     """A head node with 2 CPUs and token authentication (Ray's default for local clusters); yields the
     address and the environment a driver needs to join it."""
-    env = os.environ | {
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": secrets.token_hex(32),
-        "OMP_NUM_THREADS": "1",
-        "MEMLENS_CACHE": str(tmp_path_factory.mktemp("ray-cache")),
-    }
+    env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1"}
+    env.pop("MEMLENS_CACHE", None)  # the cluster's own processes do not know the driver's cache
     port = _free_port()
     start = [str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     subprocess.run(
         [*start, "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True
     )
-    try:
-        yield f"127.0.0.1:{port}", env
+    try:  # the driver's environment: its MEMLENS_CACHE must reach the workers through memlens
+        yield f"127.0.0.1:{port}", env | {"MEMLENS_CACHE": str(tmp_path_factory.mktemp("ray-cache"))}
     finally:
         subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True)
 
@@ -170,12 +166,21 @@ def test_ray_errors_are_one_line(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_trial_resources_follow_the_sweep_file_and_the_device():
+    from memlens.errors import MemlensError
     from memlens.experiments.distributed import Resources, resources
 
-    assert resources(None, "cpu") == Resources(1.0, 0.0, None)
-    assert resources({}, "cuda").gpus == 1.0  # a CUDA trial asks for a GPU unless told otherwise
-    assert resources({"gpus": 0.5, "cpus": 4, "memory_gb": 2}, "cuda").options() == {
-        "num_cpus": 4.0,
-        "num_gpus": 0.5,
-        "memory": 2 * 2**30,
-    }
+    assert resources(None) == Resources(1.0, None, None)
+    auto = resources({})
+    assert auto.for_trial({"device": "cuda"}, cluster_gpus=0).gpus == 1.0  # needs CUDA: asks for a GPU
+    assert auto.for_trial({"device": "auto", "quantization": "4bit"}, cluster_gpus=0).gpus == 1.0
+    assert auto.for_trial({"device": "auto"}, cluster_gpus=0).gpus == 0.0  # a CPU cluster: none
+    assert auto.for_trial({"device": "auto"}, cluster_gpus=4).gpus == 1.0  # else Ray would hide the GPUs
+    assert auto.for_trial({"device": "cpu"}, cluster_gpus=4).gpus == 0.0
+    with pytest.raises(MemlensError, match="gpus = 0, but a trial needs CUDA"):
+        resources({"gpus": 0}).for_trial({"device": "cuda"}, cluster_gpus=4)
+    ask = resources({"gpus": 0.5, "cpus": 4, "memory_gb": 2}).for_trial({"device": "cuda"}, cluster_gpus=1)
+    assert ask.options() == {"num_cpus": 4.0, "num_gpus": 0.5, "memory": 2 * 2**30}
+    assert ask.fits({"CPU": 8, "GPU": 1, "memory": 2**34}) and not ask.fits({"CPU": 8, "GPU": 0, "memory": 2**34})
+    for bad in (float("nan"), float("inf"), -1):
+        with pytest.raises(MemlensError, match="must be a non-negative number"):
+            resources({"memory_gb": bad})

@@ -218,7 +218,7 @@ def sweep_cmd(
         if backend == "ray":
             from memlens.experiments.distributed import placement
 
-            typer.echo(placement(sweep.resources, address, len(rows)))
+            typer.echo(placement(sweep.resources, address, [t.config.model_dump(mode="json") for t in sweep.trials]))
         return
     counts = run_sweep(
         sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed, backend=backend, address=address

@@ -46,6 +46,8 @@ class ModelConfig(_Section):
     def _quantized_on_cuda(self) -> ModelConfig:
         if self.quantization and self.device == "cpu":
             raise ValueError("model.quantization needs a CUDA GPU (bitsandbytes' kernels); drop it for device cpu")
+        if self.device_map and self.device == "cpu":
+            raise ValueError("model.device_map spreads a model over GPUs; drop it for device cpu")
         return self
 
 
@@ -452,7 +454,13 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _audit_pool(self) -> RunConfig:
-        if self.privacy is not None and self.privacy.audit_canaries == "pool" and self.attacks.reference_models:
+        pool = self.attacks.population in (None, "pool")
+        if (
+            self.privacy is not None
+            and self.privacy.audit_canaries == "pool"
+            and self.attacks.reference_models
+            and pool
+        ):
             raise ValueError(
                 "privacy.audit_canaries = 'pool' and attacks.reference_models both draw on the unused texts of the "
                 "members' split: use audit_canaries = 'sentences'"

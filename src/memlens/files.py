@@ -108,14 +108,14 @@ def remove_stale(folder: Path, names: set[str] | None = None, *, delete: bool = 
         return found
     for entry in entries:
         m = _TEMP.match(entry.name)
-        if m and (names is None or m["name"] in names) and not _alive(int(m["pid"])):
+        if m and (names is None or m["name"] in names) and not pid_alive(int(m["pid"])):
             if delete:
                 remove(entry)
             found.append(entry)
     return found
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

@@ -81,9 +81,9 @@ def unused_texts(cfg: DataConfig, splits: Splits) -> list[Text]:
 
 def audit_candidates(kind: str, cfg: DataConfig, splits: Splits) -> list[str]:
     """The texts audit canaries of ``kind`` are drawn from: for ``sentences``, every sentence of 40–200
-    characters of the shipped SOTU set (all three splits) that equals no member, non-member or validation text
-    after normalisation (``words``: every such sentence, whatever its length, for its vocabulary); for ``pool``,
-    :func:`unused_texts`; none for ``records`` (they are generated)."""
+    characters of the shipped SOTU set (all three splits; dev and test only when SOTU is the run's data) that
+    equals no member, non-member or validation text after normalisation (``words``: every such sentence,
+    whatever its length, for its vocabulary); for ``pool``, :func:`unused_texts`; none for ``records``."""
     if kind == "records":
         return []
     if kind == "pool":
@@ -91,7 +91,9 @@ def audit_candidates(kind: str, cfg: DataConfig, splits: Splits) -> list[str]:
     from memlens.data.sources import read_packaged
 
     taken = {_norm(t.text) for t in splits.members + splits.nonmembers + splits.validation}
-    sotu = [t.text for split in ("train", "dev", "test") for t in read_packaged("sotu", split)]
+    # with SOTU as the run's own data, its train split is the pool reference models draw on: left alone
+    shipped = ("dev", "test") if cfg.source == "sotu" else ("train", "dev", "test")
+    sotu = [t.text for split in shipped for t in read_packaged("sotu", split)]
     if kind == "sentences":  # whole sentences of 40–200 characters: neither a fragment nor truncated
         sotu = [t for t in sotu if 40 <= len(t.strip()) <= 200]
     return [t for t in sotu if _norm(t) not in taken]

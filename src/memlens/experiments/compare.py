@@ -79,7 +79,14 @@ def _scores(path: Path):
 
     if not path.is_file():
         raise MemlensError(f"{path} is missing: a paired comparison needs each trial's per-text scores")
-    return pd.read_csv(path, dtype={"id": str, "attack": str})
+    try:
+        table = pd.read_csv(path, dtype={"id": str, "attack": str})
+    except (ValueError, OSError) as err:  # empty or malformed (pandas' errors are ValueErrors)
+        raise MemlensError(f"{path} cannot be read as per-text scores: {str(err).splitlines()[0]}") from None
+    missing = {"id", "member", "epoch", "attack", "score"} - set(table.columns)
+    if missing:
+        raise MemlensError(f"{path} is not a memlens scores.csv: no column(s) {', '.join(sorted(missing))}")
+    return table
 
 
 def compare(

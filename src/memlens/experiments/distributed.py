@@ -16,11 +16,12 @@ A trial that raises (bad config, data error) is not retried: it is stored as fai
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,38 +34,65 @@ INSTALL = "pip install 'memlens[ray]'"
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks Ray for. ``gpus`` defaults to 1 when the base config puts the model on CUDA."""
+    """What one trial asks Ray for. ``gpus = None``: decided per trial (:meth:`for_trial`)."""
 
     cpus: float = 1.0
-    gpus: float = 0.0
+    gpus: float | None = None
     memory_gb: float | None = None  # None: no memory request (Ray then places by CPUs and GPUs only)
+
+    def for_trial(self, model: dict, cluster_gpus: float) -> Resources:
+        """The request of a trial whose config's ``[model]`` is ``model`` (as JSON) on a cluster with
+        ``cluster_gpus`` GPUs: by default one GPU when the trial needs CUDA (``device = "cuda"``, a quantized
+        base or a device map) or may use it (``device = "auto"`` on a cluster that has GPUs — Ray hides the
+        GPUs from a task that asked for none); a request of no GPU for a trial that needs CUDA is an error."""
+        needs = model.get("device") == "cuda" or bool(model.get("quantization")) or bool(model.get("device_map"))
+        if self.gpus is None:
+            may = model.get("device", "auto") == "auto" and cluster_gpus > 0
+            return replace(self, gpus=1.0 if needs or may else 0.0)
+        if needs and self.gpus == 0:
+            raise MemlensError(
+                "[resources] gpus = 0, but a trial needs CUDA (model.device, quantization or device_map)"
+            )
+        return self
 
     def options(self) -> dict[str, Any]:
         """The keyword arguments of ``ray.remote(...).options``."""
-        out: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus}
+        out: dict[str, Any] = {"num_cpus": self.cpus, "num_gpus": self.gpus or 0.0}
         if self.memory_gb:
             out["memory"] = int(self.memory_gb * 2**30)
         return out
 
     def describe(self) -> str:
+        gpus = "GPU as the trial needs" if self.gpus is None else f"{self.gpus:g} GPU"
         mem = f", {self.memory_gb:g} GB" if self.memory_gb else ""
-        return f"{self.cpus:g} CPU, {self.gpus:g} GPU{mem}"
+        return f"{self.cpus:g} CPU, {gpus}{mem}"
+
+    def fits(self, node: dict) -> bool:
+        """Whether one node (its resources, as ``ray.nodes()`` reports them) can hold the request."""
+        memory = (self.memory_gb or 0) * 2**30
+        return (
+            node.get("CPU", 0) >= self.cpus
+            and node.get("GPU", 0) >= (self.gpus or 0)
+            and node.get("memory", 0) >= memory
+        )
 
 
-def resources(spec: dict | None, device: str, source: str = "sweep") -> Resources:
-    """The sweep file's ``[resources]`` table checked (unknown keys, negative or non-numeric values refused)."""
+def resources(spec: dict | None, source: str = "sweep") -> Resources:
+    """The sweep file's ``[resources]`` table checked (unknown keys, negative, infinite or non-numeric values
+    refused)."""
     spec = dict(spec or {})
     unknown = set(spec) - {"cpus", "gpus", "memory_gb"}
     if unknown:
         raise MemlensError(f"{source}: unknown [resources] key(s) {sorted(unknown)} (expected cpus, gpus, memory_gb)")
     for key, value in spec.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < math.inf:
             raise MemlensError(f"{source}: [resources] {key} must be a non-negative number (got {value!r})")
-    gpus = float(spec.get("gpus", 1.0 if device.startswith("cuda") else 0.0))
-    cpus = float(spec.get("cpus", 1.0))
-    if cpus == 0 and gpus == 0:
+    cpus, gpus = float(spec.get("cpus", 1.0)), spec.get("gpus")
+    if cpus == 0 and not gpus:
         raise MemlensError(f"{source}: [resources] asks for no CPU and no GPU; a trial needs one of them")
-    return Resources(cpus, gpus, float(spec["memory_gb"]) if spec.get("memory_gb") else None)
+    return Resources(
+        cpus, None if gpus is None else float(gpus), float(spec["memory_gb"]) if spec.get("memory_gb") else None
+    )
 
 
 def require_ray():
@@ -76,8 +104,9 @@ def require_ray():
 
 
 def connect(address: str | None):
-    """``ray.init`` on ``address`` (None: a new local Ray instance on this machine's cores; ``auto``: the
-    cluster this machine belongs to), with the driver's ``MEMLENS_*`` variables forwarded to every worker."""
+    """``ray.init`` on ``address`` (``auto``: the cluster this machine belongs to; None: Ray's own default — the
+    cluster named by ``RAY_ADDRESS`` if set, else a new local instance on this machine's cores), with the
+    driver's ``MEMLENS_*`` variables forwarded to every worker."""
     ray = require_ray()
     env = {k: v for k, v in os.environ.items() if k.startswith("MEMLENS_")}
     try:
@@ -94,15 +123,25 @@ def connect(address: str | None):
     return ray
 
 
+TRIAL_DIR = "memlens-trial-"  # + the worker's pid + "-": its temporary output folder
+
+
 def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
     """Worker side: run one trial (a config as JSON) into a temporary folder; return what the driver stores —
     ``records``, ``info``, ``seconds`` — and ``files``, the output folder's files as {relative path: bytes},
-    its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local run's does."""
+    its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local run's does.
+    Folders that workers killed mid-trial left behind on this node (their pid gone) are removed first."""
     from memlens.config import parse_config, with_overrides
     from memlens.experiments import run
     from memlens.experiments.store import stored
+    from memlens.files import pid_alive
 
-    folder = Path(tempfile.mkdtemp(prefix="memlens-trial-"))
+    tmp = Path(tempfile.gettempdir())
+    for old in tmp.glob(f"{TRIAL_DIR}*-*"):
+        pid = old.name.removeprefix(TRIAL_DIR).split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR}{os.getpid()}-"))
     try:
         cfg = with_overrides(parse_config(config), {"output.dir": str(folder / "out"), "output.overwrite": True})
         t0 = time.perf_counter()
@@ -146,15 +185,29 @@ def failure(err: BaseException) -> tuple[str, str]:
     return f"{type(err).__name__}: {text}", text.splitlines()[0]
 
 
+def _requests(ray, todo: list[tuple[int, str, dict]], need: Resources) -> list[Resources]:
+    """Each trial's request on the connected cluster; a request no node can hold is an error (Ray would
+    otherwise wait for it for ever)."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    gpus = sum(n.get("GPU", 0) for n in nodes)
+    asks = [need.for_trial(config.get("model", {}), gpus) for _, _, config in todo]
+    for (_, label, _), ask in zip(todo, asks, strict=True):
+        if not any(ask.fits(n) for n in nodes):
+            raise MemlensError(f"no node of the Ray cluster can hold trial {label!r}: it asks for {ask.describe()}")
+    return asks
+
+
 def run_on_ray(store, sweep_name: str, todo: list[tuple[int, str, dict]], need: Resources, address: str | None):
-    """Submit every trial of ``todo`` to Ray and store each as it finishes (the caller holds the store's lock)."""
+    """Submit every trial of ``todo`` to Ray and store each as it finishes (the caller holds the store's lock).
+    A trial whose worker raised, died too often or whose results cannot be written is stored as failed."""
     ray = connect(address)
     try:
-        task = ray.remote(max_retries=MAX_RETRIES)(run_trial).options(**need.options())
+        asks = _requests(ray, todo, need)
+        task = ray.remote(max_retries=MAX_RETRIES)(run_trial)
         pending: dict[Any, tuple[int, str, float]] = {}  # task -> (trial id, label, when submitted)
-        for trial_id, label, config in todo:
+        for (trial_id, label, config), ask in zip(todo, asks, strict=True):
             store.start(trial_id)
-            ref = task.remote(config, str(store.trial_dir(trial_id)))
+            ref = task.options(**ask.options()).remote(config, str(store.trial_dir(trial_id)))
             pending[ref] = (trial_id, label, time.perf_counter())
         with progress.bar(f"sweep {sweep_name} on Ray", len(todo), "trials") as bar:
             while pending:
@@ -162,12 +215,12 @@ def run_on_ray(store, sweep_name: str, todo: list[tuple[int, str, dict]], need: 
                 trial_id, label, submitted = pending.pop(ref)
                 try:
                     out = ray.get(ref)
-                except Exception as err:  # the trial raised, or its worker died MAX_RETRIES + 1 times
+                    publish_files(store.trial_dir(trial_id), out["files"])
+                except Exception as err:  # raised in its worker, its worker died too often, or not writable here
                     error, line = failure(err)
                     store.fail(trial_id, error, time.perf_counter() - submitted)  # queueing included
                     progress.info(f"trial {label!r} failed: {line}")
                 else:
-                    publish_files(store.trial_dir(trial_id), out["files"])
                     store.finish(trial_id, out["records"], out["info"], out["seconds"])
                 bar.note(label)
                 bar.advance(1)
@@ -175,23 +228,25 @@ def run_on_ray(store, sweep_name: str, todo: list[tuple[int, str, dict]], need: 
         ray.shutdown()
 
 
-def placement(need: Resources, address: str | None, n_trials: int) -> str:
+def placement(need: Resources, address: str | None, configs: list[dict]) -> str:
     """The dry run's placement plan: what each trial asks for and, with ``address``, how many fit at once."""
-    line = f"placement: each of {n_trials} trials asks Ray for {need.describe()}"
+    line = f"placement: each of {len(configs)} trials asks Ray for {need.describe()}"
     if address is None:
         return line + " (give --address to see how many run at once on that cluster)"
     ray = connect(address)
     try:
+        asks = _requests(ray, [(0, "", c) for c in configs], need)
         have = ray.cluster_resources()
     finally:
         ray.shutdown()
-    fits = [have.get("CPU", 0) / need.cpus if need.cpus else float("inf")]
-    if need.gpus:
-        fits.append(have.get("GPU", 0) / need.gpus)
-    if need.memory_gb:
-        fits.append(have.get("memory", 0) / (need.memory_gb * 2**30))
-    at_once = int(min(fits))
+    ask = max(asks, key=lambda a: (a.gpus or 0, a.cpus))  # the largest request bounds how many run at once
+    fits = [have.get("CPU", 0) / ask.cpus if ask.cpus else float("inf")]
+    if ask.gpus:
+        fits.append(have.get("GPU", 0) / ask.gpus)
+    if ask.memory_gb:
+        fits.append(have.get("memory", 0) / (ask.memory_gb * 2**30))
     total = f"{have.get('CPU', 0):g} CPUs, {have.get('GPU', 0):g} GPUs, {have.get('memory', 0) / 2**30:.0f} GB"
-    if at_once < 1:
-        return f"{line}; the cluster at {address} ({total}) cannot place one: no trial would start"
-    return f"{line}; the cluster at {address} ({total}) runs {min(at_once, n_trials)} at once"
+    return (
+        f"placement: each of {len(configs)} trials asks Ray for {ask.describe()}; the cluster at {address} "
+        f"({total}) runs {min(int(min(fits)), len(configs))} at once"
+    )

@@ -82,7 +82,7 @@ class Sweep:
     @property
     def resources(self):
         """What each trial asks a Ray cluster for (the sweep file's ``[resources]``; not part of any hash)."""
-        return resources(self.spec.get("resources"), self.base.model.device)
+        return resources(self.spec.get("resources"))
 
     @property
     def spec_hash(self) -> str:
@@ -132,7 +132,7 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     base = parse_config({"name": name} | base_spec, f"{source} [base]")
     if not isinstance(spec.get("resources", {}), dict):
         raise MemlensError(f"{source}: [resources] must be a table (cpus, gpus, memory_gb)")
-    resources(spec.get("resources"), base.model.device, source)  # checked now, used by --backend ray
+    resources(spec.get("resources"), source)  # checked now, used by --backend ray (ignored by local)
     axes = {_key(a): v for a, v in grid.items()}
     if "seeds" in spec:
         seeds = spec["seeds"]

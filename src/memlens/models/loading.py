@@ -123,6 +123,10 @@ def load_model(
     ensure_pad_token(tokenizer)
     if "device_map" not in placement:  # accelerate placed it
         model.to(dev)  # type: ignore[arg-type]  # transformers' stubs take a device for a model here
+    if quantization:  # QLoRA's preparation (the weights left unquantized in fp32) now, before anything is
+        from peft import prepare_model_for_kbit_training  # scored, so every epoch is scored in one precision
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     info = {

@@ -9,10 +9,6 @@ def wrap(model, config):
     """``get_peft_model(model, config)``; a config the architecture cannot take is a :class:`MemlensError`."""
     from peft import get_peft_model
 
-    if getattr(model, "is_quantized", False):  # QLoRA: norms in fp32, inputs that carry gradients
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         return get_peft_model(model, config)
     except (ValueError, TypeError, NotImplementedError, AttributeError) as err:
