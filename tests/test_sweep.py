@@ -242,3 +242,22 @@ def test_trial_hashes_stay_those_of_earlier_versions():
         "grid": {"rank": [1, 4]},
     }
     assert [t.hash for t in expand(spec).trials] == ["6a7a06271757f1f8", "b9d7616f9d241d0e"]
+
+
+def test_cost_estimate_counts_every_text_where_a_set_size_is_zero(tiny_dir):
+    """``n_members = 0`` means "everything": the dry run's estimate counts the texts the run would use (it
+    printed ~0 minutes for the full-scale presets before)."""
+    from memlens.data.splits import load_splits, set_sizes
+    from memlens.experiments.sweep import estimate_seconds
+
+    everything = base_config(tiny_dir, data={"n_members": 0, "n_nonmembers": 0, "n_validation": 0})
+    (trial,) = expand({"name": "s", "base": everything}).trials
+    used = load_splits(trial.config.data).info["used"]
+    assert set_sizes(trial.config.data) == (used["members"], used["nonmembers"], used["validation"])
+    sized = {"n_members": used["members"], "n_nonmembers": used["nonmembers"], "n_validation": used["validation"]}
+    (explicit,) = expand({"name": "s", "base": base_config(tiny_dir, data=sized)}).trials
+    assert used["members"] > 1000
+    assert estimate_seconds(trial.config, 1e8) == pytest.approx(estimate_seconds(explicit.config, 1e8))
+    missing = base_config(tiny_dir, data={"n_members": 0, "dir": str(tiny_dir / "nowhere")})
+    (unread,) = expand({"name": "s", "base": missing}).trials
+    assert set_sizes(unread.config.data)[0] == 0  # files that cannot be read: the count stays 0, no error

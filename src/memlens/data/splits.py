@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -48,6 +49,25 @@ def resolve_data_dir(cfg: DataConfig) -> Path | None:
         return cfg.dir
     env = os.environ.get("MEMLENS_DATA_DIR")
     return Path(env) if env else None
+
+
+def set_sizes(cfg: DataConfig) -> tuple[int, int, int]:
+    """The members, non-members and validation texts a run of ``cfg`` uses. A count of 0 ("everything") is
+    resolved by reading the local files (not a hub dataset); where they cannot be read it stays 0."""
+    counts = (cfg.n_members, cfg.n_nonmembers, cfg.n_validation)
+    if all(counts) or cfg.source == "hf":
+        return counts
+    return _resolved_sizes(cfg.model_dump_json())
+
+
+@functools.lru_cache(maxsize=16)
+def _resolved_sizes(cfg_json: str) -> tuple[int, int, int]:
+    cfg = DataConfig.model_validate_json(cfg_json)
+    try:
+        used = load_splits(cfg).info["used"]
+    except MemlensError:
+        return cfg.n_members, cfg.n_nonmembers, cfg.n_validation
+    return used["members"], used["nonmembers"], used["validation"]
 
 
 def load_splits(cfg: DataConfig) -> Splits:

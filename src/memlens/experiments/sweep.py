@@ -174,17 +174,17 @@ def load_sweep(path: str | Path) -> Sweep:
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
     """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token; reference
     models (RMIA, LiRA) cost a training and a scoring pass each."""
-    d = cfg.data
-    scored = (d.n_members + d.n_nonmembers) * mean_tokens
+    from memlens.data.splits import set_sizes
     from memlens.experiments.runner import count_evaluations, passes_needed
+
+    n_members, n_nonmembers, n_validation = set_sizes(cfg.data)  # "0 = everything" counted
+    scored = (n_members + n_nonmembers) * mean_tokens
 
     extra = passes_needed(cfg)
     evals = 1 + count_evaluations(cfg)
     copies = (cfg.attacks.neighbours or 8) - 1 if "neighbours" in extra else 0  # the neighbours' pass: m copies
-    per_eval = 2 * params * (scored * (1 + len(extra) + copies) + d.n_validation * mean_tokens)
-    train = (
-        (6 if cfg.tuning.method in ("full", "head") else 4) * params * d.n_members * mean_tokens * cfg.training.epochs
-    )
+    per_eval = 2 * params * (scored * (1 + len(extra) + copies) + n_validation * mean_tokens)
+    train = (6 if cfg.tuning.method in ("full", "head") else 4) * params * n_members * mean_tokens * cfg.training.epochs
     refs = cfg.attacks.reference_models or 0  # each trains like the target and scores texts, z and tuning texts
     z = (cfg.attacks.population_size or 500) * mean_tokens if refs else 0.0
     references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z

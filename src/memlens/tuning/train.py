@@ -18,6 +18,39 @@ from memlens.config import PrivacyConfig, TrainingConfig
 from memlens.tokens import grouped_batches, pad_batch, padding_fraction
 
 
+class MasterWeights:
+    """float32 master copies of the trainable weights a model holds in bfloat16 / float16 (mixed precision).
+
+    The forward and backward passes run in the model's precision; the optimizer updates the float32 copies and
+    each step rounds them into the model. Updating bf16 weights directly loses every change below half a unit
+    in the last place (~0.4% of the weight): a fine-tune at a small learning rate would silently stall.
+    Weights already in float32 (peft keeps adapters in float32) are their own masters."""
+
+    def __init__(self, params: list) -> None:
+        import torch
+
+        half = (torch.bfloat16, torch.float16)
+        self.pairs = [(p, torch.nn.Parameter(p.detach().float()) if p.dtype in half else p) for p in params]
+        self.weights = [m for _, m in self.pairs]
+        copies = [p for p, m in self.pairs if m is not p]
+        self.dtype = "float32" if copies else None  # what results.json records (None: no copies needed)
+
+    def take_grads(self) -> None:
+        """Each master's gradient := its model weight's gradient, in float32."""
+        for p, m in self.pairs:
+            if m is not p:
+                m.grad = None if p.grad is None else p.grad.float()
+
+    def round_into_model(self) -> None:
+        """The model's half-precision weights := the updated masters, rounded."""
+        import torch
+
+        with torch.no_grad():
+            for p, m in self.pairs:
+                if m is not p:
+                    p.copy_(m)
+
+
 def train(
     model,
     ids: Sequence[Sequence[int]],
@@ -38,6 +71,8 @@ def train(
     (:mod:`memlens.tuning.private`); the summary then has ``privacy`` (ε spent, σ, C, sampling).
     ``loss_fn(model, ids, mask, labels)`` replaces the LM loss by another mean per-token loss over the same
     labelled positions (e.g. a distillation objective, :mod:`memlens.tuning.distill`); not with DP-SGD.
+    Trainable weights held in bfloat16 or float16 (a model loaded in half precision, as on CUDA by default)
+    are updated through float32 master copies (:class:`MasterWeights`), so small updates are not rounded away.
     ``cfg.packing``: each step's texts in packed rows (:func:`packed_rows`) where the model is verified to
     isolate them, with the LM loss and without DP-SGD; otherwise padded rows. ``cfg.gradient_checkpointing``:
     recompute each block's activations in the backward pass (turned off again when training ends).
@@ -54,7 +89,8 @@ def train(
     if not params:
         raise ValueError("the model has no trainable parameters")
     device = params[0].device
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    masters = MasterWeights(params)
+    opt = torch.optim.AdamW(masters.weights, lr=lr, weight_decay=cfg.weight_decay)
     private = None
     if privacy is not None and privacy.dp:
         if loss_fn is not None:
@@ -133,11 +169,15 @@ def train(
                         tok_sum += n_lab
                     if private is not None:
                         private.noised()  # every step adds noise, even one that sampled no text
-                    elif cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    masters.take_grads()
+                    if private is None and cfg.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(masters.weights, cfg.max_grad_norm)
                     opt.step()
+                    masters.round_into_model()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
+                    for p in params:
+                        p.grad = None
                     bar.advance(1)
                     bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{spent}")
                 dt = time.perf_counter() - t0
@@ -165,6 +205,7 @@ def train(
         "padding_fraction": float(np.mean(pad_frac)) if pad_frac else 0.0,
         "packed": packed,
         "gradient_checkpointing": checkpointing,
+        "master_weights": masters.dtype,
         "privacy": summary,
     }
 
