@@ -345,3 +345,20 @@ def test_a_sweep_over_mitigations_lands_on_one_frontier(tiny_dir, tmp_path):
     info = {r.label: r.info for r in Store(tmp_path, create=False).trials().itertuples()}
     assert info["private"]["privacy"]["dp"] and info["private"]["privacy"]["audit"]["canaries_kind"] == "sentences"
     assert info["dedup"]["mitigation"]["method"] == "dedup" and info["plain"]["privacy"]["dp"] is False
+
+
+def test_a_store_made_before_newer_record_fields_reports_read_only(sweep_dir, tmp_path):
+    """A store written by an older memlens (still being written by it: opened read-only, so not migrated)
+    lacks the newer record columns; reports and findings read it with those fields empty (this crashed with
+    KeyError 'objective' on the presets' stores)."""
+    import sqlite3
+
+    old = tmp_path / "old"
+    shutil.copytree(sweep_dir[0], old)
+    with sqlite3.connect(old / "results.db") as db:
+        db.execute("ALTER TABLE results DROP COLUMN objective")
+    data = load_report_data(old)
+    assert data.students.empty and not data.final.empty
+    with sqlite3.connect(old / "results.db") as db:  # reading did not migrate the store
+        assert "objective" not in {r[1] for r in db.execute("PRAGMA table_info(results)")}
+    assert load_report_data(sweep_dir[0]).final.equals(data.final)

@@ -236,6 +236,9 @@ class Store:
             "SELECT t.sweep, t.label, r.* FROM results r JOIN trials t ON t.id = r.trial ORDER BY r.trial, r.epoch",
             self.db,
         )
+        missing = [n for n in FIELDS if n not in df]  # a store opened read-only keeps the columns it was made with
+        if missing and "kind" in df:
+            df = df.reindex(columns=[*df.columns, *missing]).astype({n: object for n in missing})
         legacy = df["kind"].isna() if "kind" in df else pd.Series(True, index=df.index)
         if legacy.any():
             df = df.reindex(columns=list(dict.fromkeys([*df.columns, *FIELDS]))).astype({n: object for n in FIELDS})
