@@ -124,6 +124,26 @@ def test_dp_training_moves_the_adapter_spends_its_budget_and_leaves_the_base_alo
     assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
 
 
+def test_dp_full_fine_tune_of_a_bf16_model_clips_in_float32_and_moves_every_weight(tiny_dir):
+    """bf16 weights (CUDA's default): per-text norms, clipping and the noised sum in float32, the update through
+    float32 masters (this crashed on the bf16 norms before)."""
+    from memlens.models import load_model
+
+    lm = load_model(str(tiny_dir), device="cpu", dtype="bfloat16")
+    model, _ = apply_method(lm.model, TuningConfig(method="full"))
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    privacy = PrivacyConfig(dp=True, epsilon=8.0, delta=1e-3, max_grad_norm=0.5)
+    out = train(model, _ids(40, 9), 0, TrainingConfig(epochs=1, batch_size=8), lr=1e-3, privacy=privacy)
+    assert out["master_weights"] == "float32" and 7.0 <= out["privacy"]["epsilon"] <= 8.0 + 1e-6
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert all(not torch.equal(p, start[n]) for n, p in model.named_parameters())  # noise reaches every weight
+    grads = [torch.randn(6, 3, 5, dtype=torch.bfloat16), torch.randn(6, 7, dtype=torch.bfloat16)]
+    summed, norms = clip_and_sum(grads, 0.5)
+    assert norms.dtype == torch.float32 and all(s.dtype == torch.float32 for s in summed)
+    clipped = [clip_and_sum([g[i : i + 1] for g in grads], 0.5)[0] for i in range(6)]
+    assert max(float(torch.sqrt(sum((c**2).sum() for c in each))) for each in clipped) <= 0.5 + 1e-6
+
+
 def test_a_delta_not_below_one_over_n_or_a_budget_too_small_is_refused(tiny):
     model = _lora(tiny)
     with pytest.raises(MemlensError, match="not below 1/N"):

@@ -248,7 +248,7 @@ def test_cost_estimate_counts_every_text_where_a_set_size_is_zero(tiny_dir):
     """``n_members = 0`` means "everything": the dry run's estimate counts the texts the run would use (it
     printed ~0 minutes for the full-scale presets before)."""
     from memlens.data.splits import load_splits, set_sizes
-    from memlens.experiments.sweep import estimate_seconds
+    from memlens.experiments.sweep import dry_run_table, estimate_seconds
 
     everything = base_config(tiny_dir, data={"n_members": 0, "n_nonmembers": 0, "n_validation": 0})
     (trial,) = expand({"name": "s", "base": everything}).trials
@@ -260,4 +260,6 @@ def test_cost_estimate_counts_every_text_where_a_set_size_is_zero(tiny_dir):
     assert estimate_seconds(trial.config, 1e8) == pytest.approx(estimate_seconds(explicit.config, 1e8))
     missing = base_config(tiny_dir, data={"n_members": 0, "dir": str(tiny_dir / "nowhere")})
     (unread,) = expand({"name": "s", "base": missing}).trials
-    assert set_sizes(unread.config.data)[0] == 0  # files that cannot be read: the count stays 0, no error
+    assert set_sizes(unread.config.data) is None  # files that cannot be read: size unknown, no error
+    assert estimate_seconds(unread.config, 1e8) is None
+    assert dry_run_table(expand({"name": "s", "base": missing}))[0][0][2] == "unknown data size"

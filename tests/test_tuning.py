@@ -211,7 +211,8 @@ def test_prompt_learning_falls_back_to_padded_batches(tiny):
     assert report["packed"] is False
 
 
-def test_half_precision_weights_train_through_float32_masters(tiny_dir):
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_half_precision_weights_train_through_float32_masters(tiny_dir, grad_accum):
     """A full fine-tune of a bfloat16 model moves its weights as far as the float32 run does: updates below
     bf16's resolution accumulate in the float32 masters instead of being rounded away (updating the bf16
     weights directly moves them about half as far at this learning rate)."""
@@ -223,7 +224,7 @@ def test_half_precision_weights_train_through_float32_masters(tiny_dir):
         model, _ = apply_method(lm.model, TuningConfig(method="full"))
         start = [p.detach().float().clone() for p in model.parameters()]
         enc = encode(lm.tokenizer, TEXTS, 48)
-        cfg = TrainingConfig(epochs=3, batch_size=4, seed=0)
+        cfg = TrainingConfig(epochs=3, batch_size=4, grad_accum=grad_accum, seed=0)
         reports[dtype] = train(model, enc.ids, lm.tokenizer.pad_token_id, cfg, lr=3e-5)
         assert all(p.dtype == getattr(torch, dtype) for p in model.parameters())  # the model keeps its precision
         now = zip(model.parameters(), start, strict=True)
@@ -232,3 +233,4 @@ def test_half_precision_weights_train_through_float32_masters(tiny_dir):
     ratio = (moved["bfloat16"].norm() / moved["float32"].norm()).item()
     assert 0.85 < ratio < 1.15, ratio
     assert torch.nn.functional.cosine_similarity(moved["bfloat16"], moved["float32"], dim=0) > 0.9
+    assert not any(p._post_accumulate_grad_hooks for p in model.parameters())  # the hooks are gone

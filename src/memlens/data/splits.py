@@ -51,22 +51,25 @@ def resolve_data_dir(cfg: DataConfig) -> Path | None:
     return Path(env) if env else None
 
 
-def set_sizes(cfg: DataConfig) -> tuple[int, int, int]:
+def set_sizes(cfg: DataConfig) -> tuple[int, int, int] | None:
     """The members, non-members and validation texts a run of ``cfg`` uses. A count of 0 ("everything") is
-    resolved by reading the local files (not a hub dataset); where they cannot be read it stays 0."""
+    resolved by reading the local files; ``None`` where it cannot be (a hub dataset, files that cannot be read)."""
     counts = (cfg.n_members, cfg.n_nonmembers, cfg.n_validation)
-    if all(counts) or cfg.source == "hf":
+    if all(counts):
         return counts
-    return _resolved_sizes(cfg.model_dump_json())
+    if cfg.source == "hf":
+        return None
+    return _resolved_sizes(cfg.model_dump_json(), os.environ.get("MEMLENS_DATA_DIR"), os.getcwd())
 
 
 @functools.lru_cache(maxsize=16)
-def _resolved_sizes(cfg_json: str) -> tuple[int, int, int]:
+def _resolved_sizes(cfg_json: str, data_dir: str | None, cwd: str) -> tuple[int, int, int] | None:
+    """(``data_dir`` and ``cwd`` are part of the cache key: they change which files ``cfg`` names.)"""
     cfg = DataConfig.model_validate_json(cfg_json)
     try:
         used = load_splits(cfg).info["used"]
-    except MemlensError:
-        return cfg.n_members, cfg.n_nonmembers, cfg.n_validation
+    except (MemlensError, OSError, ValueError, TypeError):
+        return None
     return used["members"], used["nonmembers"], used["validation"]
 
 

@@ -89,9 +89,13 @@ def projected_seconds(pilot_trials, sweep) -> float | None:
     for cfg_json, seconds in zip(done["config"], done["seconds"], strict=True):
         cfg = parse_config(cfg_json)
         params = approx_parameters(cfg.model.name)
-        if params and seconds == seconds:
-            ratios.append(seconds / estimate_seconds(cfg, params))
-    target = [estimate_seconds(t.config, p) for t in sweep.trials if (p := approx_parameters(t.config.model.name))]
+        if params and seconds == seconds and (estimate := estimate_seconds(cfg, params)):
+            ratios.append(seconds / estimate)
+    target = [
+        e
+        for t in sweep.trials
+        if (p := approx_parameters(t.config.model.name)) and (e := estimate_seconds(t.config, p)) is not None
+    ]
     if not ratios or not target:
         return None
     # the median measured/estimated ratio: robust to a trial slowed by other work on the machine

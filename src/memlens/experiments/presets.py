@@ -23,14 +23,19 @@ SCALES = {
     "small": (500, 500, 200, 3, 16),  # hou2025 small: 250 + 250 texts, 4 epochs
     "full": (0, 0, 0, 3, 16),  # 0 = everything: PHEE's 2,898 train / 968 test sentences
 }
-DATA_SIZES = {"phee": (2898, 968), "sotu": (3000, 1000)}  # members (train), non-members (test): "everything"
+PRESET_DATA = ("phee", "sotu")  # datasets shipped inside memlens that a preset may run on
 
 
 def set_sizes(spec: dict) -> tuple[int, int]:
     """The members and non-members a preset spec scores (the dataset's whole splits where it says 0)."""
-    data = spec["base"]["data"]
-    everything = DATA_SIZES[data["source"]]
-    return data["n_members"] or everything[0], data["n_nonmembers"] or everything[1]
+    from memlens.config import DataConfig
+    from memlens.data.splits import set_sizes as data_sizes
+
+    data = DataConfig.model_validate(spec["base"]["data"])
+    sizes = data_sizes(data)
+    if sizes is None:
+        raise MemlensError(f"cannot read the {data.source} data to count its texts")
+    return sizes[0], sizes[1]
 
 
 def _base(scale: str, **training) -> dict:
@@ -110,8 +115,8 @@ def preset_spec(name: str, scale: str, seeds: list[int] | None = None, data: str
         raise MemlensError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     if scale not in SCALES:
         raise MemlensError(f"unknown scale {scale!r}; use tiny, small or full")
-    if data not in DATA_SIZES:
-        raise MemlensError(f"unknown preset dataset {data!r}; use {' or '.join(DATA_SIZES)}")
+    if data not in PRESET_DATA:
+        raise MemlensError(f"unknown preset dataset {data!r}; use {' or '.join(PRESET_DATA)}")
     spec = PRESETS[name](scale)
     spec["base"]["data"]["source"] = data
     if data != "phee":

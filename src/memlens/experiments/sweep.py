@@ -171,13 +171,17 @@ def load_sweep(path: str | Path) -> Sweep:
     return expand(read_toml(path, "sweep"), str(path))
 
 
-def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float:
+def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float | None:
     """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token; reference
-    models (RMIA, LiRA) cost a training and a scoring pass each."""
+    models (RMIA, LiRA) cost a training and a scoring pass each. ``None`` when the data's size is unknown (a set
+    size of 0, "everything", of data that cannot be read here)."""
     from memlens.data.splits import set_sizes
     from memlens.experiments.runner import count_evaluations, passes_needed
 
-    n_members, n_nonmembers, n_validation = set_sizes(cfg.data)  # "0 = everything" counted
+    sizes = set_sizes(cfg.data)
+    if sizes is None:
+        return None
+    n_members, n_nonmembers, n_validation = sizes
     scored = (n_members + n_nonmembers) * mean_tokens
 
     extra = passes_needed(cfg)
@@ -210,7 +214,8 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
         params = approx_parameters(t.config.model.name)
         secs = estimate_seconds(t.config, params) if params else None
         total += secs or 0.0
-        cost = f"~{secs / 60:.1f} min" if secs is not None else "unknown model size"
+        unknown = "unknown model size" if not params else "unknown data size"
+        cost = f"~{secs / 60:.1f} min" if secs is not None else unknown
         rows.append((t.label, json.dumps(t.overrides), cost))
     return rows, total
 

@@ -51,13 +51,15 @@ def clip_and_sum(grad_samples: Sequence, max_norm: float) -> tuple[list, Any]:
     """Scale each sample's gradient to norm ≤ ``max_norm`` and sum over samples.
 
     ``grad_samples[j]``: (B, *shape_j), parameter j's per-sample gradients. A sample's norm is taken over all
-    parameters together. Returns the per-parameter sums (*shape_j) and the norms before clipping, (B,).
+    parameters together. Returns the per-parameter sums (*shape_j) and the norms before clipping, (B,), both
+    in float32 (a bf16 norm could let a clipped gradient exceed ``max_norm`` by its rounding).
     """
     import torch
 
-    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in grad_samples]).norm(dim=0)  # (B,)
-    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,)
-    return [torch.einsum("b,b...->...", scale.to(g.dtype), g) for g in grad_samples], norms
+    flat = [g.reshape(len(g), -1) for g in grad_samples]
+    norms = torch.stack([torch.linalg.vector_norm(g, dim=1, dtype=torch.float32) for g in flat]).norm(dim=0)  # (B,)
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)  # (B,), float32 whatever the weights' precision
+    return [torch.einsum("b,b...->...", scale, g.float()) for g in grad_samples], norms
 
 
 class PrivateSteps:
@@ -82,7 +84,7 @@ class PrivateSteps:
         self.sigma = noise_multiplier(privacy, sample_rate=self.sample_rate, steps=self.steps)
         self.module = per_sample_module(model)  # memlens.scoring.gradients
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.sums = [torch.zeros_like(p) for p in self.params]
+        self.sums = [torch.zeros_like(p, dtype=torch.float32) for p in self.params]  # bf16 weights: summed in fp32
         self.accountant = create_accountant(privacy.accountant)
         device = self.params[0].device
         self.noise = torch.Generator(device=device).manual_seed(seed)
@@ -123,7 +125,7 @@ class PrivateSteps:
             total += s
         for p in self.params:
             p.grad_sample, p.grad = None, None
-        self.norms.append(norms.detach().cpu().numpy())
+        self.norms.append(norms.detach().float().cpu().numpy())
         return float(nll.detach().sum()), int(count.sum())
 
     def noised(self) -> None:
@@ -133,7 +135,7 @@ class PrivateSteps:
         std = self.sigma * self.privacy.max_grad_norm
         for p, total in zip(self.params, self.sums, strict=True):
             noise = torch.normal(0.0, std, size=total.shape, generator=self.noise, device=total.device)
-            p.grad = (total + noise.to(total.dtype)) / self.batch
+            p.grad = ((total + noise) / self.batch).to(p.dtype)
             total.zero_()
         self.accountant.step(noise_multiplier=self.sigma, sample_rate=self.sample_rate)
 
