@@ -263,3 +263,16 @@ def test_cost_estimate_counts_every_text_where_a_set_size_is_zero(tiny_dir):
     assert set_sizes(unread.config.data) is None  # files that cannot be read: size unknown, no error
     assert estimate_seconds(unread.config, 1e8) is None
     assert dry_run_table(expand({"name": "s", "base": missing}))[0][0][2] == "unknown data size"
+
+
+def test_cost_estimate_counts_dynamiccuts_extra_fine_tunes(tiny_dir):
+    from memlens.experiments.sweep import estimate_seconds
+
+    def cost(**sections):
+        (trial,) = expand({"name": "s", "base": base_config(tiny_dir, **sections)}).trials
+        return estimate_seconds(trial.config, 1e8)
+
+    plain = cost()
+    assert cost(mitigation={"method": "dynamiccut"}) == pytest.approx(3 * plain)  # ranking, cut, random control
+    assert cost(mitigation={"method": "dynamiccut", "control": False}) == pytest.approx(2 * plain)
+    assert cost(mitigation={"method": "dedup"}) == pytest.approx(plain)

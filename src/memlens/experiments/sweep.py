@@ -173,7 +173,8 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float | None:
     """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token; reference
-    models (RMIA, LiRA) cost a training and a scoring pass each. ``None`` when the data's size is unknown (a set
+    models (RMIA, LiRA) cost a training and a scoring pass each; DynamicCut trains and scores two or three times
+    (the ranking fine-tune, the cut one, the random control). ``None`` when the data's size is unknown (a set
     size of 0, "everything", of data that cannot be read here)."""
     from memlens.data.splits import set_sizes
     from memlens.experiments.runner import count_evaluations, passes_needed
@@ -192,7 +193,9 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     refs = cfg.attacks.reference_models or 0  # each trains like the target and scores texts, z and tuning texts
     z = (cfg.attacks.population_size or 500) * mean_tokens if refs else 0.0
     references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z
-    return (per_eval * evals + train + references) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
+    mit = cfg.mitigation
+    runs = 1 + (1 + mit.control if mit is not None and mit.method == "dynamiccut" else 0)  # + ranking, control
+    return (runs * (per_eval * evals + train) + references) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
 
 
 def approx_parameters(spec: str) -> float | None:
