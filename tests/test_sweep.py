@@ -276,3 +276,17 @@ def test_cost_estimate_counts_dynamiccuts_extra_fine_tunes(tiny_dir):
     assert cost(mitigation={"method": "dynamiccut"}) == pytest.approx(3 * plain)  # ranking, cut, random control
     assert cost(mitigation={"method": "dynamiccut", "control": False}) == pytest.approx(2 * plain)
     assert cost(mitigation={"method": "dedup"}) == pytest.approx(plain)
+
+
+def test_cost_estimate_of_an_auto_device_follows_the_gpu_it_would_use(tiny_dir, monkeypatch):
+    from memlens.experiments import sweep as sweep_module
+
+    (trial,) = expand({"name": "s", "base": base_config(tiny_dir) | {"model": {"name": str(tiny_dir)}}}).trials
+    assert trial.config.model.device == "auto"
+    costs = {}
+    for gpu in (False, True):
+        monkeypatch.setattr(sweep_module, "_cuda_available", lambda gpu=gpu: gpu)
+        costs[gpu] = sweep_module.estimate_seconds(trial.config, 1e8)
+        note = sweep_module.throughput_note(expand({"name": "s", "base": trial.config.model_dump()}))
+        assert note.endswith("on CUDA" if gpu else "on CPU") and note.startswith("~")
+    assert costs[False] / costs[True] == pytest.approx(sweep_module.FLOPS["cuda"] / sweep_module.FLOPS["cpu"])

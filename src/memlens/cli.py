@@ -202,7 +202,7 @@ def sweep_cmd(
     """Run every trial of a sweep into a crash-safe results store (a killed sweep resumes where it stopped)."""
     from memlens import progress
     from memlens.errors import MemlensError
-    from memlens.experiments.sweep import dry_run_table, load_sweep, run_sweep
+    from memlens.experiments.sweep import dry_run_table, load_sweep, run_sweep, throughput_note
 
     progress.set_enabled(not quiet)
     if backend not in ("local", "ray"):
@@ -214,7 +214,8 @@ def sweep_cmd(
         rows, total = dry_run_table(sweep)
         for label, overrides, cost in rows:
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
-        typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: FLOPs at ~100 GFLOP/s on CPU)")
+        rate = throughput_note(sweep)
+        typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: FLOPs at {rate})")
         if backend == "ray":
             from memlens.experiments.distributed import placement
 
@@ -283,13 +284,13 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
     """``reproduce --dry-run``: the trials and their cost; with a pilot run, each finding's CI half-width at
     this size and the texts per set needed to resolve ΔAUC = 0.03, and the wall time calibrated on the pilot."""
     from memlens.experiments.presets import set_sizes
-    from memlens.experiments.sweep import dry_run_table, expand
+    from memlens.experiments.sweep import dry_run_table, expand, throughput_note
 
     sweep = expand(spec, f"preset {preset}")
     rows, total = dry_run_table(sweep)
     sizes = set_sizes(spec)
     typer.echo(f"{spec['name']}: {len(rows)} trials, {sizes[0]} members / {sizes[1]} non-members per trial")
-    typer.echo(f"FLOP estimate: ~{total / 60:.0f} min in all (rough: ~100 GFLOP/s on CPU)")
+    typer.echo(f"FLOP estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)})")
     if pilot is None:
         return
     from memlens.experiments.findings import evaluate_findings, load_scores

@@ -23,6 +23,7 @@ with its error and the sweep goes on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -54,8 +55,29 @@ AXES = {
     "batch_size": "training.batch_size",
     "seed": "training.seed",
 }
-# rough sustained throughput used only by --dry-run's estimate (measured: benchmarks/README.md)
-FLOPS = {"cpu": 1.0e11, "cuda": 1.5e14}
+# rough sustained throughput used only by --dry-run's estimate (measured: benchmarks/README.md). CUDA: what
+# SmolLM2-135M sustained on an H100 in bf16 (hou2025 full's first trial, batch 16): small models are
+# kernel-launch bound at ~1% of the card's peak; larger models sustain more, so this overstates their time.
+FLOPS = {"cpu": 1.0e11, "cuda": 5.0e12}
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def estimate_device(cfg: RunConfig) -> str:
+    """Where a trial would run: ``device = "auto"`` is CUDA when a GPU is visible."""
+    device = cfg.model.device
+    return ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
+
+
+def throughput_note(sweep: Sweep) -> str:
+    """The rate the dry run's estimate assumed, for its summary line."""
+    devices = {estimate_device(t.config) for t in sweep.trials}
+    return ", ".join(f"~{FLOPS[d] / 1e9:,.0f} GFLOP/s on {d.upper()}" for d in sorted(devices))
 
 
 @dataclass
@@ -195,7 +217,7 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z
     mit = cfg.mitigation
     runs = 1 + (1 + mit.control if mit is not None and mit.method == "dynamiccut" else 0)  # + ranking, control
-    return (runs * (per_eval * evals + train) + references) / FLOPS["cuda" if cfg.model.device == "cuda" else "cpu"]
+    return (runs * (per_eval * evals + train) + references) / FLOPS[estimate_device(cfg)]
 
 
 def approx_parameters(spec: str) -> float | None:
