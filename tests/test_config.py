@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from memlens.config import builtin_config, load_config, parse_config, with_overrides
@@ -54,3 +56,9 @@ def test_empty_run_name_and_output_dir_are_refused():
         parse_config({"name": ""})
     with pytest.raises(MemlensError, match=r"output\.dir.*must not be empty"):
         parse_config({"output": {"dir": " "}})
+
+
+@pytest.mark.parametrize("path", sorted(p.name for p in (Path(__file__).parents[1] / "examples").glob("*.toml")))
+def test_every_example_config_in_the_readme_is_valid(path):
+    cfg = load_config(Path(__file__).parents[1] / "examples" / path)
+    assert cfg.name == path.removesuffix(".toml") and str(cfg.output.dir).startswith("runs/")
