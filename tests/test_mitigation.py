@@ -89,6 +89,19 @@ def test_dynamiccut_run_leaves_out_the_most_memorized_beside_a_random_control(ti
     assert "DynamicCut" in result.stdout
 
 
+def test_the_ranking_can_come_from_another_method_than_the_run(tiny_dir, tmp_path):
+    """Ranking transfer: rank with LoRA, cut and fine-tune in full."""
+    mitigation = {"method": "dynamiccut", "fraction": 0.25, "rank_method": "lora", "control": False}
+    cfg = tiny_config(tiny_dir, tmp_path / "out", training={"epochs": 2}, mitigation=mitigation)
+    result = invoke("run", write_config(tmp_path / "c.toml", cfg), "--quiet")
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["tuning"]["method"] == "full" and results["tuning"]["trainable_share"] == 1.0
+    m = results["mitigation"]
+    assert m["rank_method"] == "lora" and m["dropped"] == 6 and "control_ids" not in m
+    assert "ranked by loss drop under lora" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("mitigation", "pattern"),
     [
