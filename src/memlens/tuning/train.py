@@ -120,15 +120,7 @@ def train(
     else:
         steps_per_epoch = math.ceil(math.ceil(len(ids) / cfg.batch_size) / cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
-    masters = MasterWeights(params, hooks=private is None)
-    opt = torch.optim.AdamW(masters.weights, lr=lr, weight_decay=cfg.weight_decay)
     packed = bool(cfg.packing) and private is None and loss_fn is None and can_pack(model, ids, pad_id, starts)
-    sched = get_scheduler(
-        cfg.schedule,
-        opt,
-        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
-        num_training_steps=max(total_steps, 1),
-    )
     epochs: list[dict] = []
     n_tokens, t_train, pad_frac, spent = 0, 0.0, [], ""
     checkpointing = bool(cfg.gradient_checkpointing)
@@ -136,6 +128,14 @@ def train(
         if private is not None:
             raise ValueError("gradient checkpointing cannot be combined with DP-SGD")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    masters = MasterWeights(params, hooks=private is None)  # hooks on the model from here: removed in `finally`
+    opt = torch.optim.AdamW(masters.weights, lr=lr, weight_decay=cfg.weight_decay)
+    sched = get_scheduler(
+        cfg.schedule,
+        opt,
+        num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=max(total_steps, 1),
+    )
     try:
         with progress.bar("fine-tuning", total_steps, "steps") as bar:
             for epoch in range(1, cfg.epochs + 1):
@@ -195,8 +195,6 @@ def train(
                     masters.round_into_model()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                    for p in params:
-                        p.grad = None
                     bar.advance(1)
                     bar.note(f"epoch {epoch}/{cfg.epochs} loss {loss_sum / max(tok_sum, 1):.3f}{spent}")
                 dt = time.perf_counter() - t0
