@@ -63,6 +63,30 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         assert "attention &lt; MLP &lt; both" in md and "growth parameter-based − growth prompt-based" in md
         size = next(r for r in rows if "larger models memorize more" in r)
         assert "**confounded**" in size and "not measured" not in size, size
+        assert "Interim" not in md
+        # mid-run (one trial back to pending, as in a store still being written): findings from what is finished
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "results.db") as db:
+            db.execute("UPDATE trials SET status = 'pending' WHERE label LIKE 'gemma%'")
+        (tmp_path / "findings.md").unlink()
+        interim = invoke("reproduce", name, "--findings-only", "--dir", str(tmp_path), "--quiet")
+        assert interim.exit_code == 0, interim.output
+        text = (tmp_path / "findings.md").read_text()
+        assert f"**Interim: {len(sweep.trials) - 1} of {len(sweep.trials)} trials finished** (1 pending)" in text
+        size = next(r for r in text.splitlines() if "larger models memorize more" in r)
+        assert "not measured" in size and f"Command: `memlens reproduce {name} --scale tiny --dir {tmp_path}`" in text
+        assert Store(tmp_path).counts() == {"done": len(sweep.trials) - 1, "pending": 1}  # nothing was run
+
+
+def test_findings_only_needs_a_store_and_plans_nothing(tmp_path):
+    from helpers import assert_one_line_error, invoke
+
+    missing = invoke("reproduce", "hou2025", "--findings-only", "--dir", str(tmp_path / "none"))
+    assert_one_line_error(missing, "no results store")
+    assert not (tmp_path / "none").exists()
+    both = invoke("reproduce", "hou2025", "--findings-only", "--dry-run")
+    assert_one_line_error(both, "--findings-only writes findings from a store")
 
 
 def test_preset_seeds_name_their_own_sweep():

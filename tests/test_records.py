@@ -98,3 +98,15 @@ def test_a_schema_1_store_is_read_and_upgraded(tmp_path):
     tpr = df[(df["metric"] == "tpr") & (df["fpr"] == 0.01) & (df["attack"] == "loss")]
     assert len(tpr) == 3  # epochs 0, 1, 2
     upgraded.close()
+
+
+def test_identity_fields_name_each_record_of_a_run_once():
+    import json
+    from pathlib import Path
+
+    from memlens.records import IDENTITY, OUTCOMES, from_dict
+
+    results = json.loads((Path(__file__).parent / "data" / "golden-results.json").read_text())
+    keys = [tuple(from_dict(r).to_dict()[f] for f in IDENTITY) for r in results["records"]]
+    assert len(keys) > 50 and len(set(keys)) == len(keys)
+    assert "value" in OUTCOMES and "value" not in IDENTITY and {"epoch", "attack", "metric", "role"} <= set(IDENTITY)

@@ -290,3 +290,42 @@ def test_cost_estimate_of_an_auto_device_follows_the_gpu_it_would_use(tiny_dir, 
         note = sweep_module.throughput_note(expand({"name": "s", "base": trial.config.model_dump()}))
         assert note.endswith("on CUDA" if gpu else "on CPU") and note.startswith("~")
     assert costs[False] / costs[True] == pytest.approx(sweep_module.FLOPS["cuda"] / sweep_module.FLOPS["cpu"])
+
+
+def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path):
+    from memlens.experiments.verify import verify_trial
+
+    spec = {
+        "name": "v",
+        "base": base_config(tiny_dir),
+        "variants": [{"method": "lora", "targets": ["nope"]}, {"method": "lora", "label": "ok"}],
+    }
+    assert run_sweep(expand(spec), tmp_path) == {"done": 1, "failed": 1}
+    done = Store(tmp_path).trials().query("status == 'done'").iloc[0]
+    v = verify_trial(tmp_path, done["label"])  # by label; the same process and threads: identical
+    assert v.reproduced and v.n_scores > 0 and v.max_score_diff == 0 and v.n_values > 0 and v.max_value_diff == 0
+    runner = CliRunner()
+    args = ["results", "verify", "--dir", str(tmp_path), "--quiet", "--trial"]
+    scores = Store(tmp_path).trial_dir(int(done["id"])) / "scores.csv"
+    df = pd.read_csv(scores, dtype={"id": str})
+    df.loc[3, "score"] += 0.01  # one stored score changed by 0.01 nats: no longer what the trial computes
+    df.to_csv(scores, index=False)
+    changed = runner.invoke(app, [*args, str(done["id"])])
+    assert changed.exit_code == 1 and "max |Δ| 0.01" in changed.stdout and "NOT reproduced" in changed.stderr
+    assert runner.invoke(app, [*args, str(done["id"]), "--tolerance", "0.02"]).exit_code == 0
+    failed = runner.invoke(app, [*args, "1"])
+    assert failed.exit_code == 2 and "is failed, not finished" in failed.stderr
+    missing = runner.invoke(app, [*args, "no such label"])
+    assert missing.exit_code == 2 and "no trial 'no such label'" in missing.stderr
+    assert len(list(tmp_path.glob("**/scores.csv"))) == 1  # the reruns left nothing behind
+
+
+def test_records_of_an_older_memlens_match_on_their_identity():
+    from memlens.experiments.verify import compare_records
+    from memlens.records import Record
+
+    new = [Record(metric="auc", value=0.6, epoch=1, attack="loss").to_dict()]
+    old = [{k: v for k, v in new[0].items() if k != "objective"}]  # written before the field existed
+    assert compare_records(old, new) == (1, 0.0, 0)
+    assert compare_records(old, [new[0] | {"value": 0.65}])[1] == pytest.approx(0.05)
+    assert compare_records(old, [new[0] | {"epoch": 2}]) == (0, 0.0, 2)

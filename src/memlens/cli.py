@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -247,11 +246,17 @@ def reproduce_cmd(
         Path | None,
         typer.Option(help="With --dry-run: a finished run of the preset (e.g. its tiny scale) to project from."),
     ] = None,
+    findings_only: Annotated[
+        bool,
+        typer.Option(
+            "--findings-only",
+            help="Write findings.md and the report from the trials finished so far in --dir (also while the run "
+            "goes on elsewhere); run nothing.",
+        ),
+    ] = False,
     quiet: Quiet = False,
 ) -> None:
     """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
-    import shlex
-
     from memlens import progress
     from memlens.experiments.presets import preset_spec
     from memlens.experiments.sweep import expand, run_sweep
@@ -265,6 +270,10 @@ def reproduce_cmd(
 
             raise MemlensError(f"--data-dir points at PHEE's files; {data} is shipped inside memlens")
         spec["base"]["data"]["dir"] = str(data_dir)
+    if findings_only and (dry_run or pilot is not None):
+        from memlens.errors import MemlensError
+
+        raise MemlensError("--findings-only writes findings from a store; --dry-run and --pilot plan a run")
     if dry_run or pilot is not None:
         if not dry_run:
             from memlens.errors import MemlensError
@@ -272,12 +281,31 @@ def reproduce_cmd(
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
         _preset_plan(preset, spec, pilot)
         return
-    folder = folder or Path("runs") / spec["name"]
-    counts = run_sweep(expand(spec, f"preset {preset}"), folder)
-    typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    command = "memlens " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    folder_given, folder = folder, folder or Path("runs") / spec["name"]
+    if findings_only:
+        from memlens.experiments.store import Store
+
+        Store(folder, create=False).close()  # one clear line when there is no store to read
+    else:
+        counts = run_sweep(expand(spec, f"preset {preset}"), folder)
+        typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given)
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
+
+
+def _reproduce_command(
+    preset: str, scale: str, seeds: str, data: str, data_dir: Path | None, folder: Path | None
+) -> str:
+    """The command that runs this preset, as findings.md shows it (the options that change what is run)."""
+    import shlex
+
+    words = ["memlens", "reproduce", preset, "--scale", scale]
+    words += ["--seeds", seeds.replace(" ", "")] if _seed_list(seeds) != [0] else []
+    words += ["--data", data] if data != "phee" else []
+    words += ["--data-dir", str(data_dir)] if data_dir is not None else []
+    words += ["--dir", str(folder)] if folder is not None else []
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
@@ -426,6 +454,44 @@ def results_export(
 
     store = Store(folder, create=False)
     typer.echo(str(store.export(out or folder / f"results.{fmt}", fmt)))
+
+
+@results_app.command("verify")
+@_guard
+def results_verify(
+    folder: Annotated[Path, typer.Option("--dir", help="Project folder with the results store.")],
+    trial: Annotated[str, typer.Option(help="The trial to rerun: its id or its label (e.g. 'lora seed=0').")],
+    tolerance: Annotated[
+        float, typer.Option(help="Largest difference of a per-text score or measured value still called equal.")
+    ] = 1e-4,
+    quiet: Quiet = False,
+) -> None:
+    """Rerun a finished trial from its stored config (score cache off) and compare every per-text score and
+    measured value with the store; exit 1 when they differ."""
+    from memlens import progress
+    from memlens.experiments.verify import verify_trial
+
+    progress.set_enabled(not quiet)
+    v = verify_trial(folder, trial, tolerance=tolerance)
+    stored = "?" if v.seconds_stored is None else f"{v.seconds_stored:.0f} s"
+    typer.echo(f"trial {v.trial} ({v.label}): rerun, score cache off, in {v.seconds:.0f} s (stored run: {stored})")
+    typer.echo(f"per-text scores: {v.n_scores:,} in both, max |Δ| {v.max_score_diff:.3g}, {v.unmatched} in one only")
+    typer.echo(
+        f"measured values (and CI bounds): {v.n_values:,} in both, max |Δ| {v.max_value_diff:.3g}, "
+        f"{v.unmatched_values} records in one only"
+    )
+    for key in ("torch", "transformers", "peft", "torch_threads", "cuda"):
+        a, b = v.stored_environment.get(key), v.environment.get(key)
+        if a != b:
+            typer.echo(f"differs from the stored run: {key} {a} there, {b} here")
+    if v.reproduced:
+        typer.echo(f"reproduced (tolerance {v.tolerance:g})")
+        return
+    why = "numbers"
+    if v.unmatched or v.unmatched_values:
+        why = "different texts or measures (check the data folder and the memlens version)"
+    typer.echo(f"NOT reproduced (tolerance {v.tolerance:g}): {why} differ", err=True)
+    raise typer.Exit(1)
 
 
 @app.command("attacks")

@@ -80,6 +80,11 @@ class Record:
 
 
 FIELDS = [f.name for f in fields(Record)]
+OUTCOMES = {  # what a record measured; the other fields say what it is (its identity, unique within a run)
+    "value", "ci_low", "ci_high", "n_members", "n_nonmembers", "n_nan", "beats_blind", "beats_pretrained",
+    "fpr_reached", "tp", "fp", "note",
+}  # fmt: skip
+IDENTITY = [name for name in FIELDS if name not in OUTCOMES]
 BOOL_FIELDS = {"beats_blind", "beats_pretrained"}
 INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "tp", "fp"} | BOOL_FIELDS
 REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature", "fpr_reached"}

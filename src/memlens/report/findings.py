@@ -37,6 +37,7 @@ def findings_markdown(name: str, store, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
+        *_interim(store),
         f"Data: {_dataset(scores)}.",
         "",
         f"| finding | published | {attack} AUC (the study's measure): measured here | verdict | "
@@ -80,6 +81,20 @@ DATASETS = {
 def _dataset(scores: Scores) -> str:
     sources = sorted({t.config.get("data", {}).get("source", "phee") for t in scores.trials})
     return ", ".join(DATASETS.get(s, f"the files of data.source = {s!r}") for s in sources) or "no finished trial"
+
+
+def _interim(store) -> list[str]:
+    """A warning paragraph while some of the store's trials are not finished (none when all are done)."""
+    counts = store.counts()
+    total, done = sum(counts.values()), counts.get("done", 0)
+    if done == total:
+        return []
+    rest = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status != "done")
+    return [
+        f"**Interim: {done} of {total} trials finished** ({rest}). A finding whose trials are not all finished "
+        "reads from the seeds and configurations that are, and every number may change when the run completes.",
+        "",
+    ]
 
 
 def _seed_words(scores: Scores) -> str:
