@@ -1,3 +1,4 @@
+import re
 import shutil
 
 import pandas as pd
@@ -87,6 +88,29 @@ def test_findings_only_needs_a_store_and_plans_nothing(tmp_path):
     assert not (tmp_path / "none").exists()
     both = invoke("reproduce", "hou2025", "--findings-only", "--dry-run")
     assert_one_line_error(both, "--findings-only writes findings from a store")
+    Store(tmp_path / "other").register_sweep("my sweep", {}, "h", [])
+    other = invoke("reproduce", "hou2025", "--scale", "small", "--findings-only", "--dir", str(tmp_path / "other"))
+    assert_one_line_error(other, re.escape("holds no sweep 'hou2025-small' (it holds 'my sweep')"))
+    assert not (tmp_path / "other" / "findings.md").exists()
+
+
+@pytest.mark.parametrize(
+    ("counts", "expected"),
+    [
+        ({"done": 9}, None),
+        ({"done": 7, "pending": 1, "running": 1}, "**Interim: 7 of 9 trials finished** (1 pending, 1 running)"),
+        ({"done": 8, "failed": 1}, "1 of 9 trials failed"),  # finished, with a failure: not interim
+    ],
+)
+def test_findings_say_when_trials_are_unfinished_or_failed(counts, expected):
+    from memlens.report.findings import _interim
+
+    class FakeStore:
+        def counts(self):
+            return counts
+
+    text = " ".join(_interim(FakeStore()))
+    assert (expected in text and "Interim" not in text.replace(expected, "")) if expected else text == ""
 
 
 def test_preset_seeds_name_their_own_sweep():

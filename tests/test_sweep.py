@@ -292,8 +292,15 @@ def test_cost_estimate_of_an_auto_device_follows_the_gpu_it_would_use(tiny_dir, 
     assert costs[False] / costs[True] == pytest.approx(sweep_module.FLOPS["cuda"] / sweep_module.FLOPS["cpu"])
 
 
-def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path):
+def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path, monkeypatch):
+    import tempfile
+
     from memlens.experiments.verify import verify_trial
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the reruns go
+    tmp_path = tmp_path / "proj"
 
     spec = {
         "name": "v",
@@ -308,16 +315,17 @@ def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_
     args = ["results", "verify", "--dir", str(tmp_path), "--quiet", "--trial"]
     scores = Store(tmp_path).trial_dir(int(done["id"])) / "scores.csv"
     df = pd.read_csv(scores, dtype={"id": str})
-    df.loc[3, "score"] += 0.01  # one stored score changed by 0.01 nats: no longer what the trial computes
+    df.loc[3, "score"] = df.loc[3, "score"] * 1.01  # one stored score changed by 1%: not what the trial computes
     df.to_csv(scores, index=False)
     changed = runner.invoke(app, [*args, str(done["id"])])
-    assert changed.exit_code == 1 and "max |Δ| 0.01" in changed.stdout and "NOT reproduced" in changed.stderr
+    assert changed.exit_code == 1 and "NOT reproduced (tolerance 0.0001): numbers differ" in changed.stderr
+    assert "max |Δ| 0.0" in changed.stdout and "max |Δ| 0," not in changed.stdout.split("per-text")[1][:40]
     assert runner.invoke(app, [*args, str(done["id"]), "--tolerance", "0.02"]).exit_code == 0
     failed = runner.invoke(app, [*args, "1"])
     assert failed.exit_code == 2 and "is failed, not finished" in failed.stderr
     missing = runner.invoke(app, [*args, "no such label"])
     assert missing.exit_code == 2 and "no trial 'no such label'" in missing.stderr
-    assert len(list(tmp_path.glob("**/scores.csv"))) == 1  # the reruns left nothing behind
+    assert not list(scratch.iterdir())  # the reruns left nothing behind
 
 
 def test_records_of_an_older_memlens_match_on_their_identity():
@@ -329,3 +337,7 @@ def test_records_of_an_older_memlens_match_on_their_identity():
     assert compare_records(old, new) == (1, 0.0, 0)
     assert compare_records(old, [new[0] | {"value": 0.65}])[1] == pytest.approx(0.05)
     assert compare_records(old, [new[0] | {"epoch": 2}]) == (0, 0.0, 2)
+    ppl = [Record(metric="val_ppl", value=30.0, epoch=1, kind="utility").to_dict()]
+    assert compare_records(ppl, [ppl[0] | {"value": 30.003}])[1] == pytest.approx(0.003 / 30.003)  # relative above 1
+    flag = [new[0] | {"beats_blind": True}]
+    assert compare_records(flag, [flag[0] | {"beats_blind": False}])[1] == 1.0  # a verdict that flipped

@@ -283,15 +283,32 @@ def reproduce_cmd(
         return
     folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if findings_only:
-        from memlens.experiments.store import Store
-
-        Store(folder, create=False).close()  # one clear line when there is no store to read
+        _check_preset_store(folder, spec["name"])
     else:
         counts = run_sweep(expand(spec, f"preset {preset}"), folder)
         typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given)
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
+
+
+def _check_preset_store(folder: Path, sweep: str) -> None:
+    """``--findings-only``: ``folder`` must hold a results store with this preset's sweep (one line if not)."""
+    from memlens.errors import MemlensError
+    from memlens.experiments.store import Store
+
+    if not (folder / "results.db").is_file():
+        raise MemlensError(f"no results store in {folder}: run the preset without --findings-only first")
+    store = Store(folder, create=False)
+    try:
+        names = [r[0] for r in store.db.execute("SELECT name FROM sweeps ORDER BY name")]
+    finally:
+        store.close()
+    if sweep not in names:
+        raise MemlensError(
+            f"{folder} holds no sweep {sweep!r} (it holds {', '.join(map(repr, names)) or 'none'}): "
+            "give the preset's --scale, --seeds and --data as the run had them"
+        )
 
 
 def _reproduce_command(
@@ -487,10 +504,10 @@ def results_verify(
     if v.reproduced:
         typer.echo(f"reproduced (tolerance {v.tolerance:g})")
         return
-    why = "numbers"
+    why = "numbers differ"
     if v.unmatched or v.unmatched_values:
-        why = "different texts or measures (check the data folder and the memlens version)"
-    typer.echo(f"NOT reproduced (tolerance {v.tolerance:g}): {why} differ", err=True)
+        why = "the runs scored different texts or measures (check the data folder and the memlens version)"
+    typer.echo(f"NOT reproduced (tolerance {v.tolerance:g}): {why}", err=True)
     raise typer.Exit(1)
 
 

@@ -4,6 +4,10 @@ every per-text score and every measured value with what the store holds.
 A reviewer's check that a published row is reproducible: fixed seeds make a trial deterministic on one
 machine and thread count; another thread count or another torch build changes the order of floating-point sums,
 so the scores may move in their last digits (:attr:`Verification.max_score_diff` says by how much).
+
+Differences are absolute for numbers of size up to 1 (AUCs, TPRs, nats) and relative above (perplexities,
+counts): ``|a − b| / max(1, |a|, |b|)``. Relative paths in the stored config (a data folder, a local model)
+are read from the current folder: verify from the folder the sweep ran in.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from pathlib import Path
 from memlens.errors import MemlensError
 
 KEY = ["id", "member", "epoch", "attack"]  # a per-text score in scores.csv
-NUMBERS = ("value", "ci_low", "ci_high", "fpr_reached", "tp", "fp", "n_members", "n_nonmembers", "n_nan")
+NUMBERS = (  # a record's outcomes compared as numbers (booleans as 0/1); its note is not compared
+    "value", "ci_low", "ci_high", "fpr_reached", "tp", "fp", "n_members", "n_nonmembers", "n_nan", "beats_blind",
+    "beats_pretrained",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -26,10 +33,11 @@ class Verification:
     """One trial rerun and compared with the store.
 
     ``n_scores``: per-text scores present in both runs (``scores.csv``); ``max_score_diff``: the largest
-    absolute difference among them (nats/token for the loss, the attack's own unit otherwise); ``unmatched``:
+    difference among them (see the module docstring); ``unmatched``:
     scores found in only one of the runs (another data folder, another code version). ``n_values`` and
-    ``max_value_diff``: the same over every measured number (AUC, TPR, gaps, perplexities ... their CI
-    bounds and counts). ``reproduced``: every score and value present in both and within ``tolerance``.
+    ``max_value_diff``: the same over every record's numbers (AUC, TPR, gaps, perplexities ... their CI
+    bounds, counts and verdicts against the baselines) of the fine-tuned model and any distilled student.
+    ``reproduced``: every score and value present in both and within ``tolerance``.
     """
 
     trial: int
@@ -59,10 +67,11 @@ class Verification:
 
 def _find_trial(trials, trial: int | str):
     """The store's row for a trial id or label."""
-    if isinstance(trial, int) or str(trial).isdigit():
-        rows = trials[trials["id"] == int(trial)]
-    else:
-        rows = trials[trials["label"] == trial]
+    by_id = trials[trials["id"] == int(trial)] if str(trial).isdigit() else trials.iloc[:0]
+    rows = by_id if not by_id.empty else trials[trials["label"] == str(trial)]
+    if len(rows) > 1:
+        ids = ", ".join(str(i) for i in rows["id"])
+        raise MemlensError(f"{len(rows)} trials are labelled {trial!r} (ids {ids}; several sweeps): name one by its id")
     if rows.empty:
         known = ", ".join(f"{i} ({lab})" for i, lab in list(zip(trials["id"], trials["label"], strict=True))[:8])
         raise MemlensError(f"no trial {trial!r} in this store; trials: {known or 'none'}")
@@ -73,14 +82,15 @@ def _find_trial(trials, trial: int | str):
 
 
 def _max_diff(a, b) -> float:
-    """Largest |a − b| over paired numbers; NaN pairs with NaN (both undefined) count as equal."""
+    """Largest ``|a − b| / max(1, |a|, |b|)`` over paired numbers; equal numbers (infinities included) and NaN
+    beside NaN (both undefined) count as no difference, a number beside NaN as an infinite one."""
     import numpy as np
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    both_nan = np.isnan(a) & np.isnan(b)
-    d = np.abs(a - b)
-    d[both_nan] = 0.0
-    d[np.isnan(d)] = math.inf  # a number on one side, NaN on the other
+    with np.errstate(invalid="ignore"):
+        d = np.abs(a - b) / np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+    d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
+    d[np.isnan(d)] = math.inf
     return float(d.max()) if d.size else 0.0
 
 
@@ -135,12 +145,18 @@ def verify_trial(folder: str | Path, trial: int | str, *, tolerance: float = 1e-
     for path in (stored_scores, stored_results):
         if not path.is_file():
             raise MemlensError(f"trial {row['id']} ({row['label']}) has no {path.name} in {stored_dir}")
-    cfg = parse_config(row["config"])
+    cfg = parse_config(row["config"], f"the stored config of trial {row['id']}")
     with tempfile.TemporaryDirectory(prefix="memlens-verify-") as tmp:
         out = Path(tmp) / "run"
         cfg = with_overrides(
             cfg,
-            {"scoring.cache": False, "output.dir": str(out), "output.overwrite": True, "output.save_adapter": False},
+            {
+                "scoring.cache": False,
+                "output.dir": str(out),
+                "output.overwrite": True,
+                "output.save_adapter": False,
+                "training.save_checkpoints": False,
+            },
         )
         t0 = time.perf_counter()
         results = run(cfg)

@@ -86,15 +86,20 @@ def _dataset(scores: Scores) -> str:
 def _interim(store) -> list[str]:
     """A warning paragraph while some of the store's trials are not finished (none when all are done)."""
     counts = store.counts()
-    total, done = sum(counts.values()), counts.get("done", 0)
-    if done == total:
-        return []
-    rest = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status != "done")
-    return [
-        f"**Interim: {done} of {total} trials finished** ({rest}). A finding whose trials are not all finished "
-        "reads from the seeds and configurations that are, and every number may change when the run completes.",
-        "",
-    ]
+    total, done, failed = sum(counts.values()), counts.get("done", 0), counts.get("failed", 0)
+    lines = []
+    if done + failed < total:
+        rest = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if status != "done")
+        lines.append(
+            f"**Interim: {done} of {total} trials finished** ({rest}). A finding whose trials are not all finished "
+            "reads from the seeds and configurations that are, and every number may change when the run completes."
+        )
+    elif failed:
+        lines.append(
+            f"{failed} of {total} trials failed (the report lists their errors); the findings that need them "
+            "read from the trials that finished, or not measured."
+        )
+    return [*lines, ""] if lines else []
 
 
 def _seed_words(scores: Scores) -> str:
