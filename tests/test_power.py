@@ -33,6 +33,10 @@ def test_texts_needed_solve_the_power_equation():
     z = 1.959963984540054 + 0.8416212335729143
     se_k = se * math.sqrt((2 / k) / (1 / M + 1 / N))
     assert z * se_k <= 0.03 < z * se * math.sqrt((2 / (k - 1)) / (1 / M + 1 / N))
+    assert row.detectable == pytest.approx(z * se)  # at the pilot's own size
+    (at_k,) = power_table(findings, (M, N), (k, k), delta=0.03, power=0.8)
+    (below,) = power_table(findings, (M, N), (k - 1, k - 1), delta=0.03, power=0.8)
+    assert at_k.detectable <= 0.03 < below.detectable  # the texts needed are where 0.03 becomes detectable
     assert power_table(findings, (M, N), (M, N), measure="gap")[0].measure == "gap"
     with pytest.raises(ValueError, match="positive"):
         power_table(findings, (0, N), (M, N))

@@ -41,13 +41,15 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     assert (tmp_path / f"{tmp_path.name}-frontier.svg").read_text().lstrip().startswith("<svg")
     assert written.read_text().startswith(md) and f"({tmp_path.name}-frontier.svg)" in written.read_text()
     assert md.startswith(f"# {name}: published findings vs memlens")
-    rows = [line for line in md.splitlines() if line.startswith("| (")]
+    rows = [line for line in md.splitlines() if line.startswith("| (") and "**" in line]  # the verdicts' rows
     verdicts = {"holds", "reversed", "inconclusive", "does not hold", "confounded", "not measured"}
     for row in rows:  # both measures' verdicts, each from the allowed set
         assert {c.strip("*| ") for c in row.split(" | ")[3::2]} <= verdicts, row
     first = rows[0]
     assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md
+    power = [r for r in md.splitlines() if r.startswith("| (") and "**" not in r]  # the power table's rows
+    assert "What this run can resolve, at 24 members and 24 non-members" in md and len(power) >= 2, md
     from helpers import invoke
 
     plan = invoke("reproduce", name, "--scale", "small", "--dry-run", "--pilot", str(tmp_path))

@@ -362,7 +362,7 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
             need = "—" if r.needed is None else f"{r.needed:,} texts per set"
             typer.echo(
                 f"{r.finding} {r.what} ({unit}): pilot {r.diff:+.3f} ± {r.half_width:.3f} → ± {r.projected:.3f} "
-                f"here; to resolve 0.03 with 80% power: {need}"
+                f"here (80% power from {r.detectable:.3f}); to resolve 0.03 with 80% power: {need}"
             )
     typer.echo(
         "Projections assume the effect does not change with size, epochs or seeds (see memlens.experiments.power)."

@@ -39,6 +39,7 @@ class PowerRow:
     half_width: float  # the pilot's 95% CI half-width
     projected: float  # at the target size
     needed: int | None  # texts per set (members = non-members) to resolve ``delta`` with the asked power
+    detectable: float  # the smallest difference resolved with the asked power at the target size
 
 
 def power_table(
@@ -72,7 +73,9 @@ def power_table(
             # SE at k texts per set: se · sqrt((2/k) / (1/m + 1/n)); solve z · SE_k ≤ delta for k
             needed = math.ceil(2 * (z * se / delta) ** 2 / (1 / m + 1 / n)) if se > 0 else None
             claim = f.claim.split(" ", 1)[0]
-            rows.append(PowerRow(claim, measure, check.what, d.diff, Z95 * se, Z95 * se * shrink, needed))
+            rows.append(
+                PowerRow(claim, measure, check.what, d.diff, Z95 * se, Z95 * se * shrink, needed, z * se * shrink)
+            )
     return rows
 
 

@@ -68,6 +68,7 @@ def findings_markdown(name: str, store, command: str) -> str:
     ]
     notes = [f.note for f in findings if f.note] + disagreements(findings)
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
+    lines += power_section(findings, scores)
     lines += ["", *trial_table(store, attack)]
     return "\n".join(lines) + "\n"
 
@@ -107,6 +108,36 @@ def _seed_words(scores: Scores) -> str:
     if seeds == [1]:
         return "; one training seed per configuration, so the intervals do not cover training randomness"
     return f", and the training seeds of each configuration ({'/'.join(map(str, seeds))} seeds)"
+
+
+def power_section(findings: list[Finding], scores: Scores) -> list[str]:
+    """Markdown: what this run can resolve — each tested difference's 95% CI half-width, the smallest
+    difference it resolves with 80% power, and (AUC) the texts per set that would resolve 0.03."""
+    from memlens.experiments.power import power_table
+
+    size = (scores.n_members, scores.n_nonmembers)
+    rows = [r for m in ("auc", "gap") for r in power_table(findings, size, size, measure=m)] if min(size) else []
+    if not rows:
+        return []
+    lines = [
+        "",
+        f"What this run can resolve, at {size[0]} members and {size[1]} non-members: each difference's 95% CI "
+        "half-width, the smallest difference it finds with 80% power (two-sided test at 0.05, before Holm; "
+        "2.80 standard errors) and, for an AUC difference, the texts per set (members = non-members) that would "
+        "resolve 0.03 with 80% power — projected as 1/members + 1/non-members, a lower bound where several seeds "
+        "vary, since more texts do not shrink the spread between seeds. A real effect smaller than the resolvable "
+        "one reads inconclusive more than one time in five.",
+        "",
+        "| finding | difference | measured | ± (95% CI) | resolvable with 80% power | texts per set for 0.03 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        unit = "" if r.measure == "auc" else " nats/token"
+        needed = f"{r.needed:,}" if r.needed is not None and r.measure == "auc" else "—"
+        cells = [r.finding, f"{r.what} ({'AUC' if r.measure == 'auc' else 'loss gap'})", f"{r.diff:+.3f}{unit}",
+                 f"{r.half_width:.3f}", f"{r.detectable:.3f}", needed]  # fmt: skip
+        lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
+    return lines
 
 
 def disagreements(findings: list[Finding]) -> list[str]:
