@@ -94,6 +94,9 @@ def test_findings_only_needs_a_store_and_plans_nothing(tmp_path):
     other = invoke("reproduce", "hou2025", "--scale", "small", "--findings-only", "--dir", str(tmp_path / "other"))
     assert_one_line_error(other, re.escape("holds no sweep 'hou2025-small' (it holds 'my sweep')"))
     assert not (tmp_path / "other" / "findings.md").exists()
+    Store(tmp_path / "other").register_sweep("hou2025-small", {}, "h", [])
+    mixed = invoke("reproduce", "hou2025", "--scale", "small", "--findings-only", "--dir", str(tmp_path / "other"))
+    assert_one_line_error(mixed, "holds other sweeps besides 'hou2025-small' \\('my sweep'\\)")
 
 
 @pytest.mark.parametrize(

@@ -341,3 +341,5 @@ def test_records_of_an_older_memlens_match_on_their_identity():
     assert compare_records(ppl, [ppl[0] | {"value": 30.003}])[1] == pytest.approx(0.003 / 30.003)  # relative above 1
     flag = [new[0] | {"beats_blind": True}]
     assert compare_records(flag, [flag[0] | {"beats_blind": False}])[1] == 1.0  # a verdict that flipped
+    counted = [new[0] | {"n_members": 10_000}]
+    assert compare_records(counted, [counted[0] | {"n_members": 10_001}])[1] == 1.0  # one text more: not relative

@@ -309,6 +309,11 @@ def _check_preset_store(folder: Path, sweep: str) -> None:
             f"{folder} holds no sweep {sweep!r} (it holds {', '.join(map(repr, names)) or 'none'}): "
             "give the preset's --scale, --seeds and --data as the run had them"
         )
+    if len(names) > 1:
+        raise MemlensError(
+            f"{folder} holds other sweeps besides {sweep!r} ({', '.join(repr(n) for n in names if n != sweep)}), "
+            "whose trials the findings would mix in: keep each preset run in a folder of its own"
+        )
 
 
 def _reproduce_command(

@@ -5,9 +5,10 @@ A reviewer's check that a published row is reproducible: fixed seeds make a tria
 machine and thread count; another thread count or another torch build changes the order of floating-point sums,
 so the scores may move in their last digits (:attr:`Verification.max_score_diff` says by how much).
 
-Differences are absolute for numbers of size up to 1 (AUCs, TPRs, nats) and relative above (perplexities,
-counts): ``|a − b| / max(1, |a|, |b|)``. Relative paths in the stored config (a data folder, a local model)
-are read from the current folder: verify from the folder the sweep ran in.
+Real numbers differ by ``|a − b| / max(1, |a|, |b|)``: absolutely up to size 1 (AUCs, TPRs), relatively above
+(per-text losses of several nats, perplexities); counts and verdicts (true positives, texts, ``beats_blind``)
+differ by their absolute difference, so one text more is a difference of 1. Relative paths in the stored config
+(a data folder, a local model) are read from the current folder: verify from the folder the sweep ran in.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from memlens.errors import MemlensError
 
 KEY = ["id", "member", "epoch", "attack"]  # a per-text score in scores.csv
+COUNTS = {"tp", "fp", "n_members", "n_nonmembers", "n_nan", "beats_blind", "beats_pretrained"}
 NUMBERS = (  # a record's outcomes compared as numbers (booleans as 0/1); its note is not compared
     "value", "ci_low", "ci_high", "fpr_reached", "tp", "fp", "n_members", "n_nonmembers", "n_nan", "beats_blind",
     "beats_pretrained",
@@ -81,14 +83,15 @@ def _find_trial(trials, trial: int | str):
     return row
 
 
-def _max_diff(a, b) -> float:
-    """Largest ``|a − b| / max(1, |a|, |b|)`` over paired numbers; equal numbers (infinities included) and NaN
-    beside NaN (both undefined) count as no difference, a number beside NaN as an infinite one."""
+def _max_diff(a, b, *, exact: bool = False) -> float:
+    """Largest ``|a − b| / max(1, |a|, |b|)`` (``exact``: ``|a − b|``, for counts) over paired numbers; equal
+    numbers (infinities included) and NaN beside NaN (both undefined) count as no difference, a number beside
+    NaN as an infinite one."""
     import numpy as np
 
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     with np.errstate(invalid="ignore"):
-        d = np.abs(a - b) / np.maximum(1.0, np.maximum(np.abs(a), np.abs(b)))
+        d = np.abs(a - b) / (1.0 if exact else np.maximum(1.0, np.maximum(np.abs(a), np.abs(b))))
     d[(a == b) | (np.isnan(a) & np.isnan(b))] = 0.0
     d[np.isnan(d)] = math.inf
     return float(d.max()) if d.size else 0.0
@@ -115,10 +118,15 @@ def compare_records(stored: list[dict], rerun: list[dict]) -> tuple[int, float, 
 
     a, b = keyed(stored), keyed(rerun)
     common = [k for k in a if k in b]
-    pairs = [(a[k][f], b[k][f]) for k in common for f in NUMBERS if not (a[k][f] is None and b[k][f] is None)]
-    nan = float("nan")
-    diff = _max_diff([nan if x is None else x for x, _ in pairs], [nan if y is None else y for _, y in pairs])
-    return len(pairs), diff, len(a.keys() ^ b.keys())
+    n, diff = 0, 0.0
+    for exact in (False, True):  # real numbers; counts and verdicts
+        pairs = [(a[k][f], b[k][f]) for k in common for f in NUMBERS if (f in COUNTS) == exact]
+        pairs = [(x, y) for x, y in pairs if not (x is None and y is None)]
+        xs, ys = (
+            ([math.nan if v is None else v for v in side] for side in zip(*pairs, strict=True)) if pairs else ([], [])
+        )
+        n, diff = n + len(pairs), max(diff, _max_diff(xs, ys, exact=exact))
+    return n, diff, len(a.keys() ^ b.keys())
 
 
 def verify_trial(folder: str | Path, trial: int | str, *, tolerance: float = 1e-4) -> Verification:

@@ -123,10 +123,11 @@ def power_section(findings: list[Finding], scores: Scores) -> list[str]:
         "",
         f"What this run can resolve, at {size[0]} members and {size[1]} non-members: each difference's 95% CI "
         "half-width, the smallest difference it finds with 80% power (two-sided test at 0.05, before Holm; "
-        "2.80 standard errors) and, for an AUC difference, the texts per set (members = non-members) that would "
-        "resolve 0.03 with 80% power — projected as 1/members + 1/non-members, a lower bound where several seeds "
-        "vary, since more texts do not shrink the spread between seeds. A real effect smaller than the resolvable "
-        "one reads inconclusive more than one time in five.",
+        "2.80 standard errors; Holm's adjustment asks for somewhat more) and, for an AUC difference, the texts "
+        "per set (members = non-members) that would resolve 0.03 with 80% power — projected as 1/members + "
+        "1/non-members; with several seeds the spread between seeds does not shrink with more texts, so a number "
+        "above the texts used here is a lower bound. A real effect smaller than the resolvable one reads "
+        "inconclusive more than one time in five.",
         "",
         "| finding | difference | measured | ± (95% CI) | resolvable with 80% power | texts per set for 0.03 |",
         "|---|---|---|---|---|---|",
@@ -134,8 +135,9 @@ def power_section(findings: list[Finding], scores: Scores) -> list[str]:
     for r in rows:
         unit = "" if r.measure == "auc" else " nats/token"
         needed = f"{r.needed:,}" if r.needed is not None and r.measure == "auc" else "—"
+        detectable = f"{r.detectable:.3f}" if r.half_width > 0 else "—"  # a CI of zero width: saturated, no SE
         cells = [r.finding, f"{r.what} ({'AUC' if r.measure == 'auc' else 'loss gap'})", f"{r.diff:+.3f}{unit}",
-                 f"{r.half_width:.3f}", f"{r.detectable:.3f}", needed]  # fmt: skip
+                 f"{r.half_width:.3f}", detectable, needed]  # fmt: skip
         lines.append("| " + " | ".join(md_text(c) for c in cells) + " |")
     return lines
 
