@@ -43,6 +43,7 @@ def test_heavy_fine_tuning_is_detected(memorized):
     ppl = {r["epoch"]: r["value"] for r in results["records"] if r["metric"] == "val_ppl"}
     assert ppl[25] < ppl[0]  # it learnt the language too
     assert results["tuning"]["trainable_share"] == 1.0
+    assert results["environment"]["packed_scoring"] == {"LlamaForCausalLM float32": True}  # how it was scored
 
 
 def test_shuffled_membership_labels_give_chance(memorized, tiny_dir):

@@ -502,7 +502,7 @@ def results_verify(
         f"measured values (and CI bounds): {v.n_values:,} in both, max |Δ| {v.max_value_diff:.3g}, "
         f"{v.unmatched_values} records in one only"
     )
-    for key in ("torch", "transformers", "peft", "torch_threads", "cuda"):
+    for key in ("torch", "transformers", "peft", "torch_threads", "cuda", "packed_scoring"):
         a, b = v.stored_environment.get(key), v.environment.get(key)
         if a != b:
             typer.echo(f"differs from the stored run: {key} {a} there, {b} here")

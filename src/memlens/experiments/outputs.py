@@ -232,6 +232,8 @@ def environment() -> dict:
     import torch
     import transformers
 
+    from memlens.scoring.engine import packing_verdicts
+
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -241,6 +243,7 @@ def environment() -> dict:
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packed_scoring": packing_verdicts(),  # the scoring path: packed rows or padded, per architecture/dtype
     }
 
 

@@ -336,6 +336,12 @@ def packing_verified(
     return _pack_verified[key]
 
 
+def packing_verdicts() -> dict[str, bool]:
+    """The packing self-check's verdicts so far in this process, e.g. ``{"LlamaForCausalLM float32": True}``
+    (True: that architecture in that dtype is scored packed; False: padded)."""
+    return {f"{cls} {dtype.removeprefix('torch.')}": ok for (cls, dtype), ok in sorted(_pack_verified.items())}
+
+
 def _is_prompt_learning(model) -> bool:
     peft_cfg = getattr(model, "active_peft_config", None)
     return bool(peft_cfg is not None and peft_cfg.is_prompt_learning)
