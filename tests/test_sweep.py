@@ -334,9 +334,12 @@ def test_records_of_an_older_memlens_match_on_their_identity():
 
     new = [Record(metric="auc", value=0.6, epoch=1, attack="loss").to_dict()]
     old = [{k: v for k, v in new[0].items() if k != "objective"}]  # written before the field existed
-    assert compare_records(old, new) == (1, 0.0, 0)
+    assert compare_records(old, new) == (1, 0.0, 0, None)
     assert compare_records(old, [new[0] | {"value": 0.65}])[1] == pytest.approx(0.05)
-    assert compare_records(old, [new[0] | {"epoch": 2}]) == (0, 0.0, 2)
+    assert compare_records(old, [new[0] | {"epoch": 2}]) == (0, 0.0, 2, None)
+    assert compare_records(old, [new[0] | {"value": 0.65}])[3] == "1 mia loss auc: value 0.6 stored, 0.65 now"
+    speed = [Record(metric="tokens_per_second", value=25.6, kind="extraction", attack="extraction greedy").to_dict()]
+    assert compare_records(speed, [speed[0] | {"value": 20.7}]) == (0, 0.0, 0, None)  # the machine's speed
     ppl = [Record(metric="val_ppl", value=30.0, epoch=1, kind="utility").to_dict()]
     assert compare_records(ppl, [ppl[0] | {"value": 30.003}])[1] == pytest.approx(0.003 / 30.003)  # relative above 1
     flag = [new[0] | {"beats_blind": True}]

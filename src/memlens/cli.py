@@ -502,6 +502,8 @@ def results_verify(
         f"measured values (and CI bounds): {v.n_values:,} in both, max |Δ| {v.max_value_diff:.3g}, "
         f"{v.unmatched_values} records in one only"
     )
+    if v.worst is not None and v.max_value_diff > v.tolerance:
+        typer.echo(f"largest difference: {v.worst}")
     for key in ("torch", "transformers", "peft", "torch_threads", "cuda", "packed_scoring"):
         a, b = v.stored_environment.get(key), v.environment.get(key)
         if a != b:

@@ -85,6 +85,7 @@ OUTCOMES = {  # what a record measured; the other fields say what it is (its ide
     "fpr_reached", "tp", "fp", "note",
 }  # fmt: skip
 IDENTITY = [name for name in FIELDS if name not in OUTCOMES]
+TIMINGS = {"tokens_per_second"}  # metrics that measure the machine's speed, not the model: never reproducible
 BOOL_FIELDS = {"beats_blind", "beats_pretrained"}
 INT_FIELDS = {"epoch", "repetitions", "seed", "n_members", "n_nonmembers", "n_nan", "tp", "fp"} | BOOL_FIELDS
 REAL_FIELDS = {"value", "k", "fpr", "ci_low", "ci_high", "temperature", "fpr_reached"}

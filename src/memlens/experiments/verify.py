@@ -39,6 +39,8 @@ class Verification:
     scores found in only one of the runs (another data folder, another code version). ``n_values`` and
     ``max_value_diff``: the same over every record's numbers (AUC, TPR, gaps, perplexities ... their CI
     bounds, counts and verdicts against the baselines) of the fine-tuned model and any distilled student.
+    Speed records (:data:`memlens.records.TIMINGS`) are left out. ``worst``: the record and number that
+    differ most, e.g. ``3 mia loss auc: value 0.61 stored, 0.62 now`` (None when none differs).
     ``reproduced``: every score and value present in both and within ``tolerance``.
     """
 
@@ -53,6 +55,7 @@ class Verification:
     n_values: int
     max_value_diff: float
     unmatched_values: int
+    worst: str | None
     stored_environment: dict
     environment: dict
 
@@ -107,26 +110,30 @@ def compare_scores(stored: Path, rerun: Path) -> tuple[int, float, int]:
     return len(paired), _max_diff(paired["score_a"], paired["score_b"]), int((both["_merge"] != "both").sum())
 
 
-def compare_records(stored: list[dict], rerun: list[dict]) -> tuple[int, float, int]:
+def compare_records(stored: list[dict], rerun: list[dict]) -> tuple[int, float, int, str | None]:
     """Compare two runs' records, matched on their identity (:data:`memlens.records.IDENTITY`; a field added by a
-    later memlens reads as its default): (numbers in both, largest |Δ| among them, records in only one)."""
-    from memlens.records import IDENTITY, from_dict
+    later memlens reads as its default), speed records left out: (numbers in both, largest |Δ| among them,
+    records in only one, the record and number that differ most or None)."""
+    from memlens.records import IDENTITY, TIMINGS, from_dict
 
     def keyed(records: list[dict]) -> dict[tuple, dict]:
         parsed = [from_dict(r).to_dict() for r in records]
-        return {tuple(r[f] for f in IDENTITY): r for r in parsed}
+        return {tuple(r[f] for f in IDENTITY): r for r in parsed if r["metric"] not in TIMINGS}
 
     a, b = keyed(stored), keyed(rerun)
-    common = [k for k in a if k in b]
-    n, diff = 0, 0.0
-    for exact in (False, True):  # real numbers; counts and verdicts
-        pairs = [(a[k][f], b[k][f]) for k in common for f in NUMBERS if (f in COUNTS) == exact]
-        pairs = [(x, y) for x, y in pairs if not (x is None and y is None)]
-        xs, ys = (
-            ([math.nan if v is None else v for v in side] for side in zip(*pairs, strict=True)) if pairs else ([], [])
-        )
-        n, diff = n + len(pairs), max(diff, _max_diff(xs, ys, exact=exact))
-    return n, diff, len(a.keys() ^ b.keys())
+    n, diff, worst = 0, 0.0, None
+    for k in (k for k in a if k in b):
+        for f in NUMBERS:
+            x, y = a[k][f], b[k][f]
+            if x is None and y is None:
+                continue
+            d = _max_diff([math.nan if x is None else x], [math.nan if y is None else y], exact=f in COUNTS)
+            n += 1
+            if d > diff:
+                r = a[k]
+                what = " ".join(str(r[g]) for g in ("epoch", "kind", "attack", "metric") if r[g] is not None)
+                diff, worst = d, f"{what}: {f} {x} stored, {y} now"
+    return n, diff, len(a.keys() ^ b.keys()), worst
 
 
 def verify_trial(folder: str | Path, trial: int | str, *, tolerance: float = 1e-4) -> Verification:
@@ -172,7 +179,7 @@ def verify_trial(folder: str | Path, trial: int | str, *, tolerance: float = 1e-
         n_scores, score_diff, unmatched = compare_scores(stored_scores, out / "scores.csv")
     stored = json.loads(stored_results.read_text())
     rows = [store_rows(r)[0] for r in (stored, results)]  # the target's records and any distilled student's
-    n_values, value_diff, unmatched_values = compare_records(*rows)
+    n_values, value_diff, unmatched_values, worst = compare_records(*rows)
     return Verification(
         trial=int(row["id"]),
         label=str(row["label"]),
@@ -185,6 +192,7 @@ def verify_trial(folder: str | Path, trial: int | str, *, tolerance: float = 1e-
         n_values=n_values,
         max_value_diff=value_diff,
         unmatched_values=unmatched_values,
+        worst=worst,
         stored_environment=stored.get("environment") or {},
         environment=results.get("environment") or {},
     )
