@@ -506,7 +506,7 @@ def results_verify(
         typer.echo(f"largest difference: {v.worst}")
     for key in ("torch", "transformers", "peft", "torch_threads", "cuda", "packed_scoring"):
         a, b = v.stored_environment.get(key), v.environment.get(key)
-        if a != b:
+        if key in v.stored_environment and a != b:  # a key an older memlens did not record is not a difference
             typer.echo(f"differs from the stored run: {key} {a} there, {b} here")
     if v.reproduced:
         typer.echo(f"reproduced (tolerance {v.tolerance:g})")
