@@ -37,9 +37,9 @@ PACK_WIDTH = 128  # tokens per packed row (at least the longest text)
 PACKABLE = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "gpt_neox", "phi3"}
 PACK_TOLERANCE = {"float32": 1e-4, "float64": 1e-8}  # the self-check's max |Δℓ| per token (leak probe: 0 in half)
 # Half precision rounds every logit (bf16: ~0.4%): two padded passes of different batch sizes already differ by
-# up to 0.37 nats on a token, packed and padded by 0.0002-0.021 nats per token on average (SmolLM2, bf16, CPU;
-# benchmarks/bf16_packing.py). There the self-check's leak probe stays exact and packed-vs-padded is held to
-# this mean |Δℓ| per token, which a text read at wrong positions would exceed.
+# up to 0.37 nats on a token, packed and padded by 0.0002 nats per token on average (SmolLM2, bf16, CPU, 32 PHEE
+# texts: benchmarks/bf16_packing.py) and by 0.021 on the 16 shortest texts the self-check packs. There the leak
+# probe stays exact and packed-vs-padded is held to this mean |Δℓ| per token, which wrong positions would exceed.
 HALF_PACK_TOLERANCE = 0.1
 _pack_verified: dict[tuple[str, str], bool] = {}  # (architecture class, dtype) -> packed equals padded
 # architectures whose logits are exactly ``lm_head(hidden)``, so the head can be sliced; others use their own head
