@@ -234,3 +234,22 @@ def test_half_precision_weights_train_through_float32_masters(tiny_dir, grad_acc
     assert 0.85 < ratio < 1.15, ratio
     assert torch.nn.functional.cosine_similarity(moved["bfloat16"], moved["float32"], dim=0) > 0.9
     assert not any(p._post_accumulate_grad_hooks for p in model.parameters())  # the hooks are gone
+
+
+def test_an_evaluations_backward_pass_leaves_no_gradient_for_the_next_step(tiny_dir):
+    """Gradient norms measured after an epoch (a backward pass) must not leak into the next epoch's first step,
+    also in bfloat16, where the float32 masters collect gradients through hooks."""
+    from memlens.models import load_model
+    from memlens.scoring.gradients import gradient_norms
+
+    weights = []
+    for evaluate in (False, True):
+        lm = load_model(str(tiny_dir), device="cpu", dtype="bfloat16")
+        model, _ = apply_method(lm.model, TuningConfig(method="full"))
+        enc = encode(lm.tokenizer, TEXTS, 48)
+        pad = lm.tokenizer.pad_token_id
+        cfg = TrainingConfig(epochs=2, batch_size=4, seed=0)
+        hook = (lambda epoch, m=model, ids=enc.ids, pad=pad: gradient_norms(m, ids, pad)) if evaluate else None
+        train(model, enc.ids, pad, cfg, lr=3e-5, on_epoch_end=hook)
+        weights.append(torch.cat([p.detach().float().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])

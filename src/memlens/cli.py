@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,12 @@ def _guard(fn):
             raise typer.Exit(2) from None
         except KeyboardInterrupt as err:
             typer.echo("interrupted: unfinished work was not written (finished sweep trials are kept)", err=True)
+            resume = sys.modules.get("memlens.experiments.resume")  # imported only by a run that may have saved
+            for folder in resume.kept() if resume is not None else []:
+                typer.echo(
+                    f"the fine-tune's last finished epoch is kept in {folder}: the same command again goes on from it",
+                    err=True,
+                )
             raise typer.Exit(128 + getattr(err, "signum", 2)) from None
 
     return wrapper

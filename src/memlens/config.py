@@ -399,11 +399,14 @@ class DistillationConfig(_Section):
 
 class OutputConfig(_Section):
     """Where results go. ``{name}`` and ``{time}`` in ``dir`` are filled in; an existing non-empty folder is
-    refused unless ``overwrite``."""
+    refused unless ``overwrite``. ``resume``: keep the fine-tune's state after each epoch in ``.DIR.resume``
+    beside the folder, so that the same run started again after an interruption goes on from there (deleted
+    when the results are written; :mod:`memlens.experiments.resume`)."""
 
     dir: PathField = Path("runs/{name}")
     overwrite: bool = False
     save_adapter: bool = False
+    resume: bool = True
 
     @field_validator("dir", mode="before")
     @classmethod
@@ -517,6 +520,16 @@ class RunConfig(_Section):
 
         now = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         return Path(str(self.output.dir).replace("{name}", self.name).replace("{time}", now)).expanduser()
+
+    def identity(self) -> str:
+        """The config's identity (16 hex digits): everything but ``[output]``. Fields left unset (``None``) are
+        not part of it, so that a newer memlens adding an optional field still matches an older store or a
+        half-finished run; any set value, defaults included, is."""
+        import hashlib
+        import json
+
+        data = self.model_dump(mode="json", exclude={"output"}, exclude_none=True)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def to_toml(self) -> str:
         """The fully resolved config as TOML (None values are omitted)."""

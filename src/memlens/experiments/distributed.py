@@ -143,7 +143,9 @@ def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
             shutil.rmtree(old, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR}{os.getpid()}-"))
     try:
-        cfg = with_overrides(parse_config(config), {"output.dir": str(folder / "out"), "output.overwrite": True})
+        cfg = with_overrides(
+            parse_config(config), {"output.dir": str(folder / "out"), "output.overwrite": True, "output.resume": False}
+        )
         t0 = time.perf_counter()
         with progress.quiet():
             results = run(cfg)

@@ -173,6 +173,12 @@ class Output:
                 break
 
 
+def resume_folder(staging: Path) -> Path:
+    """Where a run writing into ``staging`` (:attr:`Output.staging`, ``.NAME.tmpPID``) keeps its state after
+    each epoch, so that the same run started again resumes: ``.NAME.resume`` beside its results folder."""
+    return staging.with_name(staging.name.rsplit(".tmp", 1)[0] + ".resume")
+
+
 def _recover(out_dir: Path) -> None:
     """Clean up after killed runs: remove their staging folders; an earlier run moved aside by a run killed
     while publishing is put back if nothing replaced it, and removed otherwise."""

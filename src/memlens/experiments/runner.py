@@ -25,7 +25,18 @@ from memlens.data import load_splits
 from memlens.data.sources import Text, as_records
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
-from memlens.experiments.outputs import Output, environment, extraction_label, save_trainable, write_outputs
+from memlens.experiments.outputs import (
+    Output,
+    environment,
+    extraction_label,
+    resume_folder,
+    save_trainable,
+    write_outputs,
+)
+from memlens.experiments.resume import Saved, fingerprint, resumable
+from memlens.experiments.resume import load as load_state
+from memlens.experiments.resume import save as save_state
+from memlens.files import remove
 from memlens.metrics import evaluate, loss_gap
 from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
@@ -57,18 +68,22 @@ def published(cfg: RunConfig, work, *, write: bool = True) -> dict:
     output = Output.open(out_dir, cfg.output.overwrite) if write else None
     try:
         results = work(cfg, output.staging if output else None)
-    except BaseException:
+    except BaseException as err:
         if output is not None:
+            if not isinstance(err, KeyboardInterrupt):  # failed: nothing is left; interrupted: the state to go on
+                remove(resume_folder(output.staging))
             output.discard()
         raise
     if output is not None:
         published = output.publish()  # out_dir, or a new folder beside it (with a warning)
+        remove(resume_folder(output.staging))  # the results are safe: no state to go on from is needed
         results["output_dir"] = str(out_dir if published == output.target else published)
     return results
 
 
 def _run(cfg: RunConfig, staging: Path | None) -> dict:
-    return measure(cfg, staging).saved(cfg, staging)
+    resume = resume_folder(staging) if staging is not None else None
+    return measure(cfg, staging, resume=resume).saved(cfg, staging)
 
 
 @dataclass
@@ -94,11 +109,18 @@ class Measured:
 
 
 def measure(
-    cfg: RunConfig, staging: Path | None, *, leave_out: frozenset[str] = frozenset(), keep_model: bool = False
+    cfg: RunConfig,
+    staging: Path | None,
+    *,
+    leave_out: frozenset[str] = frozenset(),
+    keep_model: bool = False,
+    resume: Path | None = None,
 ) -> Measured:
     """Run ``cfg`` once (see :func:`run`). Members whose id is in ``leave_out`` are attacked but not trained on;
     their and the trained members' AUCs are also reported apart (``results["subsets"]``). ``keep_model``: return
-    the fine-tuned model even when it is not to be saved (e.g. as a distillation teacher)."""
+    the fine-tuned model even when it is not to be saved (e.g. as a distillation teacher). ``resume``: a folder
+    where the state after each epoch is kept, and from which an interrupted run of the same config goes on
+    (:mod:`memlens.experiments.resume`)."""
     t_start = time.perf_counter()
     clock = Stopwatch(["load", "score_pretrained", "train", "score_finetuned"])
     with clock("load"):
@@ -197,6 +219,24 @@ def measure(
     if cfg.mitigation is not None and cfg.mitigation.method == "dedup":
         train_set, mitigation = deduplicated(train_texts, train_set)
         progress.info(f"dedup: {mitigation['dropped']} duplicate training texts left out (one copy of each kept)")
+
+    saved, key = None, ""
+    if resume is not None and resumable(cfg):
+        params = [p for p in model.parameters() if p.requires_grad]
+        tokens = [*inputs.target.ids, inputs.target.first, *inputs.validation.ids, *train_set.ids, train_set.first]
+        key = fingerprint(cfg, lm.info["identity"], [x.id for x in corpus], tokens)
+        saved = load_state(resume, key, params, params[0].device) if params else None
+    else:
+        resume = None
+    if saved is not None:  # the finished epochs' measurements (epoch 0's are the same, just recomputed)
+        scores |= saved.scores
+        records, subsets = saved.records, saved.subsets
+    resumed = saved.train.epoch if saved is not None else None
+
+    def on_state(state) -> None:
+        assert resume is not None
+        save_state(resume, key, Saved(state, scores, records, subsets))
+
     with clock("train"):
         train_info = train(
             model,
@@ -207,7 +247,11 @@ def measure(
             on_epoch_end=on_epoch_end,
             starts=train_set.first,
             privacy=cfg.privacy,
+            on_state=on_state if resume is not None else None,
+            resume_from=saved.train if saved is not None else None,
         )
+    if resumed is not None:
+        train_info["resumed_after_epoch"] = resumed
     clock.add("train", -clock["score_finetuned"])  # the evaluations ran inside training
     with clock("attacks"):
         records = with_blind(records, blind)

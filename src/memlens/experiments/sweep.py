@@ -88,10 +88,8 @@ class Trial:
 
     @property
     def hash(self) -> str:
-        """The config's identity in a store. Fields left unset (``None``) are not part of it, so that a newer
-        memlens adding an optional field still resumes an older sweep; any set value, defaults included, is."""
-        data = self.config.model_dump(mode="json", exclude={"output"}, exclude_none=True)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        """The config's identity in a store (:meth:`RunConfig.identity`)."""
+        return self.config.identity()
 
 
 @dataclass

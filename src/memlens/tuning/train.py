@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -69,6 +71,18 @@ class MasterWeights:
         self.handles = []
 
 
+@dataclass
+class TrainState:
+    """Where a fine-tune stood after ``epoch``: all an interrupted one needs to go on exactly as if it had never
+    stopped. ``tensors``: the trainable weights (float32 masters, in :attr:`MasterWeights.weights` order), AdamW's
+    moments and step counts, the torch RNG state(s); ``meta``: the rest, JSON-serialisable (AdamW's parameter
+    groups, the schedule, the batch sampler's RNG, the summary so far)."""
+
+    epoch: int
+    tensors: dict[str, Any]
+    meta: dict
+
+
 def train(
     model,
     ids: Sequence[Sequence[int]],
@@ -80,6 +94,8 @@ def train(
     starts: Sequence[int] | None = None,
     privacy: PrivacyConfig | None = None,
     loss_fn: Callable | None = None,
+    on_state: Callable[[TrainState], None] | None = None,
+    resume_from: TrainState | None = None,
 ) -> dict:
     """Fine-tune ``model`` in place on token sequences ``ids``; return a summary (losses, tokens/s, time).
 
@@ -95,6 +111,11 @@ def train(
     ``cfg.packing``: each step's texts in packed rows (:func:`packed_rows`) where the model is verified to
     isolate them, with the LM loss and without DP-SGD; otherwise padded rows. ``cfg.gradient_checkpointing``:
     recompute each block's activations in the backward pass (turned off again when training ends).
+    ``on_state(state)`` is given a :class:`TrainState` after each epoch (after ``on_epoch_end``); training
+    started with ``resume_from=state`` (same model, data and config; :func:`check_state`) goes on from the
+    epoch after it and ends with the same weights as one that never stopped — bit for bit where training is
+    deterministic (on CPU; on CUDA only with deterministic kernels). ``resume_from``'s tensors are consumed
+    (cleared). Not with DP-SGD.
     """
     import torch
     from transformers import get_scheduler
@@ -108,6 +129,8 @@ def train(
     if not params:
         raise ValueError("the model has no trainable parameters")
     device = params[0].device
+    if privacy is not None and privacy.dp and (on_state is not None or resume_from is not None):
+        raise ValueError("DP-SGD's accountant and noise cannot be resumed: train it in one go")
     private = None
     if privacy is not None and privacy.dp:
         if loss_fn is not None:
@@ -136,9 +159,16 @@ def train(
         num_warmup_steps=round(cfg.warmup_ratio * total_steps),
         num_training_steps=max(total_steps, 1),
     )
+    done = 0  # epochs finished before this call (a resumed fine-tune)
+    if resume_from is not None:
+        done = resume_from.epoch
+        loop = _restore(resume_from, masters, opt, sched, rng, device)
+        resume_from.tensors.clear()  # consumed: the copies are in the model and optimizer now
+        epochs, n_tokens, t_train, pad_frac = loop["epochs"], loop["train_tokens"], loop["train_seconds"], loop["pad"]
     try:
-        with progress.bar("fine-tuning", total_steps, "steps") as bar:
-            for epoch in range(1, cfg.epochs + 1):
+        what = f"fine-tuning from epoch {done}" if done else "fine-tuning"
+        with progress.bar(what, total_steps - done * steps_per_epoch, "steps") as bar:
+            for epoch in range(done + 1, cfg.epochs + 1):
                 model.train()
                 if private is not None:
                     windows = private.epoch(lengths, cfg.batch_size, rng)
@@ -207,6 +237,10 @@ def train(
                 epochs.append({"epoch": epoch, "train_loss": loss_sum / max(tok_sum, 1), "seconds": dt})
                 if on_epoch_end is not None:
                     on_epoch_end(epoch)
+                    opt.zero_grad(set_to_none=True)  # an evaluation's backward pass (gradient norms) leaves none
+                if on_state is not None:
+                    loop = {"epochs": epochs, "train_tokens": n_tokens, "train_seconds": t_train, "pad": pad_frac}
+                    on_state(_capture(epoch, masters, opt, sched, rng, device, loop))
     finally:
         masters.close()
         summary = private.close() if private is not None else None
@@ -226,6 +260,86 @@ def train(
         "master_weights": masters.dtype,
         "privacy": summary,
     }
+
+
+def _capture(epoch: int, masters: MasterWeights, opt, sched, rng, device, loop: dict) -> TrainState:
+    """A copy (on the CPU) of everything the next epoch depends on."""
+    import torch
+
+    tensors = {f"weight.{i}": w.detach().to("cpu", copy=True) for i, w in enumerate(masters.weights)}
+    sd = opt.state_dict()
+    for i, state in sd["state"].items():  # i: the weight's index; state: exp_avg, exp_avg_sq (like it), step (0-d)
+        tensors |= {f"adam.{i}.{k}": v.detach().to("cpu", copy=True) for k, v in state.items()}
+    tensors["rng.torch"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
+    meta = {
+        "param_groups": sd["param_groups"],
+        "schedule": sched.state_dict(),
+        "sampler": rng.bit_generator.state,
+        "loop": loop,
+    }
+    return TrainState(epoch, tensors, meta)
+
+
+def check_state(state: TrainState, params: Sequence, device) -> None:
+    """Raise ``ValueError`` saying why ``state`` cannot resume training of ``params`` (the trainable weights,
+    in ``model.parameters()`` order) on ``device``; checked before anything is changed."""
+    import torch
+
+    t, n = state.tensors, len(params)
+    for i, p in enumerate(params):
+        w = t.get(f"weight.{i}")
+        if w is None or tuple(w.shape) != tuple(p.shape):
+            raise ValueError(f"trainable weight {i} does not fit this model")
+    if f"weight.{n}" in t:
+        raise ValueError("it holds more trainable weights than this model")
+    for key, v in t.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            if not index.isdigit() or int(index) >= n:
+                raise ValueError(f"optimizer state {key} names no weight of this model")
+            if name.startswith("exp_avg") and tuple(v.shape) != tuple(params[int(index)].shape):
+                raise ValueError(f"optimizer state {key} does not fit its weight")
+    meta = state.meta
+    groups = meta.get("param_groups")
+    if not (isinstance(groups, list) and len(groups) == 1 and groups[0].get("params") == list(range(n))):
+        raise ValueError("its optimizer groups are not this model's")
+    loop = meta.get("loop")
+    if not (isinstance(loop, dict) and {"epochs", "train_tokens", "train_seconds", "pad"} <= loop.keys()):
+        raise ValueError("its training summary is incomplete")
+    if not isinstance(meta.get("schedule"), dict) or not isinstance(meta.get("sampler"), dict):
+        raise ValueError("its schedule or sampler state is missing")
+    if "rng.torch" not in t:
+        raise ValueError("its RNG state is missing")
+    cuda = sum(k.startswith("rng.cuda.") for k in t)
+    if device.type == "cuda" and cuda != torch.cuda.device_count():
+        raise ValueError(f"it was saved with {cuda} GPUs, this machine has {torch.cuda.device_count()}")
+
+
+def _restore(state: TrainState, masters: MasterWeights, opt, sched, rng, device) -> dict:
+    """Put ``state`` (checked by :func:`check_state`) back into the weights, optimizer, schedule and RNGs;
+    return its loop summary."""
+    import torch
+
+    check_state(state, masters.weights, device)
+    t = state.tensors
+    with torch.no_grad():
+        for i, w in enumerate(masters.weights):
+            w.copy_(t[f"weight.{i}"])
+    masters.round_into_model()
+    adam: dict[int, dict] = {}
+    for key, v in t.items():
+        if key.startswith("adam."):
+            _, index, name = key.split(".", 2)
+            adam.setdefault(int(index), {})[name] = v
+    opt.load_state_dict({"state": adam, "param_groups": state.meta["param_groups"]})
+    sched.load_state_dict(state.meta["schedule"])
+    torch.set_rng_state(t["rng.torch"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state_all([t[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+    rng.bit_generator.state = state.meta["sampler"]
+    return state.meta["loop"]
 
 
 PACK_ROW = 128  # tokens per packed training row (at least the longest text)

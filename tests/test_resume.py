@@ -1,0 +1,205 @@
+"""An interrupted fine-tune goes on from its last finished epoch and ends with the numbers of one that never stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import invoke, tiny_config, write_config
+
+from memlens.config import parse_config
+from memlens.experiments import resume, runner
+from memlens.experiments import run as run_api
+
+SPEED = {"tokens_per_second"}
+
+
+def _cfg(tiny_dir, out, **training):
+    # LoRA with dropout (the torch RNG), accumulation and warm-up (the schedule), 3 epochs each evaluated
+    return tiny_config(
+        tiny_dir,
+        out,
+        tuning={"method": "lora", "rank": 4, "dropout": 0.1},
+        training={"epochs": 3, "grad_accum": 2, "batch_size": 4, "warmup_ratio": 0.3, "schedule": "cosine"} | training,
+        scoring={"cache": False},
+    )
+
+
+def _interrupt_after(monkeypatch, stop: int) -> list[int]:
+    """Make the run raise KeyboardInterrupt right after the state of epoch ``stop`` is saved."""
+    saved: list[int] = []
+    original = runner.save_state
+
+    def save_then_stop(folder, key, state):
+        original(folder, key, state)
+        saved.append(state.train.epoch)
+        if state.train.epoch == stop:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "save_state", save_then_stop)
+    return saved
+
+
+def _measured(results: dict) -> list[dict]:
+    return [r for r in results["records"] if r["metric"] not in SPEED]
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny_dir, tmp_path, monkeypatch):
+    whole = run_api(parse_config(_cfg(tiny_dir, tmp_path / "whole")))
+    assert not list(tmp_path.glob(".*.resume"))  # a finished run keeps no state
+
+    out = tmp_path / "cut"
+    cfg = parse_config(_cfg(tiny_dir, out))
+    saved = _interrupt_after(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        run_api(cfg)
+    assert saved == [1, 2] and not out.exists()
+    state = tmp_path / ".cut.resume"
+    assert [p.name for p in state.iterdir()] == ["epoch-2"]  # only the last epoch's state is kept
+    monkeypatch.undo()
+
+    resumed = run_api(cfg)
+    assert resumed["training"]["resumed_after_epoch"] == 2 and "resumed_after_epoch" not in whole["training"]
+    assert not state.exists()
+    assert _measured(resumed) == _measured(whole)  # every epoch's AUCs, CIs, losses, exactly
+    assert [e["train_loss"] for e in resumed["training"]["epochs"]] == [
+        e["train_loss"] for e in whole["training"]["epochs"]
+    ]
+    assert (out / "scores.csv").read_bytes() == (tmp_path / "whole" / "scores.csv").read_bytes()
+
+
+def test_a_state_saved_by_another_config_is_deleted_not_used(tiny_dir, tmp_path, monkeypatch, capsys):
+    from memlens import progress
+
+    out = tmp_path / "out"
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_api(parse_config(_cfg(tiny_dir, out)))
+    monkeypatch.undo()
+    progress.set_enabled(True)
+    other = run_api(parse_config(_cfg(tiny_dir, out, lr=1e-3)))
+    assert "resumed_after_epoch" not in other["training"]
+    assert "another config, data or model" in capsys.readouterr().err
+    assert not (tmp_path / ".out.resume").exists()
+
+
+def test_a_damaged_state_is_a_warning_and_a_fresh_start(tiny_dir, tmp_path, monkeypatch, capsys):
+    from memlens import progress
+
+    out = tmp_path / "out"
+    cfg = parse_config(_cfg(tiny_dir, out))
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_api(cfg)
+    monkeypatch.undo()
+    (tmp_path / ".out.resume" / "epoch-1" / resume.TRAINING).write_bytes(b"not safetensors")
+    progress.set_enabled(True)
+    assert "resumed_after_epoch" not in run_api(cfg)["training"]
+    assert "cannot be used" in capsys.readouterr().err
+    assert not (tmp_path / ".out.resume").exists()
+
+
+def test_the_cli_says_the_finished_epochs_are_kept(tiny_dir, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _interrupt_after(monkeypatch, 1)
+    result = invoke("run", write_config(tmp_path / "c.toml", _cfg(tiny_dir, out, epochs=2)), "--quiet")
+    assert result.exit_code == 130 and "the same command again goes on from it" in result.stderr
+    assert str(tmp_path / ".out.resume") in result.stderr.replace("\n", "")
+    meta = json.loads((tmp_path / ".out.resume" / "epoch-1" / resume.META).read_text())
+    assert meta["epoch"] == 1 and "train_loss" in meta["training"]["loop"]["epochs"][0]
+
+
+def test_what_keeps_no_state(tiny_dir, tmp_path):
+    dp = parse_config(_cfg(tiny_dir, tmp_path / "a") | {"privacy": {"dp": True, "noise_multiplier": 1.0}})
+    assert not resume.resumable(dp)
+    assert not resume.resumable(parse_config(_cfg(tiny_dir, tmp_path / "b", save_checkpoints=True)))
+    assert not resume.resumable(parse_config(_cfg(tiny_dir, tmp_path / "run-{time}")))  # a rerun writes elsewhere
+    off = _cfg(tiny_dir, tmp_path / "d")
+    off["output"]["resume"] = False
+    assert not resume.resumable(parse_config(off))
+    assert resume.resumable(parse_config(_cfg(tiny_dir, tmp_path / "c")))
+
+
+def test_a_state_that_cannot_be_written_is_a_warning_and_the_run_finishes(tiny_dir, tmp_path, capsys):
+    from memlens import progress
+
+    (tmp_path / ".out.resume").write_text("a file where the state folder would go")
+    progress.set_enabled(True)
+    results = run_api(parse_config(_cfg(tiny_dir, tmp_path / "out", epochs=1)))
+    assert "could not save the state after epoch 1" in capsys.readouterr().err
+    assert (tmp_path / "out" / "results.json").exists() and results["records"]
+
+
+def test_a_state_that_does_not_fit_the_model_is_refused_before_anything_changes(tiny):
+    from memlens.tuning.train import TrainState, check_state
+
+    params = [p for p in tiny.model.parameters() if p.requires_grad][:2]
+    good = {f"weight.{i}": torch.zeros(p.shape) for i, p in enumerate(params)} | {"rng.torch": torch.get_rng_state()}
+    meta = {
+        "param_groups": [{"params": [0, 1]}],
+        "schedule": {},
+        "sampler": {},
+        "loop": {"epochs": [], "train_tokens": 0, "train_seconds": 0.0, "pad": []},
+    }
+    check_state(TrainState(1, good, meta), params, torch.device("cpu"))
+    bad = [
+        ({**good, "weight.1": torch.zeros(3)}, meta, "does not fit"),
+        ({**good, "weight.2": torch.zeros(3)}, meta, "more trainable weights"),
+        ({**good, "adam.5.exp_avg": torch.zeros(3)}, meta, "names no weight"),
+        ({k: v for k, v in good.items() if k != "rng.torch"}, meta, "RNG"),
+        (good, {**meta, "param_groups": [{"params": [0]}]}, "groups"),
+        (good, {k: v for k, v in meta.items() if k != "loop"}, "summary"),
+    ]
+    for tensors, m, why in bad:
+        with pytest.raises(ValueError, match=why):
+            check_state(TrainState(1, tensors, m), params, torch.device("cpu"))
+
+
+def test_train_refuses_to_resume_dp_sgd(tiny):
+    from memlens.config import PrivacyConfig, TrainingConfig
+    from memlens.tuning import train
+
+    ids = [[1, 5, 6, 7], [1, 8, 9, 10]]
+    with pytest.raises(ValueError, match="cannot be resumed"):
+        train(
+            tiny.model,
+            ids,
+            0,
+            TrainingConfig(epochs=1),
+            lr=1e-3,
+            privacy=PrivacyConfig(dp=True, noise_multiplier=1.0),
+            on_state=lambda s: None,
+        )
+
+
+def test_a_killed_sweep_trial_goes_on_from_its_last_epoch(tiny_dir, tmp_path, monkeypatch):
+    from memlens.experiments.store import Store
+    from memlens.experiments.sweep import expand, run_sweep
+
+    base = _cfg(tiny_dir, "unused")
+    for k in ("name", "output"):
+        base.pop(k)
+    sweep = expand({"name": "s", "base": base, "grid": {"seed": [0]}})
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, tmp_path / "store")
+    monkeypatch.undo()
+    assert (tmp_path / "store" / "trials" / ".trial-0001.resume" / "epoch-1").is_dir()
+    assert run_sweep(sweep, tmp_path / "store") == {"done": 1}
+    (info,) = Store(tmp_path / "store").trials()["info"]
+    assert info["training"]["resumed_after_epoch"] == 1
+    assert not (tmp_path / "store" / "trials" / ".trial-0001.resume").exists()
+
+
+def test_a_run_that_fails_after_an_epoch_leaves_no_state(tiny_dir, tmp_path, monkeypatch):
+    original = runner.save_state
+
+    def save_then_fail(folder, key, state):
+        original(folder, key, state)
+        raise RuntimeError("a bug after the epoch")
+
+    monkeypatch.setattr(runner, "save_state", save_then_fail)
+    with pytest.raises(RuntimeError):
+        run_api(parse_config(_cfg(tiny_dir, tmp_path / "a" / "out")))
+    assert not (tmp_path / "a").exists()  # neither the state nor the parent folder the run created
