@@ -16,13 +16,15 @@ SPEED = {"tokens_per_second"}
 
 
 def _cfg(tiny_dir, out, **training):
-    # LoRA with dropout (the torch RNG), accumulation and warm-up (the schedule), 3 epochs each evaluated
+    # LoRA with dropout (the torch RNG), accumulation and warm-up (the schedule), 3 epochs each evaluated, then
+    # extraction
     return tiny_config(
         tiny_dir,
         out,
         tuning={"method": "lora", "rank": 4, "dropout": 0.1},
         training={"epochs": 3, "grad_accum": 2, "batch_size": 4, "warmup_ratio": 0.3, "schedule": "cosine"} | training,
         scoring={"cache": False},
+        extraction={"enabled": True, "n_texts": 8},
     )
 
 
@@ -45,22 +47,23 @@ def _measured(results: dict) -> list[dict]:
     return [r for r in results["records"] if r["metric"] not in SPEED]
 
 
-def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("stop", [2, 3])  # 3: after the last epoch (then the extraction is what is left)
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tiny_dir, tmp_path, monkeypatch, stop):
     whole = run_api(parse_config(_cfg(tiny_dir, tmp_path / "whole")))
     assert not list(tmp_path.glob(".*.resume"))  # a finished run keeps no state
 
     out = tmp_path / "cut"
     cfg = parse_config(_cfg(tiny_dir, out))
-    saved = _interrupt_after(monkeypatch, 2)
+    saved = _interrupt_after(monkeypatch, stop)
     with pytest.raises(KeyboardInterrupt):
         run_api(cfg)
-    assert saved == [1, 2] and not out.exists()
+    assert saved == list(range(1, stop + 1)) and not out.exists()
     state = tmp_path / ".cut.resume"
-    assert [p.name for p in state.iterdir()] == ["epoch-2"]  # only the last epoch's state is kept
+    assert [p.name for p in state.iterdir()] == [f"epoch-{stop}"]  # only the last epoch's state is kept
     monkeypatch.undo()
 
     resumed = run_api(cfg)
-    assert resumed["training"]["resumed_after_epoch"] == 2 and "resumed_after_epoch" not in whole["training"]
+    assert resumed["training"]["resumed_after_epoch"] == stop and "resumed_after_epoch" not in whole["training"]
     assert not state.exists()
     assert _measured(resumed) == _measured(whole)  # every epoch's AUCs, CIs, losses, exactly
     assert [e["train_loss"] for e in resumed["training"]["epochs"]] == [
@@ -131,29 +134,45 @@ def test_a_state_that_cannot_be_written_is_a_warning_and_the_run_finishes(tiny_d
     assert (tmp_path / "out" / "results.json").exists() and results["records"]
 
 
-def test_a_state_that_does_not_fit_the_model_is_refused_before_anything_changes(tiny):
+def test_a_state_that_does_not_fit_the_model_is_refused_before_anything_changes(tiny_dir):
+    """A real state, then each way it can be wrong: refused by check_state, and train() leaves the weights as
+    they were (everything is checked before anything is copied)."""
+    from memlens.config import TrainingConfig, TuningConfig
+    from memlens.models import load_model
+    from memlens.tokens import encode
+    from memlens.tuning import apply_method, train
     from memlens.tuning.train import TrainState, check_state
 
-    params = [p for p in tiny.model.parameters() if p.requires_grad][:2]
-    good = {f"weight.{i}": torch.zeros(p.shape) for i, p in enumerate(params)} | {"rng.torch": torch.get_rng_state()}
-    meta = {
-        "param_groups": [{"params": [0, 1]}],
-        "schedule": {},
-        "sampler": {},
-        "loop": {"epochs": [], "train_tokens": 0, "train_seconds": 0.0, "pad": []},
-    }
-    check_state(TrainState(1, good, meta), params, torch.device("cpu"))
+    def fresh():
+        torch.manual_seed(0)
+        lm = load_model(str(tiny_dir), device="cpu")
+        return apply_method(lm.model, TuningConfig(method="lora", rank=2))[0], lm.tokenizer
+
+    model, tok = fresh()
+    ids, cfg, states = encode(tok, ["a b c d e f", "g h i j k"], 16).ids, TrainingConfig(epochs=1), []
+    train(model, ids, tok.pad_token_id, cfg, lr=1e-3, on_state=states.append)
+    (good,) = states
+    model, _ = fresh()
+    check_state(good, model)
+    t, meta = good.tensors, good.meta
     bad = [
-        ({**good, "weight.1": torch.zeros(3)}, meta, "does not fit"),
-        ({**good, "weight.2": torch.zeros(3)}, meta, "more trainable weights"),
-        ({**good, "adam.5.exp_avg": torch.zeros(3)}, meta, "names no weight"),
-        ({k: v for k, v in good.items() if k != "rng.torch"}, meta, "RNG"),
-        (good, {**meta, "param_groups": [{"params": [0]}]}, "groups"),
-        (good, {k: v for k, v in meta.items() if k != "loop"}, "summary"),
+        ({**t, "weight.1": torch.zeros(3)}, meta, "does not fit"),
+        ({**t, f"weight.{len(meta['names'])}": torch.zeros(3)}, meta, "more trainable weights"),
+        ({**t, "adam.0.foo": torch.zeros(3)}, meta, "not AdamW's"),
+        ({**t, "rng.torch": torch.zeros(5, dtype=torch.uint8)}, meta, "RNG"),
+        (t, {**meta, "names": meta["names"][::-1]}, "not this model's"),
+        (t, {**meta, "param_groups": [{"params": [0]}]}, "groups"),
+        (t, {k: v for k, v in meta.items() if k != "loop"}, "summary"),
+        (t, {**meta, "schedule": {}}, "schedule"),
+        (t, {**meta, "sampler": {}}, "sampler"),
     ]
+    before = [p.detach().clone() for p in model.parameters()]
     for tensors, m, why in bad:
         with pytest.raises(ValueError, match=why):
-            check_state(TrainState(1, tensors, m), params, torch.device("cpu"))
+            check_state(TrainState(1, tensors, m), model)
+        with pytest.raises(ValueError, match=why):
+            train(model, ids, tok.pad_token_id, cfg, lr=1e-3, resume_from=TrainState(1, dict(tensors), m))
+        assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
 def test_train_refuses_to_resume_dp_sgd(tiny):

@@ -4,7 +4,8 @@ The rules that keep a user's files safe:
 - the folder is checked (writable, empty, or memlens's own) before the model is loaded, so a run never
   fails at the end on something it could have seen at the start;
 - everything is written into a hidden staging folder beside it and moved into place only when the run has
-  finished; a failed or interrupted run removes its staging folder and any parent folders it created;
+  finished; a failed or interrupted run removes its staging folder and any parent folders it created
+  (an interrupted fine-tune keeps its state, :mod:`memlens.experiments.resume`, and the folders holding it);
 - ``overwrite`` replaces only a folder memlens wrote (it holds :data:`MARKER`, or a memlens
   ``results.json``) and nothing else: a folder holding any file memlens does not write is refused.
 """

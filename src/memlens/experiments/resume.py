@@ -36,7 +36,7 @@ from memlens.tuning.train import TrainState
 
 _EPOCH = re.compile(r"^epoch-(\d+)$")
 META, TRAINING, SCORES = "state.json", "training.safetensors", "scores.safetensors"
-_WRITTEN: set[Path] = set()  # state folders this process wrote (see :func:`kept`)
+_OWNED: set[Path] = set()  # state folders this process wrote or resumed from (see :func:`kept`, :func:`drop`)
 
 
 def resumable(cfg: RunConfig) -> bool:
@@ -47,8 +47,9 @@ def resumable(cfg: RunConfig) -> bool:
 
 
 def fingerprint(cfg: RunConfig, model_identity: str, ids: Sequence[str], tokens: Sequence[Sequence[int]]) -> str:
-    """What a saved state must match to be used: the config, the pre-trained weights (their identity), the scored
-    texts' ids and every token trained on or scored (so changed data or a changed model is never mixed in)."""
+    """What a saved state must match to be used: the config, the pre-trained weights (``model_identity``: their
+    identity, device and dtype), the scored texts' ids and every token trained on or scored (so changed data or
+    a changed model is never mixed in)."""
     h = hashlib.sha256(json.dumps([cfg.identity(), model_identity, list(ids)]).encode())
     for seq in tokens:
         h.update(np.asarray(seq, dtype=np.int64).tobytes() + b"|")
@@ -56,8 +57,17 @@ def fingerprint(cfg: RunConfig, model_identity: str, ids: Sequence[str], tokens:
 
 
 def kept() -> list[Path]:
-    """The state folders this process wrote that are still on disk (an interrupted run's, to go on from)."""
-    return sorted(p for p in _WRITTEN if p.is_dir())
+    """The state folders this process wrote or resumed from that still hold a state (an interrupted run's, to
+    go on from)."""
+    return sorted(p for p in _OWNED if p.is_dir() and _epochs(p))
+
+
+def drop(folder: Path) -> None:
+    """Delete ``folder`` if this process wrote or resumed from it (a failed run's own state; one it never used,
+    e.g. when it failed before reaching it, is left for the next try)."""
+    if folder in _OWNED:
+        remove(folder)
+        _OWNED.discard(folder)
 
 
 @dataclass
@@ -90,8 +100,7 @@ def save(folder: Path, key: str, saved: Saved) -> None:
         meta = json.dumps(
             {
                 "key": key,
-                "memlens_version": __version__,
-                "torch_version": _torch_version(),
+                "versions": _versions(),
                 "epoch": epoch,
                 "training": saved.train.meta,
                 "scores": keys,
@@ -100,7 +109,6 @@ def save(folder: Path, key: str, saved: Saved) -> None:
             }
         )
         folder.mkdir(parents=True, exist_ok=True)
-        _WRITTEN.add(folder)
         with atomic_path(folder / f"epoch-{epoch}") as tmp:
             tmp.mkdir()
             save_torch({k: v.contiguous() for k, v in saved.train.tensors.items()}, tmp / TRAINING)
@@ -109,6 +117,7 @@ def save(folder: Path, key: str, saved: Saved) -> None:
             for f in (TRAINING, SCORES, META, ""):
                 _fsync(tmp / f)
         _fsync(folder)
+        _OWNED.add(folder)
         for old in _epochs(folder):
             if old[0] != epoch:
                 remove(old[1])
@@ -117,10 +126,11 @@ def save(folder: Path, key: str, saved: Saved) -> None:
         progress.warn(f"could not save the state after epoch {epoch} in {folder} ({why}): the run goes on")
 
 
-def load(folder: Path, key: str, params: Sequence, device) -> Saved | None:
-    """The last state saved in ``folder`` with this ``key`` (:func:`fingerprint`) that fits the trainable
-    weights ``params`` on ``device``, or ``None``: none saved, or one that cannot be used (another config or
-    data, another memlens or torch, unreadable, not fitting), which is then deleted with a line saying why."""
+def load(folder: Path, key: str, model) -> Saved | None:
+    """The last state saved in ``folder`` with this ``key`` (:func:`fingerprint`) that fits ``model``'s
+    trainable weights (:func:`memlens.tuning.train.check_state`), or ``None``: none saved, or one that cannot be
+    used (another config, data, model, device or library version; unreadable; not fitting), which is then
+    deleted with a line saying why."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file as load_numpy
     from safetensors.torch import load_file as load_torch
@@ -137,8 +147,9 @@ def load(folder: Path, key: str, params: Sequence, device) -> Saved | None:
             return None
         epoch, path = found[-1]
         meta = json.loads((path / META).read_text(encoding="utf-8"))
-        versions = (meta.get("memlens_version"), meta.get("torch_version"))
-        if meta.get("key") != key or versions != (__version__, _torch_version()):
+        if not isinstance(meta, dict):
+            raise ValueError("state.json is not an object")
+        if meta.get("key") != key or meta.get("versions") != _versions():
             why = "another config, data or model" if meta.get("key") != key else "another memlens or torch version"
             progress.info(f"{folder} holds the state of {why}: starting from epoch 0")
             remove(folder)
@@ -154,13 +165,14 @@ def load(folder: Path, key: str, params: Sequence, device) -> Saved | None:
             [from_dict(r) for r in meta["records"]],
             [from_dict(r) for r in meta["subsets"]],
         )
-        check_state(saved.train, params, device)
+        check_state(saved.train, model)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
         why = describe_os_error(err) if isinstance(err, OSError) else str(err)
         progress.warn(f"the state saved in {folder} cannot be used ({why}): starting from epoch 0")
         remove(folder)
         return None
     progress.info(f"resuming after epoch {epoch} (state saved in {folder})")
+    _OWNED.add(folder)
     return saved
 
 
@@ -179,7 +191,14 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _torch_version() -> str:
-    import torch
+def _versions() -> dict[str, str]:
+    """The versions whose change could change a resumed run's numbers."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return str(torch.__version__)
+    out = {"memlens": __version__}
+    for name in ("torch", "transformers", "peft"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "none"
+    return out

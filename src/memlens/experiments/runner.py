@@ -34,6 +34,7 @@ from memlens.experiments.outputs import (
     write_outputs,
 )
 from memlens.experiments.resume import Saved, fingerprint, resumable
+from memlens.experiments.resume import drop as drop_state
 from memlens.experiments.resume import load as load_state
 from memlens.experiments.resume import save as save_state
 from memlens.files import remove
@@ -50,7 +51,8 @@ def run(cfg: RunConfig, *, write: bool = True) -> dict:
 
     The output folder is checked and its staging folder created before any work (see
     :mod:`memlens.experiments.outputs`); results are moved into place only when the run has finished, so an
-    interrupted run leaves no half-written results and no folders it created.
+    interrupted run leaves no half-written results and no folders it created — but for the state of its last
+    finished epoch (``.OUT.resume``, :mod:`memlens.experiments.resume`), from which the same run goes on.
     """
     if cfg.model.adapter is not None:
         raise MemlensError("model.adapter names a model fine-tuned elsewhere: measure it with `memlens audit`")
@@ -70,8 +72,8 @@ def published(cfg: RunConfig, work, *, write: bool = True) -> dict:
         results = work(cfg, output.staging if output else None)
     except BaseException as err:
         if output is not None:
-            if not isinstance(err, KeyboardInterrupt):  # failed: nothing is left; interrupted: the state to go on
-                remove(resume_folder(output.staging))
+            if not isinstance(err, KeyboardInterrupt):  # failed: its own state goes; interrupted: kept to go on
+                drop_state(resume_folder(output.staging))
             output.discard()
         raise
     if output is not None:
@@ -222,10 +224,10 @@ def measure(
 
     saved, key = None, ""
     if resume is not None and resumable(cfg):
-        params = [p for p in model.parameters() if p.requires_grad]
         tokens = [*inputs.target.ids, inputs.target.first, *inputs.validation.ids, *train_set.ids, train_set.first]
-        key = fingerprint(cfg, lm.info["identity"], [x.id for x in corpus], tokens)
-        saved = load_state(resume, key, params, params[0].device) if params else None
+        weights = "|".join(str(lm.info[k]) for k in ("identity", "device", "dtype"))  # bf16 on CUDA ≠ fp32 on CPU
+        key = fingerprint(cfg, weights, [x.id for x in corpus], tokens)
+        saved = load_state(resume, key, model)
     else:
         resume = None
     if saved is not None:  # the finished epochs' measurements (epoch 0's are the same, just recomputed)

@@ -160,12 +160,17 @@ def train(
         num_training_steps=max(total_steps, 1),
     )
     done = 0  # epochs finished before this call (a resumed fine-tune)
-    if resume_from is not None:
-        done = resume_from.epoch
-        loop = _restore(resume_from, masters, opt, sched, rng, device)
-        resume_from.tensors.clear()  # consumed: the copies are in the model and optimizer now
-        epochs, n_tokens, t_train, pad_frac = loop["epochs"], loop["train_tokens"], loop["train_seconds"], loop["pad"]
     try:
+        if resume_from is not None:
+            done = resume_from.epoch
+            loop = _restore(resume_from, model, masters, opt, sched, rng)
+            resume_from.tensors.clear()  # consumed: the copies are in the model and optimizer now
+            epochs, n_tokens, t_train, pad_frac = (
+                loop["epochs"],
+                loop["train_tokens"],
+                loop["train_seconds"],
+                loop["pad"],
+            )
         what = f"fine-tuning from epoch {done}" if done else "fine-tuning"
         with progress.bar(what, total_steps - done * steps_per_epoch, "steps") as bar:
             for epoch in range(done + 1, cfg.epochs + 1):
@@ -240,7 +245,7 @@ def train(
                     opt.zero_grad(set_to_none=True)  # an evaluation's backward pass (gradient norms) leaves none
                 if on_state is not None:
                     loop = {"epochs": epochs, "train_tokens": n_tokens, "train_seconds": t_train, "pad": pad_frac}
-                    on_state(_capture(epoch, masters, opt, sched, rng, device, loop))
+                    on_state(_capture(epoch, model, masters, opt, sched, rng, loop))
     finally:
         masters.close()
         summary = private.close() if private is not None else None
@@ -262,7 +267,11 @@ def train(
     }
 
 
-def _capture(epoch: int, masters: MasterWeights, opt, sched, rng, device, loop: dict) -> TrainState:
+def _trainable_names(model) -> list[str]:
+    return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _capture(epoch: int, model, masters: MasterWeights, opt, sched, rng, loop: dict) -> TrainState:
     """A copy (on the CPU) of everything the next epoch depends on."""
     import torch
 
@@ -271,9 +280,10 @@ def _capture(epoch: int, masters: MasterWeights, opt, sched, rng, device, loop: 
     for i, state in sd["state"].items():  # i: the weight's index; state: exp_avg, exp_avg_sq (like it), step (0-d)
         tensors |= {f"adam.{i}.{k}": v.detach().to("cpu", copy=True) for k, v in state.items()}
     tensors["rng.torch"] = torch.get_rng_state()
-    if device.type == "cuda":
+    if masters.weights[0].device.type == "cuda":
         tensors |= {f"rng.cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())}
     meta = {
+        "names": _trainable_names(model),
         "param_groups": sd["param_groups"],
         "schedule": sched.state_dict(),
         "sampler": rng.bit_generator.state,
@@ -282,52 +292,68 @@ def _capture(epoch: int, masters: MasterWeights, opt, sched, rng, device, loop: 
     return TrainState(epoch, tensors, meta)
 
 
-def check_state(state: TrainState, params: Sequence, device) -> None:
-    """Raise ``ValueError`` saying why ``state`` cannot resume training of ``params`` (the trainable weights,
-    in ``model.parameters()`` order) on ``device``; checked before anything is changed."""
+ADAM_STATE = {"step", "exp_avg", "exp_avg_sq"}
+SCHEDULE_STATE = {"base_lrs", "last_epoch", "_step_count", "_last_lr", "lr_lambdas"}
+
+
+def check_state(state: TrainState, model) -> None:
+    """Raise ``ValueError`` saying why ``state`` cannot resume training ``model`` (its trainable weights, by name
+    and shape, on their device); checked before anything is changed."""
     import torch
 
-    t, n = state.tensors, len(params)
-    for i, p in enumerate(params):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    t, meta, n = state.tensors, state.meta, len(named)
+    if not isinstance(meta, dict) or meta.get("names") != [name for name, _ in named]:
+        raise ValueError("its trainable weights are not this model's")
+    for i, (name, p) in enumerate(named):
         w = t.get(f"weight.{i}")
         if w is None or tuple(w.shape) != tuple(p.shape):
-            raise ValueError(f"trainable weight {i} does not fit this model")
+            raise ValueError(f"trainable weight {name} does not fit this model")
     if f"weight.{n}" in t:
         raise ValueError("it holds more trainable weights than this model")
-    for key, v in t.items():
+    adam: dict[str, set[str]] = {}
+    for key in t:
         if key.startswith("adam."):
-            _, index, name = key.split(".", 2)
-            if not index.isdigit() or int(index) >= n:
-                raise ValueError(f"optimizer state {key} names no weight of this model")
-            if name.startswith("exp_avg") and tuple(v.shape) != tuple(params[int(index)].shape):
-                raise ValueError(f"optimizer state {key} does not fit its weight")
-    meta = state.meta
+            index, _, name = key.removeprefix("adam.").partition(".")
+            adam.setdefault(index, set()).add(name)
+    for index, names in adam.items():
+        if not index.isdigit() or int(index) >= n or names != ADAM_STATE:
+            raise ValueError(f"its optimizer state for weight {index} is not AdamW's for this model")
+        shape = tuple(named[int(index)][1].shape)
+        if any(tuple(t[f"adam.{index}.{k}"].shape) != shape for k in ("exp_avg", "exp_avg_sq")):
+            raise ValueError(f"its optimizer state for weight {index} does not fit it")
     groups = meta.get("param_groups")
     if not (isinstance(groups, list) and len(groups) == 1 and groups[0].get("params") == list(range(n))):
         raise ValueError("its optimizer groups are not this model's")
     loop = meta.get("loop")
     if not (isinstance(loop, dict) and {"epochs", "train_tokens", "train_seconds", "pad"} <= loop.keys()):
         raise ValueError("its training summary is incomplete")
-    if not isinstance(meta.get("schedule"), dict) or not isinstance(meta.get("sampler"), dict):
-        raise ValueError("its schedule or sampler state is missing")
-    if "rng.torch" not in t:
-        raise ValueError("its RNG state is missing")
+    schedule = meta.get("schedule")
+    if not (isinstance(schedule, dict) and schedule.keys() >= SCHEDULE_STATE):
+        raise ValueError("its learning-rate schedule is incomplete")
+    sampler = meta.get("sampler")
+    try:
+        if not isinstance(sampler, dict):
+            raise TypeError
+        np.random.Generator(np.random.PCG64()).bit_generator.state = sampler
+    except (TypeError, ValueError, KeyError):
+        raise ValueError("its batch sampler's state is not a PCG64 state") from None
+    rng = t.get("rng.torch")
+    if rng is None or rng.dtype != torch.uint8 or rng.shape != torch.get_rng_state().shape:
+        raise ValueError("its torch RNG state is missing or malformed")
     cuda = sum(k.startswith("rng.cuda.") for k in t)
-    if device.type == "cuda" and cuda != torch.cuda.device_count():
-        raise ValueError(f"it was saved with {cuda} GPUs, this machine has {torch.cuda.device_count()}")
+    here = torch.cuda.device_count() if named and named[0][1].device.type == "cuda" else 0
+    if cuda != here:
+        raise ValueError(f"it was saved with {cuda} GPU RNG states; this run has {here}")
 
 
-def _restore(state: TrainState, masters: MasterWeights, opt, sched, rng, device) -> dict:
-    """Put ``state`` (checked by :func:`check_state`) back into the weights, optimizer, schedule and RNGs;
+def _restore(state: TrainState, model, masters: MasterWeights, opt, sched, rng) -> dict:
+    """Put ``state`` (checked by :func:`check_state` first) back into the optimizer, schedule, RNGs and weights;
     return its loop summary."""
     import torch
 
-    check_state(state, masters.weights, device)
+    check_state(state, model)
     t = state.tensors
-    with torch.no_grad():
-        for i, w in enumerate(masters.weights):
-            w.copy_(t[f"weight.{i}"])
-    masters.round_into_model()
     adam: dict[int, dict] = {}
     for key, v in t.items():
         if key.startswith("adam."):
@@ -335,10 +361,14 @@ def _restore(state: TrainState, masters: MasterWeights, opt, sched, rng, device)
             adam.setdefault(int(index), {})[name] = v
     opt.load_state_dict({"state": adam, "param_groups": state.meta["param_groups"]})
     sched.load_state_dict(state.meta["schedule"])
-    torch.set_rng_state(t["rng.torch"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state_all([t[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
     rng.bit_generator.state = state.meta["sampler"]
+    torch.set_rng_state(t["rng.torch"])
+    if masters.weights[0].device.type == "cuda":
+        torch.cuda.set_rng_state_all([t[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count())])
+    with torch.no_grad():
+        for i, w in enumerate(masters.weights):
+            w.copy_(t[f"weight.{i}"])
+    masters.round_into_model()
     return state.meta["loop"]
 
 
