@@ -95,7 +95,8 @@ def main() -> None:
             state = root / ".cut.resume"
             cut, code = memlens_run(paths["cut"], stop_at=state / "epoch-1")
             if code != 130:
-                sys.exit("the run finished before it could be interrupted: use more --n or --epochs")
+                log = paths["cut"].with_suffix(".log").read_text()[-2000:]
+                sys.exit(f"the run finished before it could be interrupted (more --n or --epochs?):\n{log}")
             size = sum(f.stat().st_size for f in state.rglob("*") if f.is_file()) / 1e6
             resumed, _ = memlens_run(paths["cut"])
             d_scores, equal = compare(root / "whole", root / "cut")

@@ -222,3 +222,19 @@ def test_a_run_that_fails_after_an_epoch_leaves_no_state(tiny_dir, tmp_path, mon
     with pytest.raises(RuntimeError):
         run_api(parse_config(_cfg(tiny_dir, tmp_path / "a" / "out")))
     assert not (tmp_path / "a").exists()  # neither the state nor the parent folder the run created
+
+
+def test_records_with_numpy_numbers_are_saved(tmp_path):
+    """Counts and flags are often numpy scalars (np.int64, np.bool_), which json refuses: they are saved as
+    results.json saves them."""
+    import numpy as np
+
+    from memlens.records import Record
+    from memlens.tuning.train import TrainState
+
+    numbers = {"value": np.float64(0.6), "n_members": np.int64(3), "beats_blind": np.bool_(True)}
+    record = Record(kind="mia", attack="loss", metric="auc", epoch=1, **numbers)
+    state = TrainState(1, {"weight.0": torch.zeros(2)}, {"loop": {}})
+    resume.save(tmp_path / "s", "key", resume.Saved(state, {1: {"loss": np.zeros(3)}}, [record], []))
+    meta = json.loads((tmp_path / "s" / "epoch-1" / resume.META).read_text())
+    assert meta["records"][0]["n_members"] == 3 and meta["records"][0]["beats_blind"] is True

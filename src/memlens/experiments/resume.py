@@ -30,6 +30,7 @@ import numpy as np
 
 from memlens import __version__, progress
 from memlens.config import RunConfig
+from memlens.experiments.outputs import finite
 from memlens.files import atomic_path, describe_os_error, remove, remove_stale
 from memlens.records import Record, from_dict
 from memlens.tuning.train import TrainState
@@ -98,15 +99,17 @@ def save(folder: Path, key: str, saved: Saved) -> None:
             arrays[f"s{len(arrays)}"] = np.ascontiguousarray(arr)
     try:
         meta = json.dumps(
-            {
-                "key": key,
-                "versions": _versions(),
-                "epoch": epoch,
-                "training": saved.train.meta,
-                "scores": keys,
-                "records": [r.to_dict() for r in saved.records],
-                "subsets": [r.to_dict() for r in saved.subsets],
-            }
+            finite(  # numpy scalars (a count, a flag) as JSON numbers, as results.json has them
+                {
+                    "key": key,
+                    "versions": _versions(),
+                    "epoch": epoch,
+                    "training": saved.train.meta,
+                    "scores": keys,
+                    "records": [r.to_dict() for r in saved.records],
+                    "subsets": [r.to_dict() for r in saved.subsets],
+                }
+            )
         )
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / f"epoch-{epoch}") as tmp:
