@@ -48,7 +48,10 @@ def memlens_run(cfg_path: Path, *, stop_at: Path | None = None) -> tuple[float, 
     cmd = [sys.executable, "-m", "memlens", "run", str(cfg_path), "--quiet"]
     log = cfg_path.with_suffix(".log")
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        # Ctrl-C's default action in the child even when this script runs in the background (`cmd &`), where
+        # SIGINT is ignored and Python, inheriting that, would never raise KeyboardInterrupt
+        default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, preexec_fn=default_sigint)
         while stop_at is not None and proc.poll() is None and not stop_at.is_dir():
             time.sleep(0.2)
         if stop_at is not None and proc.poll() is None:
