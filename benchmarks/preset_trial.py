@@ -30,9 +30,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="seeds the projection counts (each trial once per seed)")
     args = ap.parse_args()
 
+    from memlens.config import with_overrides
     from memlens.experiments import run
     from memlens.experiments.presets import preset_spec
-    from memlens.config import with_overrides
     from memlens.experiments.sweep import approx_parameters, estimate_seconds, expand
 
     spec = preset_spec(args.preset, args.scale, None, args.data)
