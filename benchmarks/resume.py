@@ -4,9 +4,10 @@
 
 For each method, three ``memlens run`` processes on the same config (score cache off): one uninterrupted;
 one sent Ctrl-C (SIGINT) as soon as its state after epoch 1 is on disk; the same command again, which goes
-on from there. Prints the wall time of each, the size of the saved state, the largest difference between the
-resumed run's per-text scores (``scores.csv``, 7 significant digits) and the uninterrupted one's, and whether
-every record (value, CI, counts, flags; speeds left out) of ``results.json`` is equal.
+on from there. Prints the wall time of each, the size of the saved state, the largest relative difference
+between the resumed run's per-text scores (``scores.csv``, 7 significant digits) and the uninterrupted one's
+(as ``memlens results verify`` measures it), and whether every record (value, CI, counts, flags; speeds left
+out) of ``results.json`` is equal.
 """
 
 from __future__ import annotations
@@ -63,21 +64,14 @@ def memlens_run(cfg_path: Path, *, stop_at: Path | None = None) -> tuple[float, 
 
 
 def compare(a: Path, b: Path) -> tuple[float, bool]:
-    """(largest |Δ| between two runs' per-text scores (inf where one is NaN and the other not, or the rows
-    differ), whether all their records but speeds are equal)."""
-    import numpy as np
-    import pandas as pd
+    """(largest relative Δ between two runs' per-text scores, as `memlens results verify` measures it, inf where
+    a score is in one run only; whether all their records but speeds are equal)."""
+    from memlens.experiments.verify import compare_records, compare_scores
 
-    sa, sb = pd.read_csv(a / "scores.csv"), pd.read_csv(b / "scores.csv")
-    same_rows = sa[["id", "epoch", "attack"]].equals(sb[["id", "epoch", "attack"]])
-    x, y = sa["score"].to_numpy(), sb["score"].to_numpy()
-    if not same_rows or not np.array_equal(np.isnan(x), np.isnan(y)):
-        return float("inf"), False
-    ra, rb = (
-        [r for r in json.loads((p / "results.json").read_text())["records"] if r["metric"] != "tokens_per_second"]
-        for p in (a, b)
-    )
-    return float(np.nanmax(np.abs(x - y), initial=0.0)), ra == rb
+    _, d_scores, unpaired = compare_scores(a / "scores.csv", b / "scores.csv")
+    records = (json.loads((p / "results.json").read_text())["records"] for p in (a, b))
+    _, d_records, unmatched, _ = compare_records(*records)
+    return (float("inf") if unpaired else d_scores), d_records == 0 and unmatched == 0
 
 
 def main() -> None:
@@ -86,7 +80,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["lora", "full"])
     args = ap.parse_args()
     row = "{:<6} {:>8} {:>7} {:>9} {:>8} {:>14} {:>13}"
-    print(row.format("method", "whole s", "cut s", "resumed s", "state MB", "max |Δ| scores", "records equal"))
+    print(row.format("method", "whole s", "cut s", "resumed s", "state MB", "max Δ scores", "records equal"))
     for method in args.methods:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)

@@ -233,20 +233,25 @@ def _write_outputs(staging: Path, config_toml: str, results: dict, ids: list, n_
         save_trainable(model, staging / "model")
 
 
-def environment() -> dict:
-    """Versions and hardware a result was measured with."""
+def library_versions() -> dict[str, str]:
+    """The torch, transformers and peft versions: the libraries whose change can change a run's numbers."""
     import peft
     import torch
     import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def environment() -> dict:
+    """Versions and hardware a result was measured with."""
+    import torch
 
     from memlens.scoring.engine import packing_verdicts
 
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
+        **library_versions(),
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -30,7 +30,7 @@ import numpy as np
 
 from memlens import __version__, progress
 from memlens.config import RunConfig
-from memlens.experiments.outputs import finite
+from memlens.experiments.outputs import finite, library_versions
 from memlens.files import atomic_path, describe_os_error, remove, remove_stale
 from memlens.records import Record, from_dict
 from memlens.tuning.train import TrainState
@@ -196,12 +196,4 @@ def _fsync(path: Path) -> None:
 
 def _versions() -> dict[str, str]:
     """The versions whose change could change a resumed run's numbers."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"memlens": __version__}
-    for name in ("torch", "transformers", "peft"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "none"
-    return out
+    return {"memlens": __version__} | library_versions()
