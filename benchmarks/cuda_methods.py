@@ -1,11 +1,11 @@
-"""Every fine-tuning method and attack family of memlens, end to end on one device: a sweep of 11 short trials.
+"""Every fine-tuning method and attack family of memlens, end to end on one device: a sweep of 12 short trials.
 
     python benchmarks/cuda_methods.py [--device cuda] [--model PATH] [--dir FOLDER]
 
 Meant for a GPU (device ``cuda``, bf16 by default): full, head, LoRA, IA3, prefix, prompt, P-tuning, LoRA with
-gradient checkpointing, DP-SGD with audit canaries, RMIA/LiRA with two reference models, full fine-tuning with
-repeated canaries; extraction on. The model defaults to a 2-layer Llama built here from the test suite's
-recipe (seconds per trial); ``--model smollm2-135m`` runs the real one. Prints each trial's status, seconds,
+gradient checkpointing, DP-SGD (LoRA with audit canaries; full), RMIA/LiRA with two reference models, full
+fine-tuning with repeated canaries; extraction on. The model defaults to a 2-layer Llama built here from the test
+suite's recipe (seconds per trial); ``--model smollm2-135m`` runs the real one. Prints each trial's status, seconds,
 training tokens/s, device and dtype, the loss AUC and any error. ``--device cpu`` checks the script itself.
 """
 
@@ -22,6 +22,7 @@ from common import ROOT
 VARIANTS = [{"label": m, "method": m} for m in ("full", "head", "lora", "ia3", "prefix", "prompt", "ptuning")] + [
     {"label": "lora-ckpt", "method": "lora", "training.gradient_checkpointing": True},
     {"label": "lora-dp-audit", "method": "lora", "privacy.dp": True, "privacy.epsilon": 8.0, "privacy.audit": 40},
+    {"label": "full-dp", "method": "full", "privacy.dp": True, "privacy.epsilon": 8.0},  # bf16 weights, fp32 masters
     {"label": "lora-lira", "method": "lora", "attacks.names": ["loss", "rmia", "lira"], "attacks.reference_models": 2},
     {
         "label": "full-canaries",
