@@ -29,15 +29,21 @@ def naive_scores(
     model, tok, texts: list[str], prefix_text: str, ks: list[float], max_tokens: int, reduce_dtype=None
 ) -> dict:
     """The common way: for each text, for each attack, its own forward pass at batch size 1 (log-softmax in
-    fp32, or in ``reduce_dtype``)."""
+    fp32, or in ``reduce_dtype``). The token ids are memlens's (:func:`memlens.tokens.encode`: one start token,
+    then the text), so both ways score the same tokens; ReCaLL's prefix takes the place of the start token."""
     import torch
 
-    reduce_dtype = reduce_dtype or torch.float32
+    from memlens.tokens import encode
 
-    def token_logprobs(m, text: str, prefix: str = "", adapters: bool = True):
-        """Log-probs of every position, and ℓ of the text's tokens 1..n-1 (after an optional prefix)."""
-        skip = len(tok(prefix)["input_ids"]) if prefix else 0
-        ids = (tok(prefix)["input_ids"] if prefix else []) + tok(text)["input_ids"][:max_tokens]
+    reduce_dtype = reduce_dtype or torch.float32
+    prefix_ids = encode(tok, [prefix_text], 10**9).ids[0]
+
+    def token_logprobs(m, text: str, prefix: bool = False, adapters: bool = True):
+        """Log-probs of every position, and ℓ of the text's tokens 1..n-1 (after the prefix, if any)."""
+        ids = encode(tok, [text], max_tokens).ids[0]
+        if prefix:
+            ids = prefix_ids + ids[1:]
+        skip = len(prefix_ids) - 1 if prefix else 0
         x = torch.tensor([ids], device=m.device)
         with torch.inference_mode(), contextlib.nullcontext() if adapters else m.disable_adapter():
             logp = torch.log_softmax(m(input_ids=x).logits[0, :-1].to(reduce_dtype), -1)
@@ -61,7 +67,7 @@ def naive_scores(
         _, ll_low = token_logprobs(model, text.lower())
         add("lowercase", float(-ll_low.mean() + ll.mean()))
         _, ll = token_logprobs(model, text)
-        _, ll_pre = token_logprobs(model, text, prefix=prefix_text)
+        _, ll_pre = token_logprobs(model, text, prefix=True)
         add("recall", float(ll_pre.mean() / ll.mean()))
         for k in ks:
             _, ll = token_logprobs(model, text)
@@ -86,14 +92,17 @@ def _rss_now() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _naive_passes(texts: list[str], tok, prefix_text: str) -> float:
+def _naive_passes(texts: list[str], tok, prefix_text: str, max_tokens: int) -> float:
     """Tokens the naive loop runs through the model per scored token: 16 passes over the text, one over
-    the lower-cased text and one over prefix + text."""
-    n_prefix = len(tok(prefix_text)["input_ids"])
+    the lower-cased text and one over prefix + text (the prefix in place of the start token)."""
+    from memlens.tokens import encode
+
+    n_prefix = len(encode(tok, [prefix_text], 10**9).ids[0])
     total = scored = 0
-    for text in texts:
-        n, n_low = len(tok(text)["input_ids"]), len(tok(text.lower())["input_ids"])
-        total += 17 * n + n_low + n_prefix
+    lowered = encode(tok, [t.lower() for t in texts], max_tokens).ids
+    for ids, low in zip(encode(tok, texts, max_tokens).ids, lowered, strict=True):
+        n = len(ids)
+        total += 16 * n + len(low) + n_prefix + n - 1
         scored += n - 1
     return total / scored
 
@@ -166,7 +175,7 @@ def main() -> None:
     def engine(sample: list[str]) -> tuple[dict, int, dict]:
         times, t0 = {}, time.perf_counter()
         sample_ids = encode(tok, sample, args.max_tokens).ids
-        prefix = tok(prefix_text)["input_ids"]
+        prefix = encode(tok, [prefix_text], 10**9).ids[0]  # with its start token, as the runner builds it
         kw = {"batch_size": args.batch_size}
 
         def timed(name, fn):
@@ -235,7 +244,7 @@ def main() -> None:
     )
     # what no implementation could beat on this machine: the passes' FLOPs at 100% of the matmul peak
     t_floor = 2 * n_params * times["pass_tokens"] / peak
-    naive_share = 2 * n_params * naive_rate * _naive_passes(sub, tok, prefix_text) / peak
+    naive_share = 2 * n_params * naive_rate * _naive_passes(sub, tok, prefix_text, args.max_tokens) / peak
     print(
         f"ceiling at 100% of the matmul peak: 4 passes {n_tok / t_floor / naive_rate:.1f}x, "
         f"3 passes {n_tok / (t_floor * 3 / 4) / naive_rate:.1f}x over this naive loop "
