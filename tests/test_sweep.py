@@ -289,7 +289,45 @@ def test_cost_estimate_of_an_auto_device_follows_the_gpu_it_would_use(tiny_dir, 
         costs[gpu] = sweep_module.estimate_seconds(trial.config, 1e8)
         note = sweep_module.throughput_note(expand({"name": "s", "base": trial.config.model_dump()}))
         assert note.endswith("on CUDA" if gpu else "on CPU") and note.startswith("~")
-    assert costs[False] / costs[True] == pytest.approx(sweep_module.FLOPS["cuda"] / sweep_module.FLOPS["cpu"])
+        monkeypatch.setattr(sweep_module, "LOAD_SECONDS", {"cpu": 0.0, "cuda": 0.0})  # compute alone:
+        monkeypatch.setattr(sweep_module, "SPLIT_CHECK_SECONDS", 0.0)
+        costs[gpu, "compute"] = sweep_module.estimate_seconds(trial.config, 1e8)
+        monkeypatch.undo()
+    compute = costs[False, "compute"] / costs[True, "compute"]
+    assert compute == pytest.approx(sweep_module.FLOPS["cuda"] / sweep_module.FLOPS["cpu"])
+    fixed = {gpu: costs[gpu] - costs[gpu, "compute"] for gpu in (False, True)}
+    loads = sweep_module.LOAD_SECONDS
+    assert fixed[False] - fixed[True] == pytest.approx(loads["cpu"] - loads["cuda"])  # the same split checks
+
+
+def test_cost_estimate_counts_extractions_generated_tokens_and_each_trials_fixed_costs(tiny_dir):
+    """Extraction decodes each extracted text's suffix (greedy, then num_samples per temperature) at the slow
+    decoding rate; every trial pays for loading the model and the split checks of its texts."""
+    from memlens.experiments import sweep as sweep_module
+
+    def cost(extraction: dict | None = None, mean_tokens: float = 30.0, **data) -> float:
+        sections = {"extraction": extraction} if extraction else {}
+        base = base_config(tiny_dir, **sections)
+        base["data"] |= data
+        base["model"] |= {"device": "cpu"}
+        (trial,) = expand({"name": "s", "base": base}).trials
+        value = sweep_module.estimate_seconds(trial.config, 1e8, mean_tokens=mean_tokens)
+        assert value is not None
+        return value
+
+    per_token = 2 * 1e8 / sweep_module.DECODE_FLOPS["cpu"]
+    plain = cost()
+    greedy = cost({"enabled": True, "n_texts": 10, "prefix": 0.5})
+    assert greedy - plain == pytest.approx(per_token * 20 * 15)  # 10 members + 10 non-members, 15-token suffixes
+    sampled = cost({"enabled": True, "n_texts": 10, "prefix": 0.5, "temperatures": [0.7, 1.0], "num_samples": 3})
+    assert sampled - plain == pytest.approx(per_token * 20 * 15 * (1 + 2 * 3))
+    counted = cost({"enabled": True, "n_texts": 10, "prefix": 10})  # a prefix of 10 tokens: 20-token suffixes
+    assert counted - plain == pytest.approx(per_token * 20 * 20)
+    capped = cost({"enabled": True, "n_texts": 10_000, "prefix": 0.5}, n_members=30, n_nonmembers=20)
+    assert capped - cost(n_members=30, n_nonmembers=20) == pytest.approx(per_token * 50 * 15)  # no more than a set
+    split_checks = cost(n_validation=120) - cost(n_validation=20)
+    assert split_checks > 100 * sweep_module.SPLIT_CHECK_SECONDS  # and the validation texts' scoring
+    assert plain > sweep_module.LOAD_SECONDS["cpu"]
 
 
 def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path, monkeypatch):

@@ -59,6 +59,14 @@ AXES = {
 # SmolLM2-135M sustained on an H100 in bf16 (hou2025 full's first trial, batch 16): small models are
 # kernel-launch bound at ~1% of the card's peak; larger models sustain more, so this overstates their time.
 FLOPS = {"cpu": 1.0e11, "cuda": 5.0e12}
+# batched greedy decoding (extraction), in FLOP/s at 2·P per generated token: SmolLM2-135M at 16 sequences a
+# batch made 73 tokens/s on the 2-core CPU (each step reads every weight) and ~350 on the H100 (each step is
+# kernel-launch bound): far below the rates above (benchmarks/README.md)
+DECODE_FLOPS = {"cpu": 2.0e10, "cuda": 9.5e10}
+# a trial's fixed costs: loading the model (seconds; measured 6 s on the CPU, 10.5 s on the H100) and the split
+# audit with the blind baseline (seconds per text: 8.8 s for 1,200 texts, 28 s for 4,827, on both machines)
+LOAD_SECONDS = {"cpu": 6.0, "cuda": 10.0}
+SPLIT_CHECK_SECONDS = 0.007
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,10 +200,12 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float | None:
-    """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token; reference
-    models (RMIA, LiRA) cost a training and a scoring pass each; DynamicCut trains and scores two or three times
-    (the ranking fine-tune, the cut one, the random control). ``None`` when the data's size is unknown (a set
-    size of 0, "everything", of data that cannot be read here)."""
+    """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token at
+    :data:`FLOPS`; extraction's generated tokens at 2·P each and :data:`DECODE_FLOPS`; loading the model and the
+    split checks (:data:`LOAD_SECONDS`, :data:`SPLIT_CHECK_SECONDS`); reference models (RMIA, LiRA) cost a
+    training and a scoring pass each; DynamicCut trains and scores two or three times (the ranking fine-tune,
+    the cut one, the random control). ``None`` when the data's size is unknown (a set size of 0, "everything",
+    of data that cannot be read here)."""
     from memlens.data.splits import set_sizes
     from memlens.experiments.runner import count_evaluations, passes_needed
 
@@ -215,7 +225,21 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z
     mit = cfg.mitigation
     runs = 1 + (1 + mit.control if mit is not None and mit.method == "dynamiccut" else 0)  # + ranking, control
-    return (runs * (per_eval * evals + train) + references) / FLOPS[estimate_device(cfg)]
+    device = estimate_device(cfg)
+    decode = 2 * params * _generated_tokens(cfg, n_members, n_nonmembers, mean_tokens) / DECODE_FLOPS[device]
+    fixed = LOAD_SECONDS[device] + SPLIT_CHECK_SECONDS * (n_members + n_nonmembers + n_validation)
+    return (runs * (per_eval * evals + train) + references) / FLOPS[device] + runs * (decode + fixed)
+
+
+def _generated_tokens(cfg: RunConfig, n_members: int, n_nonmembers: int, mean_tokens: float) -> float:
+    """Tokens extraction generates: each extracted text's suffix, once greedily and ``num_samples`` times per
+    temperature."""
+    e = cfg.extraction
+    if not e.enabled:
+        return 0.0
+    texts = min(e.n_texts, n_members) + min(e.n_texts, n_nonmembers)
+    suffix = mean_tokens * (1 - e.prefix) if e.prefix < 1 else max(mean_tokens - e.prefix, 1.0)
+    return texts * suffix * (int(e.greedy) + len(e.temperatures) * e.num_samples)
 
 
 def approx_parameters(spec: str) -> float | None:
