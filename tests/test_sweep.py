@@ -288,7 +288,7 @@ def test_cost_estimate_of_an_auto_device_follows_the_gpu_it_would_use(tiny_dir, 
         monkeypatch.setattr(sweep_module, "_cuda_available", lambda gpu=gpu: gpu)
         costs[gpu] = sweep_module.estimate_seconds(trial.config, 1e8)
         note = sweep_module.throughput_note(expand({"name": "s", "base": trial.config.model_dump()}))
-        assert note.endswith("on CUDA" if gpu else "on CPU") and note.startswith("~")
+        assert ("GFLOP/s on CUDA" if gpu else "GFLOP/s on CPU") in note and note.startswith("FLOPs at ~")
         monkeypatch.setattr(sweep_module, "LOAD_SECONDS", {"cpu": 0.0, "cuda": 0.0})  # compute alone:
         monkeypatch.setattr(sweep_module, "SPLIT_CHECK_SECONDS", 0.0)
         costs[gpu, "compute"] = sweep_module.estimate_seconds(trial.config, 1e8)

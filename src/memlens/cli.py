@@ -221,7 +221,7 @@ def sweep_cmd(
         for label, overrides, cost in rows:
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
         rate = throughput_note(sweep)
-        typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: FLOPs at {rate})")
+        typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: {rate})")
         if backend == "ray":
             from memlens.experiments.distributed import placement
 
@@ -347,7 +347,7 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
     rows, total = dry_run_table(sweep)
     sizes = set_sizes(spec)
     typer.echo(f"{spec['name']}: {len(rows)} trials, {sizes[0]} members / {sizes[1]} non-members per trial")
-    typer.echo(f"FLOP estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)})")
+    typer.echo(f"estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)})")
     if pilot is None:
         return
     from memlens.experiments.findings import evaluate_findings, load_scores

@@ -10,7 +10,7 @@ finding's bootstrap standard error SE (its 95% CI width / 3.92); at another size
 the CI half-width is 1.96 · SE', and a difference Δ is resolved with power 1 − β at level α (two-sided) when
 (z_{1−α/2} + z_{1−β}) · SE' ≤ Δ, which with m' = n' gives the texts per set needed. What a pilot cannot
 predict: that more epochs or another model change the effect itself, and the seed variance when the pilot
-had one seed. The wall time is the target trials' FLOP estimates
+had one seed. The wall time is the target trials' estimates
 (:func:`memlens.experiments.sweep.estimate_seconds`) times the median ratio of measured to estimated seconds
 over the pilot's trials.
 """
@@ -80,8 +80,8 @@ def power_table(
 
 
 def projected_seconds(pilot_trials, sweep) -> float | None:
-    """The target sweep's wall time: each finished pilot trial's measured seconds over its FLOP estimate (the
-    median of those ratios), times the target trials' FLOP estimates."""
+    """The target sweep's wall time: each finished pilot trial's measured seconds over its estimate (the
+    median of those ratios), times the target trials' estimates."""
     from memlens.config import parse_config
     from memlens.experiments.sweep import approx_parameters, estimate_seconds
 
