@@ -1,3 +1,4 @@
+import os
 import re
 import shutil
 
@@ -5,6 +6,7 @@ import pandas as pd
 import pytest
 from helpers import PHEE
 
+from memlens import __version__
 from memlens.errors import MemlensError
 from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
@@ -48,6 +50,11 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     first = rows[0]
     assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md
+    measured = md.split("How it was measured (read from the results store):", 1)[1]
+    assert f"- trials: {len(sweep.trials)} finished, training seeds 0;" in measured
+    assert re.search(r"their own times add up to \d+\.\d h \(\d+\.\d to \d+\.\d min a trial", measured), measured
+    assert "- device: cpu, float32, " in measured and f"CPU cores: {os.cpu_count()}; GPU: none;" in measured
+    assert f"- software: memlens {__version__}, torch " in measured and "not recorded" not in measured
     power = [r for r in md.splitlines() if r.startswith("| (") and "**" not in r]  # the power table's rows
     assert "What this run can resolve, at 24 members and 24 non-members" in md and len(power) >= 2, md
     from helpers import invoke

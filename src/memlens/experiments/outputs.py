@@ -249,8 +249,10 @@ def environment() -> dict:
     from memlens.scoring.engine import packing_verdicts
 
     return {
+        "memlens": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpus": os.cpu_count(),
         **library_versions(),
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -70,7 +70,51 @@ def findings_markdown(name: str, store, command: str) -> str:
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
     lines += power_section(findings, scores)
     lines += ["", *trial_table(store, attack)]
+    lines += measured_section(store)
     return "\n".join(lines) + "\n"
+
+
+def measured_section(store) -> list[str]:
+    """Markdown: how the finished trials were measured, read from the store — their number and seeds, the time
+    they took and when, the device, dtype and threads, and the software versions (each as the set of values the
+    trials had, so a store filled by several machines or versions says so)."""
+    import datetime
+
+    trials = store.trials()
+    done = trials[trials["status"] == "done"]
+    if done.empty:
+        return []
+
+    def values(get, none: str | None = None) -> str:
+        found = set()
+        for info in done["info"]:
+            try:
+                v = get(info)
+            except (KeyError, TypeError):
+                continue
+            if v is not None or none is not None:
+                found.add(str(none if v is None else v))
+        return " / ".join(sorted(found)) or "not recorded"
+
+    def when(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+    seeds = sorted({int(c.get("training", {}).get("seed", 0)) for c in done["config"]})
+    minutes = done["seconds"].astype(float) / 60
+    env = lambda key: lambda i: i["environment"][key]  # noqa: E731
+    return [
+        "",
+        "How it was measured (read from the results store):",
+        "",
+        f"- trials: {len(done)} finished, training seeds {', '.join(map(str, seeds))}; their own times add up to "
+        f"{minutes.sum() / 60:.1f} h ({minutes.min():.1f} to {minutes.max():.1f} min a trial, pauses of the process "
+        f"included), from {when(done['started'].min())} to {when(done['finished'].max())} UTC;",
+        f"- device: {values(lambda i: i['model']['device'])}, {values(lambda i: i['model']['dtype'])}, "
+        f"{values(env('torch_threads'))} torch thread(s); CPU cores: {values(env('cpus'))}; GPU: "
+        f"{values(env('cuda'), 'none')};",
+        f"- software: memlens {values(env('memlens'))}, torch {values(env('torch'))}, transformers "
+        f"{values(env('transformers'))}, peft {values(env('peft'))}; platform {values(env('platform'))}.",
+    ]
 
 
 DATASETS = {
