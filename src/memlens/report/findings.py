@@ -100,15 +100,22 @@ def measured_section(store) -> list[str]:
         return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
     seeds = sorted({int(c.get("training", {}).get("seed", 0)) for c in done["config"]})
-    minutes = done["seconds"].astype(float) / 60
+    minutes = done["seconds"].astype(float).dropna() / 60
+    started, finished = done["started"].astype(float).dropna(), done["finished"].astype(float).dropna()
+    took = (
+        f"their own times add up to {minutes.sum() / 60:.1f} h ({minutes.min():.1f} to {minutes.max():.1f} min a "
+        "trial, pauses of the process included)"
+        if len(minutes)
+        else "their times were not recorded"
+    )
+    if len(started) and len(finished):
+        took += f", from {when(started.min())} to {when(finished.max())} UTC"
     env = lambda key: lambda i: i["environment"][key]  # noqa: E731
     return [
         "",
         "How it was measured (read from the results store):",
         "",
-        f"- trials: {len(done)} finished, training seeds {', '.join(map(str, seeds))}; their own times add up to "
-        f"{minutes.sum() / 60:.1f} h ({minutes.min():.1f} to {minutes.max():.1f} min a trial, pauses of the process "
-        f"included), from {when(done['started'].min())} to {when(done['finished'].max())} UTC;",
+        f"- trials: {len(done)} finished, training seeds {', '.join(map(str, seeds))}; {took};",
         f"- device: {values(lambda i: i['model']['device'])}, {values(lambda i: i['model']['dtype'])}, "
         f"{values(env('torch_threads'))} torch thread(s); CPU cores: {values(env('cpus'))}; GPU: "
         f"{values(env('cuda'), 'none')};",
