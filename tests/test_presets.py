@@ -52,8 +52,13 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md
     measured = md.split("How it was measured (read from the results store):", 1)[1]
     assert f"- trials: {len(sweep.trials)} finished, training seeds 0;" in measured
-    assert re.search(r"their own times add up to \d+\.\d h \(\d+\.\d to \d+\.\d min a trial", measured), measured
-    assert "- device: cpu, float32, " in measured and f"CPU cores: {os.cpu_count()}; GPU: none;" in measured
+    span = r"[\d.]+ (s|min|h)"
+    assert re.search(rf"their own times add up to {span} \({span} to {span} a trial", measured), measured
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"  # what environment() records
+    assert f"- device: cpu float32; torch threads: {torch.get_num_threads()}; " in measured, measured
+    assert f"CPUs: {len(os.sched_getaffinity(0))}; GPU: {gpu};" in measured, measured
     assert f"- software: memlens {__version__}, torch " in measured and "not recorded" not in measured
     power = [r for r in md.splitlines() if r.startswith("| (") and "**" not in r]  # the power table's rows
     assert "What this run can resolve, at 24 members and 24 non-members" in md and len(power) >= 2, md
@@ -181,3 +186,28 @@ def test_a_preset_runs_on_the_second_shipped_dataset():
     assert plan.exit_code == 0 and "hou2025-tiny-sotu: 9 trials, 96 members / 96 non-members" in plan.stdout
     assert_one_line_error(invoke("reproduce", "hou2025", "--data", "wikitext", "--dry-run"), "unknown preset dataset")
     assert_one_line_error(invoke("reproduce", "hou2025", "--data", "sotu", "--data-dir", "."), "shipped inside")
+
+
+def test_measurement_lines_say_what_the_store_did_not_record(tmp_path):
+    """A store filled by two versions of memlens (the older one recorded no environment) and a trial that went
+    on after an interruption: the lines list every value with "not recorded" among them, and say the resumed
+    trial's time counts its last attempt only."""
+    from memlens.report.findings import measured_section
+
+    store = Store(tmp_path)
+    configs = [("a", "one", {"training": {"seed": 0}}), ("b", "two", {"training": {"seed": 1}}), ("c", "three", {})]
+    store.register_sweep("s", {}, "h", configs)
+    first, second, _ = store.trials()["id"].tolist()
+    env = {"memlens": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "torch_threads": 2,
+           "cpus": 2, "cuda": None, "platform": "Linux"}  # fmt: skip
+    store.start(first)
+    store.finish(first, [], {"model": {"device": "cpu", "dtype": "float32"}, "environment": env, "training": {}}, 120)
+    store.start(second)
+    store.finish(second, [], {"training": {"resumed_after_epoch": 2}}, 30)
+    lines = "\n".join(measured_section(store))
+    store.close()
+    assert "- trials: 2 finished, training seeds 0, 1; their own times add up to 2.5 min (30 s to 2.0 min" in lines
+    assert "1 went on after an interruption, and their times count the last attempt only" in lines
+    assert "- device: cpu float32 / not recorded; torch threads: 2 / not recorded; CPUs: 2 / not recorded" in lines
+    assert "GPU: none / not recorded;" in lines and "memlens 0.1.0 / not recorded, torch 2.13.0 / not" in lines
+    assert measured_section(Store(tmp_path / "empty")) == []  # nothing finished: no lines

@@ -325,9 +325,43 @@ def test_cost_estimate_counts_extractions_generated_tokens_and_each_trials_fixed
     assert counted - plain == pytest.approx(per_token * 20 * 20)
     capped = cost({"enabled": True, "n_texts": 10_000, "prefix": 0.5}, n_members=30, n_nonmembers=20)
     assert capped - cost(n_members=30, n_nonmembers=20) == pytest.approx(per_token * 50 * 15)  # no more than a set
-    split_checks = cost(n_validation=120) - cost(n_validation=20)
-    assert split_checks > 100 * sweep_module.SPLIT_CHECK_SECONDS  # and the validation texts' scoring
+    unsampled = cost({"enabled": True, "n_texts": 10, "prefix": 0.5, "greedy": False, "temperatures": [1.0]})
+    assert unsampled - plain == pytest.approx(per_token * 20 * 15)  # one sample per prefix, no greedy pass
+    scoring = 2 * (2 * 1e8 * 100 * 30) / sweep_module.FLOPS["cpu"]  # 100 more validation texts, before and after
+    split_checks = 100 * sweep_module.SPLIT_CHECK_SECONDS
+    assert cost(n_validation=120) - cost(n_validation=20) == pytest.approx(scoring + split_checks)
     assert plain > sweep_module.LOAD_SECONDS["cpu"]
+
+
+def test_a_pilots_projection_uses_the_rates_of_the_device_it_ran_on(tiny_dir, monkeypatch):
+    """A pilot measured on a GPU projects at CUDA rates also on a machine without one (the dry run's host does
+    not decide), and at other rates than a pilot measured on the CPU: decoding and fixed costs do not scale
+    with FLOP/s, so the device does not cancel out of measured ÷ estimated."""
+    import pandas as pd
+
+    from memlens.experiments import sweep as sweep_module
+    from memlens.experiments.power import projected_seconds
+
+    base = base_config(tiny_dir, extraction={"enabled": True, "n_texts": 10})
+    base["model"] = {"name": "smollm2-135m"}  # device "auto"; a built-in's size is known without loading it
+    (pilot_trial,) = expand({"name": "p", "base": base}).trials
+    target = expand({"name": "t", "base": base, "grid": {"members": [40, 80], "epochs": [2, 4]}})
+    projections = {}
+    for gpu_here in (False, True):
+        monkeypatch.setattr(sweep_module, "_cuda_available", lambda g=gpu_here: g)
+        for ran in ("cpu", "cuda:0"):
+            pilot = pd.DataFrame(
+                {
+                    "status": ["done"],
+                    "config": [pilot_trial.config.model_dump(mode="json")],
+                    "seconds": [100.0],
+                    "info": [{"model": {"device": ran}}],
+                }
+            )
+            projections[gpu_here, ran] = projected_seconds(pilot, target)
+    for ran in ("cpu", "cuda:0"):
+        assert projections[False, ran] == pytest.approx(projections[True, ran])
+    assert projections[False, "cpu"] != pytest.approx(projections[False, "cuda:0"], rel=1e-3)
 
 
 def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path, monkeypatch):

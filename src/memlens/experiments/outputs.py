@@ -252,7 +252,7 @@ def environment() -> dict:
         "memlens": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpus": os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         **library_versions(),
         "numpy": np.__version__,
         "torch_threads": torch.get_num_threads(),

@@ -80,24 +80,30 @@ def power_table(
 
 
 def projected_seconds(pilot_trials, sweep) -> float | None:
-    """The target sweep's wall time: each finished pilot trial's measured seconds over its estimate (the
-    median of those ratios), times the target trials' estimates."""
+    """The target sweep's wall time on the pilot's machine: each finished pilot trial's measured seconds over its
+    estimate at the rates of the device it ran on (the median of those ratios), times the target trials'
+    estimates on that device (the pilot's most frequent one)."""
     from memlens.config import parse_config
-    from memlens.experiments.sweep import approx_parameters, estimate_seconds
+    from memlens.experiments.sweep import FLOPS, approx_parameters, estimate_seconds
 
     done = pilot_trials[pilot_trials["status"] == "done"]
     if done.empty or not sweep.trials:
         return None
-    ratios = []
-    for cfg_json, seconds in zip(done["config"], done["seconds"], strict=True):
+    ratios, devices = [], []
+    for cfg_json, seconds, info in zip(done["config"], done["seconds"], done["info"], strict=True):
         cfg = parse_config(cfg_json)
         params = approx_parameters(cfg.model.name)
-        if params and seconds == seconds and (estimate := estimate_seconds(cfg, params)):
+        ran = str(((info or {}).get("model") or {}).get("device") or "").split(":")[0]  # "cuda:0" -> "cuda"
+        device = ran if ran in FLOPS else None
+        if params and seconds == seconds and (estimate := estimate_seconds(cfg, params, device=device)):
             ratios.append(seconds / estimate)
+            devices.append(device)
+    device = max(set(devices), key=devices.count) if devices else None
     target = [
         e
         for t in sweep.trials
-        if (p := approx_parameters(t.config.model.name)) and (e := estimate_seconds(t.config, p)) is not None
+        if (p := approx_parameters(t.config.model.name))
+        and (e := estimate_seconds(t.config, p, device=device)) is not None
     ]
     if not ratios or not target:
         return None

@@ -200,12 +200,15 @@ def load_sweep(path: str | Path) -> Sweep:
     return expand(read_toml(path, "sweep"), str(path))
 
 
-def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -> float | None:
+def estimate_seconds(
+    cfg: RunConfig, params: float, mean_tokens: float = 30.0, *, device: str | None = None
+) -> float | None:
     """A rough cost: 2·P FLOPs per scored token, 6·P (full/head) or 4·P (adapters) per trained token at
     :data:`FLOPS`; extraction's generated tokens at 2·P each and :data:`DECODE_FLOPS`; loading the model and the
     split checks (:data:`LOAD_SECONDS`, :data:`SPLIT_CHECK_SECONDS`); reference models (RMIA, LiRA) cost a
     training and a scoring pass each; DynamicCut trains and scores two or three times (the ranking fine-tune,
-    the cut one, the random control). ``None`` when the data's size is unknown (a set size of 0, "everything",
+    the cut one, the random control). ``device`` (``cpu`` or ``cuda``): the rates of that device instead of
+    where the trial would run here. ``None`` when the data's size is unknown (a set size of 0, "everything",
     of data that cannot be read here)."""
     from memlens.data.splits import set_sizes
     from memlens.experiments.runner import count_evaluations, passes_needed
@@ -226,7 +229,7 @@ def estimate_seconds(cfg: RunConfig, params: float, mean_tokens: float = 30.0) -
     references = refs * (train + 2 * params * (scored + z + 400 * mean_tokens)) + evals * 2 * params * z
     mit = cfg.mitigation
     runs = 1 + (1 + mit.control if mit is not None and mit.method == "dynamiccut" else 0)  # + ranking, control
-    device = estimate_device(cfg)
+    device = device or estimate_device(cfg)
     decode = 2 * params * _generated_tokens(cfg, n_members, n_nonmembers, mean_tokens) / DECODE_FLOPS[device]
     fixed = LOAD_SECONDS[device] + SPLIT_CHECK_SECONDS * (n_members + n_nonmembers + n_validation)
     return (runs * (per_eval * evals + train) + references) / FLOPS[device] + runs * (decode + fixed)

@@ -76,8 +76,9 @@ def findings_markdown(name: str, store, command: str) -> str:
 
 def measured_section(store) -> list[str]:
     """Markdown: how the finished trials were measured, read from the store — their number and seeds, the time
-    they took and when, the device, dtype and threads, and the software versions (each as the set of values the
-    trials had, so a store filled by several machines or versions says so)."""
+    they took and when, the device and dtype, threads and CPUs, and the software versions (each as the set of
+    values the trials had, "not recorded" among them where a trial lacks it, so a store filled by several
+    machines or versions says so)."""
     import datetime
 
     trials = store.trials()
@@ -85,40 +86,51 @@ def measured_section(store) -> list[str]:
     if done.empty:
         return []
 
-    def values(get, none: str | None = None) -> str:
+    def values(get, none: str = "not recorded") -> str:
         found = set()
         for info in done["info"]:
             try:
                 v = get(info)
             except (KeyError, TypeError):
-                continue
-            if v is not None or none is not None:
-                found.add(str(none if v is None else v))
-        return " / ".join(sorted(found)) or "not recorded"
+                v = None
+                none_here = "not recorded"
+            else:
+                none_here = none
+            found.add(none_here if v is None else str(v))
+        return " / ".join(sorted(found))
 
     def when(t: float) -> str:
         return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M")
 
-    seeds = sorted({int(c.get("training", {}).get("seed", 0)) for c in done["config"]})
+    def duration(minutes: float) -> str:
+        if minutes >= 60:
+            return f"{minutes / 60:.1f} h"
+        return f"{minutes:.1f} min" if minutes >= 1 else f"{minutes * 60:.0f} s"
+
+    seeds = sorted({int((c.get("training") or {}).get("seed", 0)) for c in done["config"]})
     minutes = done["seconds"].astype(float).dropna() / 60
     started, finished = done["started"].astype(float).dropna(), done["finished"].astype(float).dropna()
+    resumed = sum(bool(((i or {}).get("training") or {}).get("resumed_after_epoch")) for i in done["info"])
+    which = "their" if len(minutes) == len(done) else f"the {len(minutes)} with a recorded time:"
     took = (
-        f"their own times add up to {minutes.sum() / 60:.1f} h ({minutes.min():.1f} to {minutes.max():.1f} min a "
-        "trial, pauses of the process included)"
+        f"{which} own times add up to {duration(minutes.sum())} ({duration(minutes.min())} to "
+        f"{duration(minutes.max())} a trial, pauses of the process included"
+        + (f"; {resumed} went on after an interruption, and their times count the last attempt only" if resumed else "")
+        + ")"
         if len(minutes)
         else "their times were not recorded"
     )
     if len(started) and len(finished):
         took += f", from {when(started.min())} to {when(finished.max())} UTC"
     env = lambda key: lambda i: i["environment"][key]  # noqa: E731
+    device = lambda i: f"{i['model']['device']} {i['model']['dtype']}"  # noqa: E731
     return [
         "",
         "How it was measured (read from the results store):",
         "",
         f"- trials: {len(done)} finished, training seeds {', '.join(map(str, seeds))}; {took};",
-        f"- device: {values(lambda i: i['model']['device'])}, {values(lambda i: i['model']['dtype'])}, "
-        f"{values(env('torch_threads'))} torch thread(s); CPU cores: {values(env('cpus'))}; GPU: "
-        f"{values(env('cuda'), 'none')};",
+        f"- device: {values(device)}; torch threads: "
+        f"{values(env('torch_threads'))}; CPUs: {values(env('cpus'))}; GPU: {values(env('cuda'), 'none')};",
         f"- software: memlens {values(env('memlens'))}, torch {values(env('torch'))}, transformers "
         f"{values(env('transformers'))}, peft {values(env('peft'))}; platform {values(env('platform'))}.",
     ]
