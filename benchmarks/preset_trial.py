@@ -5,7 +5,7 @@
 Runs trial N (0 = the first) of ``memlens reproduce PRESET --scale SCALE`` exactly as the preset builds it, with
 the model's ``device`` and ``dtype`` as given (``auto``: bf16 on CUDA, fp32 on CPU), into a temporary folder.
 Prints the trial's wall time, its stages (``timings`` in its results.json), training tokens/s, the loss AUC, and
-the projection for the whole design: the trial's measured seconds over memlens's FLOP estimate for it, times
+the projection for the whole design: the trial's measured seconds over memlens's estimate for it, times
 the estimates of every trial of the design (what ``reproduce --dry-run --pilot`` does with a finished pilot),
 for one seed and for ``--seeds``. One trial stands for all: methods and models differ, so read it as a rough cost.
 """
@@ -68,11 +68,11 @@ def main() -> None:
         ratio = seconds / own
         one_seed = ratio * sum(rest) * len(sweep.trials) / len(rest)
         print(
-            f"measured / FLOP estimate for this trial: {ratio:.2f}; the design's {len(sweep.trials)} trials: "
+            f"measured / estimate for this trial: {ratio:.2f}; the design's {len(sweep.trials)} trials: "
             f"~{one_seed / 60:.0f} min for one seed, ~{one_seed * args.seeds / 3600:.1f} h for {args.seeds} seeds"
         )
     else:
-        print("no FLOP estimate for this design here (unknown model or data size): no projection")
+        print("no estimate for this design here (unknown model or data size): no projection")
 
 
 if __name__ == "__main__":
