@@ -70,6 +70,18 @@ def _rows(store: Path, sql: str) -> list[tuple]:
         db.close()
 
 
+def _rows_once_there(store: Path, sql: str) -> list[tuple]:
+    """:func:`_rows`, or none while the store's file or its tables are still being created."""
+    if not (store / "results.db").exists():
+        return []
+    try:
+        return _rows(store, sql)
+    except sqlite3.OperationalError as err:  # "no such table": the driver has created the file, not yet its schema
+        if "no such table" in str(err):
+            return []
+        raise
+
+
 def _trial_processes() -> list[int]:
     """Ray workers running a trial now (Ray names a busy worker's process after its task)."""
     found = []
@@ -121,7 +133,7 @@ def test_a_killed_driver_resumes_without_rerunning_finished_trials(cluster, tiny
     sweep, store = _sweep(tiny_dir, tmp_path, [1e-3, 2e-3, 3e-3, 1e-2], epochs=3), tmp_path / "store"
     driver = _driver(sweep, store, address, env)
     done = "SELECT id, finished FROM trials WHERE status = 'done'"
-    first = _wait(lambda: (store / "results.db").exists() and _rows(store, done), 300, "a first finished trial")
+    first = _wait(lambda: _rows_once_there(store, done), 300, "a first finished trial")
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     if len(first) == 4:
