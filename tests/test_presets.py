@@ -207,7 +207,7 @@ def test_measurement_lines_say_what_the_store_did_not_record(tmp_path):
     lines = "\n".join(measured_section(store))
     store.close()
     assert "- trials: 2 finished, training seeds 0, 1; their own times add up to 2.5 min (30 s to 2.0 min" in lines
-    assert "1 went on after an interruption, and their times count the last attempt only" in lines
+    assert "1 went on after an interruption: their times and dates count the last attempt" in lines
     assert "- device: cpu float32 / not recorded; torch threads: 2 / not recorded; CPUs: 2 / not recorded" in lines
     assert "GPU: none / not recorded;" in lines and "memlens 0.1.0 / not recorded, torch 2.13.0 / not" in lines
     assert measured_section(Store(tmp_path / "empty")) == []  # nothing finished: no lines

@@ -81,31 +81,37 @@ def power_table(
 
 def projected_seconds(pilot_trials, sweep) -> float | None:
     """The target sweep's wall time on the pilot's machine: each finished pilot trial's measured seconds over its
-    estimate at the rates of the device it ran on (the median of those ratios), times the target trials'
-    estimates on that device (the pilot's most frequent one)."""
+    estimate at the rates of the device it ran on; the median of those ratios on the pilot's most frequent
+    device, times the target trials' estimates on that device (or on their own, where a trial names it)."""
+    from collections import Counter
+
+    import pandas as pd
+
     from memlens.config import parse_config
     from memlens.experiments.sweep import FLOPS, approx_parameters, estimate_seconds
 
     done = pilot_trials[pilot_trials["status"] == "done"]
     if done.empty or not sweep.trials:
         return None
-    ratios, devices = [], []
+    ratios: list[tuple[float, str | None]] = []  # (measured ÷ estimated, the device the pilot trial ran on)
     for cfg_json, seconds, info in zip(done["config"], done["seconds"], done["info"], strict=True):
         cfg = parse_config(cfg_json)
         params = approx_parameters(cfg.model.name)
         ran = str(((info or {}).get("model") or {}).get("device") or "").split(":")[0]  # "cuda:0" -> "cuda"
         device = ran if ran in FLOPS else None
-        if params and seconds == seconds and (estimate := estimate_seconds(cfg, params, device=device)):
-            ratios.append(seconds / estimate)
-            devices.append(device)
-    device = max(set(devices), key=devices.count) if devices else None
+        if params and pd.notna(seconds) and (estimate := estimate_seconds(cfg, params, device=device)):
+            ratios.append((float(seconds) / estimate, device))
+    recorded = Counter(d for _, d in ratios if d is not None).most_common(1)
+    device = recorded[0][0] if recorded else None  # the pilot's most frequent device (first seen on a tie)
+    same = [r for r, d in ratios if d == device] or [r for r, _ in ratios]
     target = [
         e
         for t in sweep.trials
         if (p := approx_parameters(t.config.model.name))
-        and (e := estimate_seconds(t.config, p, device=device)) is not None
+        # a target that names its device runs there whatever the pilot used
+        and (e := estimate_seconds(t.config, p, device=device if t.config.model.device == "auto" else None)) is not None
     ]
-    if not ratios or not target:
+    if not same or not target:
         return None
     # the median measured/estimated ratio: robust to a trial slowed by other work on the machine
-    return float(np.median(ratios)) * sum(target) * len(sweep.trials) / len(target)
+    return float(np.median(same)) * sum(target) * len(sweep.trials) / len(target)

@@ -111,11 +111,11 @@ def measured_section(store) -> list[str]:
     minutes = done["seconds"].astype(float).dropna() / 60
     started, finished = done["started"].astype(float).dropna(), done["finished"].astype(float).dropna()
     resumed = sum(bool(((i or {}).get("training") or {}).get("resumed_after_epoch")) for i in done["info"])
-    which = "their" if len(minutes) == len(done) else f"the {len(minutes)} with a recorded time:"
+    which = "their own times" if len(minutes) == len(done) else f"the times of the {len(minutes)} that recorded one"
     took = (
-        f"{which} own times add up to {duration(minutes.sum())} ({duration(minutes.min())} to "
+        f"{which} add up to {duration(minutes.sum())} ({duration(minutes.min())} to "
         f"{duration(minutes.max())} a trial, pauses of the process included"
-        + (f"; {resumed} went on after an interruption, and their times count the last attempt only" if resumed else "")
+        + (f"; {resumed} went on after an interruption: their times and dates count the last attempt" * bool(resumed))
         + ")"
         if len(minutes)
         else "their times were not recorded"
