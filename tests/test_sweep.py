@@ -363,6 +363,20 @@ def test_a_pilots_projection_uses_the_rates_of_the_device_it_ran_on(tiny_dir, mo
         assert projections[False, ran] == pytest.approx(projections[True, ran])
     assert projections[False, "cpu"] != pytest.approx(projections[False, "cuda:0"], rel=1e-3)
 
+    # a target trial that names its device is estimated there, whatever device the pilot ran on
+    pinned = expand({"name": "t", "base": base | {"model": {"name": "smollm2-135m", "device": "cpu"}}})
+    own = {t.hash: sweep_module.estimate_seconds(t.config, 134_515_008, device="cpu") for t in pinned.trials}
+    pilot = pd.DataFrame(
+        {
+            "status": ["done"],
+            "config": [pilot_trial.config.model_dump(mode="json")],
+            "seconds": [100.0],
+            "info": [{"model": {"device": "cuda"}}],
+        }
+    )
+    ratio = 100.0 / sweep_module.estimate_seconds(pilot_trial.config, 134_515_008, device="cuda")
+    assert projected_seconds(pilot, pinned) == pytest.approx(ratio * sum(own.values()))
+
 
 def test_verify_reruns_a_stored_trial_and_catches_a_changed_score(tiny_dir, tmp_path, monkeypatch):
     import tempfile
