@@ -199,7 +199,7 @@ def test_measurement_lines_say_what_the_store_did_not_record(tmp_path):
     store.register_sweep("s", {}, "h", configs)
     first, second, _ = store.trials()["id"].tolist()
     env = {"memlens": "0.1.0", "torch": "2.13.0", "transformers": "5.24.0", "peft": "0.21.2", "torch_threads": 2,
-           "cpus": 2, "cuda": None, "platform": "Linux"}  # fmt: skip
+           "cpus": 2, "cuda": None, "platform": "Linux-x86_64"}  # fmt: skip
     store.start(first)
     store.finish(first, [], {"model": {"device": "cpu", "dtype": "float32"}, "environment": env, "training": {}}, 120)
     store.start(second)
@@ -208,6 +208,7 @@ def test_measurement_lines_say_what_the_store_did_not_record(tmp_path):
     store.close()
     assert "- trials: 2 finished, training seeds 0, 1; their own times add up to 2.5 min (30 s to 2.0 min" in lines
     assert "1 went on after an interruption: their times and dates count the last attempt" in lines
+    assert "platform Linux-x86\\_64 / not recorded." in lines  # Markdown-escaped
     assert "- device: cpu float32 / not recorded; torch threads: 2 / not recorded; CPUs: 2 / not recorded" in lines
     assert "GPU: none / not recorded;" in lines and "memlens 0.1.0 / not recorded, torch 2.13.0 / not" in lines
     assert measured_section(Store(tmp_path / "empty")) == []  # nothing finished: no lines

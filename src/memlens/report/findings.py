@@ -87,16 +87,15 @@ def measured_section(store) -> list[str]:
         return []
 
     def values(get, none: str = "not recorded") -> str:
+        """Every value ``get(info)`` has among the trials (Markdown-escaped); ``none`` where it is None."""
         found = set()
         for info in done["info"]:
             try:
                 v = get(info)
-            except (KeyError, TypeError):
-                v = None
-                none_here = "not recorded"
+            except (KeyError, TypeError):  # this trial's info lacks it
+                found.add("not recorded")
             else:
-                none_here = none
-            found.add(none_here if v is None else str(v))
+                found.add(none if v is None else md_text(v))
         return " / ".join(sorted(found))
 
     def when(t: float) -> str:
@@ -111,15 +110,17 @@ def measured_section(store) -> list[str]:
     minutes = done["seconds"].astype(float).dropna() / 60
     started, finished = done["started"].astype(float).dropna(), done["finished"].astype(float).dropna()
     resumed = sum(bool(((i or {}).get("training") or {}).get("resumed_after_epoch")) for i in done["info"])
-    which = "their own times" if len(minutes) == len(done) else f"the times of the {len(minutes)} that recorded one"
-    took = (
-        f"{which} add up to {duration(minutes.sum())} ({duration(minutes.min())} to "
-        f"{duration(minutes.max())} a trial, pauses of the process included"
-        + (f"; {resumed} went on after an interruption: their times and dates count the last attempt" * bool(resumed))
-        + ")"
-        if len(minutes)
-        else "their times were not recorded"
-    )
+    if len(minutes):
+        which = "their own times" if len(minutes) == len(done) else f"the times of the {len(minutes)} that recorded one"
+        took = (
+            f"{which} add up to {duration(minutes.sum())} ({duration(minutes.min())} to {duration(minutes.max())} a "
+            "trial, pauses of the process included"
+        )
+        if resumed:
+            took += f"; {resumed} went on after an interruption: their times and dates count the last attempt"
+        took += ")"
+    else:
+        took = "their times were not recorded"
     if len(started) and len(finished):
         took += f", from {when(started.min())} to {when(finished.max())} UTC"
     env = lambda key: lambda i: i["environment"][key]  # noqa: E731
