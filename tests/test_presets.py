@@ -12,6 +12,7 @@ from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
 from memlens.report.findings import findings_markdown, write_findings
+from memlens.report.tables import md_text
 
 
 def shrink(spec: dict, tiny_dir, larger=None) -> dict:
@@ -47,6 +48,22 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     verdicts = {"holds", "reversed", "inconclusive", "does not hold", "confounded", "not measured"}
     for row in rows:  # both measures' verdicts, each from the allowed set
         assert {c.strip("*| ") for c in row.split(" | ")[3::2]} <= verdicts, row
+    tidy = pd.read_csv(tmp_path / f"{tmp_path.name}-findings.csv")  # the same verdicts as typed rows
+    measures = ["auc", "gap", "share"][: len(rows[0].split(" | ")[3::2])]
+    for row, (finding, group) in zip(rows, tidy.groupby("finding", sort=False), strict=True):
+        assert row.startswith(f"| {finding} ") and list(group["measure"].unique()) == measures, (row, group)
+        shown = [c.strip("*| ") for c in row.split(" | ")[3::2]]
+        assert list(group.groupby("measure", sort=False)["verdict"].first()) == shown, (row, group)
+    tested = tidy[tidy["what"].notna()]
+    assert len(tested) >= len(rows) and (tested["members"] == 24).all() and (tested["seeds"] == 1).all()
+    inside = (tested["ci_low"] <= tested["diff"]) & (tested["diff"] <= tested["ci_high"])
+    assert (inside | tested["ci_low"].isna()).all() and inside.any(), tested  # NaN: not estimable (a small R²)
+    assert (
+        tested["direction"].isin([1, -1]).all()
+        and (tested["p_holm"].isna() | (tested["p_holm"] >= tested["p_value"])).all()
+    )
+    for t in tested.itertuples():  # each difference is printed in findings.md as measured
+        assert f"{md_text(t.what)}: {t.diff:+.3f}" in md, t
     first = rows[0]
     assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md

@@ -475,6 +475,38 @@ def evaluate_findings(name: str, scores: Scores) -> list[Finding]:
     return findings
 
 
+FINDING_COLUMNS = [  # FOLDER-findings.csv: one row per tested difference (or per untested verdict)
+    "finding", "claim", "measure", "verdict", "what", "direction", "a", "b", "diff", "ci_low", "ci_high",
+    "p_value", "p_holm", "check_verdict", "members", "nonmembers", "seeds",
+]  # fmt: skip
+
+
+def findings_frame(findings: list[Finding], scores: Scores) -> pd.DataFrame:
+    """The findings as a tidy table (:data:`FINDING_COLUMNS`): per finding and measure, one row per tested
+    difference — its point estimate, 95% CI, raw and Holm-adjusted p-value and the check's verdict beside the
+    finding's (a ``confounded`` finding's checks read ``confounded`` too) — or one row with the verdict alone
+    where nothing was tested (``not measured``). ``direction`` is the published sign (+1: ``diff > 0``
+    expected); ``a`` and ``b`` the two sides where the contrast has them (NaN otherwise); ``seeds`` the fewest
+    training seeds of a configuration. Measures: those of :func:`family_sizes` (the extraction share only
+    where it was measured)."""
+    import pandas as pd
+
+    seeds = min((c.seeds for c in scores.configs), default=0)
+    rows = []
+    for f in findings:
+        for m in family_sizes(findings):
+            common = {"finding": f.claim.split(" ", 1)[0], "claim": f.claim, "measure": m, "verdict": f.verdict(m),
+                      "members": scores.n_members, "nonmembers": scores.n_nonmembers, "seeds": seeds}  # fmt: skip
+            checks = f.tests.get(m, [])
+            rows += [
+                common
+                | {"what": c.what, "direction": c.direction, "check_verdict": f.fixed or c.verdict, "p_holm": c.p_holm}
+                | {k: getattr(c.difference, k) for k in ("a", "b", "diff", "ci_low", "ci_high", "p_value")}
+                for c in checks
+            ] or [common]
+    return pd.DataFrame(rows).reindex(columns=FINDING_COLUMNS).astype({"direction": "Int64"})
+
+
 def family_sizes(findings: list[Finding]) -> dict[str, int]:
     sizes = {m: sum(len(f.tests.get(m, [])) for f in findings if not f.fixed) for m in ALL_MEASURES}
     return {m: n for m, n in sizes.items() if m in MEASURES or n}

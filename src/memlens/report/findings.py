@@ -15,6 +15,7 @@ from memlens.experiments.findings import (
     Scores,
     evaluate_findings,
     family_sizes,
+    findings_frame,
     load_scores,
 )
 from memlens.files import write_text
@@ -24,11 +25,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def findings_markdown(name: str, store, command: str) -> str:
+def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores, list[Finding]] | None = None) -> str:
     """The Markdown summary of a preset: each published finding beside memlens's paired tests on the study's
-    measure and on the loss gap, the verdicts, where the two measures disagree, and every trial's numbers."""
-    scores = load_scores(store)
-    findings = evaluate_findings(name, scores)
+    measure and on the loss gap, the verdicts, where the two measures disagree, and every trial's numbers.
+    ``evaluated``: the store's scores and evaluated findings, when the caller has them already."""
+    if evaluated is None:
+        scores = load_scores(store)
+        evaluated = scores, evaluate_findings(name, scores)
+    scores, findings = evaluated
     attack = STUDY_ATTACK[name]
     k = family_sizes(findings)
     share = "share" in k  # savine2025 with extraction: Study B's prefix-generation measure as a third column
@@ -266,9 +270,11 @@ TRIAL_COLUMNS = [  # trials.csv: the privacy–utility frontier's numbers, one r
 
 
 def write_findings(name: str, folder: Path, command: str) -> Path:
-    """``findings.md`` in ``folder``, beside ``FOLDER-trials.csv`` (each trial's AUC of the study's attack, loss
-    gap, trainable parameters and validation perplexity) and ``FOLDER-frontier.svg`` (the privacy–utility
-    frontier), named after the folder so that they can be published together."""
+    """``findings.md`` in ``folder``, beside ``FOLDER-findings.csv`` (every tested difference with its CI,
+    p-values and verdict: :func:`~memlens.experiments.findings.findings_frame`), ``FOLDER-trials.csv`` (each
+    trial's AUC of the study's attack, loss gap, trainable parameters and validation perplexity) and
+    ``FOLDER-frontier.svg`` (the privacy–utility frontier), named after the folder so that they can be
+    published together."""
     from memlens.experiments.store import Store
     from memlens.report.data import load_report_data
     from memlens.report.plots import privacy_utility_frontier
@@ -284,10 +290,15 @@ def write_findings(name: str, folder: Path, command: str) -> Path:
         write_text(folder / extra[1], svg)
     store = Store(folder, create=False)
     try:
-        md = findings_markdown(name, store, command)
+        scores = load_scores(store)
+        findings = evaluate_findings(name, scores)
+        md = findings_markdown(name, store, command, evaluated=(scores, findings))
     finally:
         store.close()
-    links = " and ".join(f"[{f}]({f})" for f in extra)
+    extra.insert(0, f"{stem}-findings.csv")
+    write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
+    links = ", ".join(f"[{f}]({f})" for f in extra)
     return write_text(
-        folder / "findings.md", md + f"\nEvery trial's numbers and the privacy–utility frontier: {links}.\n"
+        folder / "findings.md",
+        md + f"\nEvery tested difference, every trial's numbers and the privacy–utility frontier: {links}.\n",
     )
