@@ -196,3 +196,47 @@ def test_trial_resources_follow_the_sweep_file_and_the_device():
     for bad in (float("nan"), float("inf"), -1):
         with pytest.raises(MemlensError, match="must be a non-negative number"):
             resources({"memory_gb": bad})
+
+
+def test_a_preset_runs_on_ray_from_reproduce(cluster, tmp_path, monkeypatch):
+    address, env = cluster
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "memlens",
+            "reproduce",
+            "hou2025",
+            "--dry-run",
+            "--backend",
+            "ray",
+            "--address",
+            address,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "9 trials" in out.stdout and "placement: each of 9 trials asks Ray for 1 CPU" in out.stdout, out.stdout
+    assert "runs 2 at once" in out.stdout, out.stdout
+    import memlens.experiments.sweep as sweep_module
+
+    calls = []
+
+    def recorded(sweep, folder, **kwargs):  # the run itself is the sweep's, tested above on a real cluster
+        calls.append((sweep.name, folder, kwargs))
+        raise sweep_module.MemlensError("recorded")
+
+    monkeypatch.setattr(sweep_module, "run_sweep", recorded)
+    run = invoke("reproduce", "hou2025", "--dir", tmp_path / "h", "--backend", "ray", "--address", address)
+    assert_one_line_error(run, "recorded")
+    assert calls == [("hou2025-tiny", tmp_path / "h", {"retry_failed": False, "backend": "ray", "address": address})]
+
+
+def test_reproduce_backend_errors_are_one_line(tmp_path):
+    assert_one_line_error(invoke("reproduce", "hou2025", "--address", "auto"), "--address names a Ray cluster")
+    assert_one_line_error(invoke("reproduce", "hou2025", "--backend", "spark"), "--backend must be local or ray")
+    only = invoke("reproduce", "hou2025", "--findings-only", "--dir", tmp_path, "--backend", "ray")
+    assert_one_line_error(only, "--findings-only runs nothing")

@@ -27,6 +27,14 @@ Out = Annotated[Path | None, typer.Option("--out", help="Results folder (default
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print results.json to stdout instead of the table.")]
+RetryFailed = Annotated[bool, typer.Option(help="Run failed trials again.")]
+Backend = Annotated[
+    str, typer.Option(help="local (one trial after another here) or ray (trials as Ray tasks on a cluster).")
+]
+Address = Annotated[
+    str | None,
+    typer.Option(help="With --backend ray: the cluster, auto or HOST:PORT (default: a new local Ray instance)."),
+]
 
 
 def _guard(fn):
@@ -195,26 +203,17 @@ def sweep_cmd(
     file: Annotated[Path, typer.Argument(help="TOML sweep file: [base] run config, [grid] axes, [[variants]].")],
     folder: Annotated[Path | None, typer.Option("--dir", help="Project folder with the results store.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and a cost estimate only.")] = False,
-    retry_failed: Annotated[bool, typer.Option(help="Run failed trials again.")] = False,
-    backend: Annotated[
-        str, typer.Option(help="local (one trial after another here) or ray (trials as Ray tasks on a cluster).")
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(help="With --backend ray: the cluster, auto or HOST:PORT (default: a new local Ray instance)."),
-    ] = None,
+    retry_failed: RetryFailed = False,
+    backend: Backend = "local",
+    address: Address = None,
     quiet: Quiet = False,
 ) -> None:
     """Run every trial of a sweep into a crash-safe results store (a killed sweep resumes where it stopped)."""
     from memlens import progress
-    from memlens.errors import MemlensError
-    from memlens.experiments.sweep import dry_run_table, load_sweep, run_sweep, throughput_note
+    from memlens.experiments.sweep import check_backend, dry_run_table, load_sweep, run_sweep, throughput_note
 
     progress.set_enabled(not quiet)
-    if backend not in ("local", "ray"):
-        raise MemlensError(f"--backend must be local or ray (got {backend!r})")
-    if address is not None and backend != "ray":
-        raise MemlensError("--address names a Ray cluster: use it with --backend ray")
+    check_backend(backend, address)
     sweep = load_sweep(file)
     if dry_run:
         rows, total = dry_run_table(sweep)
@@ -222,15 +221,20 @@ def sweep_cmd(
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
         rate = throughput_note(sweep)
         typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: {rate})")
-        if backend == "ray":
-            from memlens.experiments.distributed import placement
-
-            typer.echo(placement(sweep.resources, address, [t.config.model_dump(mode="json") for t in sweep.trials]))
+        _placement(sweep, backend, address)
         return
     counts = run_sweep(
         sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed, backend=backend, address=address
     )
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+
+
+def _placement(sweep, backend: str, address: str | None) -> None:
+    """A dry run on Ray: what each trial asks the cluster for and (with ``address``) how many run at once."""
+    if backend == "ray":
+        from memlens.experiments.distributed import placement
+
+        typer.echo(placement(sweep.resources, address, [t.config.model_dump(mode="json") for t in sweep.trials]))
 
 
 @app.command("reproduce")
@@ -261,15 +265,19 @@ def reproduce_cmd(
             "goes on elsewhere); run nothing.",
         ),
     ] = False,
+    retry_failed: RetryFailed = False,
+    backend: Backend = "local",
+    address: Address = None,
     quiet: Quiet = False,
 ) -> None:
     """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
     from memlens import progress
     from memlens.experiments.presets import preset_spec
-    from memlens.experiments.sweep import expand, run_sweep
+    from memlens.experiments.sweep import check_backend, expand, run_sweep
     from memlens.report.findings import write_findings
 
     progress.set_enabled(not quiet)
+    check_backend(backend, address)
     spec = preset_spec(preset, scale, _seed_list(seeds), data)
     if data_dir is not None:
         if data != "phee":
@@ -287,12 +295,18 @@ def reproduce_cmd(
 
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
         _preset_plan(preset, spec, pilot)
+        _placement(expand(spec, f"preset {preset}"), backend, address)
         return
     folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if findings_only:
+        if retry_failed or backend != "local":
+            from memlens.errors import MemlensError
+
+            raise MemlensError("--findings-only runs nothing: --retry-failed and --backend are for a run")
         _check_preset_store(folder, spec["name"])
     else:
-        counts = run_sweep(expand(spec, f"preset {preset}"), folder)
+        sweep = expand(spec, f"preset {preset}")
+        counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
         typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given)
     typer.echo(str(write_findings(preset, folder, command)))

@@ -271,6 +271,14 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
     return rows, total
 
 
+def check_backend(backend: str, address: str | None) -> None:
+    """A clear error for a backend other than ``local``/``ray``, or an ``address`` without Ray."""
+    if backend not in ("local", "ray"):
+        raise MemlensError(f"--backend must be local or ray (got {backend!r})")
+    if address is not None and backend != "ray":
+        raise MemlensError("--address names a Ray cluster: use it with --backend ray")
+
+
 def run_sweep(
     sweep: Sweep,
     folder: str | Path,
@@ -285,10 +293,7 @@ def run_sweep(
     ``HOST:PORT`` joins one; see :mod:`memlens.experiments.distributed`); this process still writes the store."""
     from memlens.experiments.store import Store
 
-    if backend not in ("local", "ray"):
-        raise MemlensError(f"unknown backend {backend!r}; use local or ray")
-    if address is not None and backend != "ray":
-        raise MemlensError("--address names a Ray cluster: use it with --backend ray")
+    check_backend(backend, address)
     if backend == "ray":
         from memlens.experiments.distributed import require_ray
 
