@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from memlens.comparison import delong, holm, paired_difference, verdict
+from memlens.comparison import contrast, delong, holm, paired_difference, verdict
 from memlens.metrics import auc_ci, roc_auc, tpr_at_fpr, tpr_rows
 
 
@@ -79,6 +79,19 @@ def test_tpr_difference_and_nan_texts_dropped_from_both():
 def test_verdict_follows_the_interval(low, high, direction, expected):
     assert verdict(low, high, direction) == expected
     assert verdict(float("nan"), high, direction) == "inconclusive"
+
+
+def test_a_contrast_with_undefined_replicates_is_not_estimable():
+    """An R² of a resample whose values are all equal is NaN: the p-value must not count such replicates as
+    'not crossing zero' (that made p small with no interval)."""
+    rng = np.random.default_rng(0)
+    reps = np.array([[0.6], [0.1]]) + rng.normal(0, 0.05, (2, 400))  # (statistics, replicates)
+    ok = contrast(np.array([0.6, 0.1]), reps, [1, -1], metric="r2")
+    assert ok.ci_low < ok.diff < ok.ci_high and ok.p_value == pytest.approx(2 / 401)
+    reps[0, :100] = np.nan
+    d = contrast(np.array([0.6, 0.1]), reps, [1, -1], metric="r2")
+    assert d.diff == pytest.approx(0.5) and np.isnan(d.ci_low) and np.isnan(d.ci_high) and d.p_value is None
+    assert d.verdict() == "inconclusive"
 
 
 def test_holm_matches_a_hand_computation():

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from memlens.experiments.findings import SHARE, Scores, Trial, evaluate_findings, family_sizes
+from memlens.experiments.findings import SHARE, Scores, Trial, evaluate_findings, family_sizes, findings_frame
 from memlens.metrics import auc_ci, roc_auc
 from memlens.report.findings import disagreements
 
@@ -204,3 +204,19 @@ def test_the_matrix_finding_is_also_tested_on_the_extraction_share():
     assert family_sizes(findings) == {"auc": 3, "gap": 1, "share": 1}  # auc: (1) and (2)'s two
     (check,) = findings[0].tests["share"]
     assert findings[0].verdict("share") == "holds" and check.difference.diff == pytest.approx(0.1, abs=0.02)
+    # the same findings as tidy rows (FOLDER-findings.csv): one per tested difference, or a verdict-only row
+    rows = findings_frame(findings, Scores(scores.trials, frames)).set_index(["finding", "measure", "metric"])
+    assert list(rows.index.get_level_values("finding").unique()) == ["(1)", "(2)", "(3)"]
+    share = rows.loc[("(1)", "share", "share")]
+    assert share["diff"] == check.difference.diff and share["a"] - share["b"] == pytest.approx(share["diff"])
+    assert share["ci_low"] < share["diff"] < share["ci_high"] and share["p_holm"] >= share["p_value"]
+    assert (share["verdict"], share["check_verdict"], share["direction"], share["seeds"]) == ("holds", "holds", 1, 1)
+    assert share["members"] == share["nonmembers"] == M
+    regression = rows.loc[("(2)", "auc")]  # (2)'s slope and R² difference fill the AUC column
+    assert sorted(regression.index) == ["r2", "slope"] and regression.loc["slope", "direction"] == -1
+    assert regression["a"].isna().all()  # no two sides
+    untested = rows.loc["(3)"].reset_index()  # one rank only: (3) not measured, a row per measure
+    assert untested["measure"].tolist() == ["auc", "gap", "share"] and untested["metric"].isna().all()
+    assert (untested["verdict"] == "not measured").all() and untested[["what", "diff", "seeds"]].isna().all().all()
+    gap = rows.loc[("(2)", "gap")].reset_index()
+    assert gap["verdict"].tolist() == ["not measured"] and gap["direction"].isna().all()

@@ -58,12 +58,16 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
     assert len(tested) >= len(rows) and (tested["members"] == 24).all() and (tested["seeds"] == 1).all()
     inside = (tested["ci_low"] <= tested["diff"]) & (tested["diff"] <= tested["ci_high"])
     assert (inside | tested["ci_low"].isna()).all() and inside.any(), tested  # NaN: not estimable (a small R²)
-    assert (
-        tested["direction"].isin([1, -1]).all()
-        and (tested["p_holm"].isna() | (tested["p_holm"] >= tested["p_value"])).all()
-    )
+    adjusted_up = tested["p_holm"].isna() | tested["p_value"].isna() | (tested["p_holm"] >= tested["p_value"])
+    assert tested["direction"].isin([1, -1]).all() and adjusted_up.all(), tested  # p_value NaN: not estimable
     for t in tested.itertuples():  # each difference is printed in findings.md as measured
         assert f"{md_text(t.what)}: {t.diff:+.3f}" in md, t
+    for (_, _), g in tested.groupby(["finding", "measure"]):  # a finding holds where all its checks do
+        checks, verdict = set(g["check_verdict"]), g["verdict"].iloc[0]
+        assert verdict in ({"confounded"} if checks == {"confounded"} else checks | {"inconclusive", "does not hold"})
+        if verdict == "confounded":
+            assert g["p_holm"].isna().all() and g["p_value"].notna().all(), g  # outside the Holm family
+        assert verdict != "holds" or checks == {"holds"}, g
     first = rows[0]
     assert "p\\_Holm" in first and ("mean V,O − mean Q,K" in first or "mean parameter-based" in first), first
     assert "Holm-adjusted p below 0.05" in md and "loss gap" in md

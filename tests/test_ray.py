@@ -236,7 +236,12 @@ def test_a_preset_runs_on_ray_from_reproduce(cluster, tmp_path, monkeypatch):
 
 
 def test_reproduce_backend_errors_are_one_line(tmp_path):
-    assert_one_line_error(invoke("reproduce", "hou2025", "--address", "auto"), "--address names a Ray cluster")
-    assert_one_line_error(invoke("reproduce", "hou2025", "--backend", "spark"), "--backend must be local or ray")
-    only = invoke("reproduce", "hou2025", "--findings-only", "--dir", tmp_path, "--backend", "ray")
-    assert_one_line_error(only, "--findings-only runs nothing")
+    for dry in ([], ["--dry-run"]):  # refused before a run and before a plan
+        bad = invoke("reproduce", "hou2025", *dry, "--address", "auto")
+        assert_one_line_error(bad, "--address names a Ray cluster")
+        assert_one_line_error(
+            invoke("reproduce", "hou2025", *dry, "--backend", "spark"), "--backend must be local or ray"
+        )
+    for option in (["--backend", "ray"], ["--address", "auto"], ["--retry-failed"]):
+        only = invoke("reproduce", "hou2025", "--findings-only", "--dir", tmp_path, *option)
+        assert_one_line_error(only, "--findings-only runs nothing: --retry-failed, --backend and --address")

@@ -277,6 +277,10 @@ def reproduce_cmd(
     from memlens.report.findings import write_findings
 
     progress.set_enabled(not quiet)
+    if findings_only and (retry_failed or backend != "local" or address is not None):
+        from memlens.errors import MemlensError
+
+        raise MemlensError("--findings-only runs nothing: --retry-failed, --backend and --address are for a run")
     check_backend(backend, address)
     spec = preset_spec(preset, scale, _seed_list(seeds), data)
     if data_dir is not None:
@@ -294,15 +298,10 @@ def reproduce_cmd(
             from memlens.errors import MemlensError
 
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
-        _preset_plan(preset, spec, pilot)
-        _placement(expand(spec, f"preset {preset}"), backend, address)
+        _placement(_preset_plan(preset, spec, pilot), backend, address)
         return
     folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if findings_only:
-        if retry_failed or backend != "local":
-            from memlens.errors import MemlensError
-
-            raise MemlensError("--findings-only runs nothing: --retry-failed and --backend are for a run")
         _check_preset_store(folder, spec["name"])
     else:
         sweep = expand(spec, f"preset {preset}")
@@ -351,9 +350,10 @@ def _reproduce_command(
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
+def _preset_plan(preset: str, spec: dict, pilot: Path | None):
     """``reproduce --dry-run``: the trials and their cost; with a pilot run, each finding's CI half-width at
-    this size and the texts per set needed to resolve ΔAUC = 0.03, and the wall time calibrated on the pilot."""
+    this size and the texts per set needed to resolve ΔAUC = 0.03, and the wall time calibrated on the pilot.
+    Returns the expanded sweep."""
     from memlens.experiments.presets import set_sizes
     from memlens.experiments.sweep import dry_run_table, expand, throughput_note
 
@@ -363,7 +363,7 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
     typer.echo(f"{spec['name']}: {len(rows)} trials, {sizes[0]} members / {sizes[1]} non-members per trial")
     typer.echo(f"estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)})")
     if pilot is None:
-        return
+        return sweep
     from memlens.experiments.findings import evaluate_findings, load_scores
     from memlens.experiments.power import power_table, projected_seconds
     from memlens.experiments.store import Store
@@ -393,6 +393,7 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None) -> None:
     typer.echo(
         "Projections assume the effect does not change with size, epochs or seeds (see memlens.experiments.power)."
     )
+    return sweep
 
 
 def _seed_list(text: str) -> list[int]:

@@ -198,13 +198,15 @@ def contrast(
     p-value, ``2·min(P*(d ≤ 0), P*(d ≥ 0))`` with add-one smoothing (never 0 from a finite bootstrap).
 
     A difference of group means uses weights ``+1/|high|`` and ``−1/|low|`` (``a``, ``b``: the two means);
-    a least-squares slope against ``x`` uses ``(x − x̄) / Σ(x − x̄)²``."""
+    a least-squares slope against ``x`` uses ``(x − x̄) / Σ(x − x̄)²``. Not estimable (NaN CI, p ``None``)
+    without replicates or when some replicate is undefined (e.g. an R² of a resample whose values are all
+    equal): dropping those would condition the interval on the resamples where the statistic exists."""
     w = np.asarray(weights, float)
     if w.shape != point.shape:
         raise ValueError(f"need one weight per statistic ({point.shape[0]}), got {w.shape}")
     diff, d = float(w @ point), w @ reps
     alpha = (1 - confidence) / 2
-    if not len(d):
+    if not len(d) or not np.isfinite(d).all():
         return Difference(metric, a, b, diff, float("nan"), float("nan"), method, None)
     lo, hi = np.quantile(d, [alpha, 1 - alpha])
     tail = min(int((d <= 0).sum()), int((d >= 0).sum()))

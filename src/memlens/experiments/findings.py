@@ -149,11 +149,12 @@ class Check:
     difference: Difference
     direction: int = 1
     p_holm: float = float("nan")
+    seeds: int = 1  # the fewest training seeds of a configuration in the contrast
 
     @property
     def verdict(self) -> str:
         d = self.difference
-        if not (self.p_holm < ALPHA and math.isfinite(d.diff)):
+        if not (self.p_holm < ALPHA and all(math.isfinite(v) for v in (d.diff, d.ci_low, d.ci_high))):
             return "inconclusive"
         return "holds" if d.diff * self.direction > 0 else "reversed"
 
@@ -175,6 +176,11 @@ class Finding:
     described: str = ""  # what the tests do not show: per-group values, fits
     fixed: str | None = None
     note: str = ""
+
+    @property
+    def key(self) -> str:
+        """The finding's number as the study gives it, e.g. ``(1)``."""
+        return self.claim.split(" ", 1)[0]
 
     def verdict(self, measure: str) -> str:
         if self.fixed:
@@ -241,7 +247,8 @@ def _contrast(
         draw = rng.integers(0, len(unit), (reps.shape[1], len(unit)))  # seeds resampled per replicate
         unit_reps[u] = seed_reps[draw, np.arange(reps.shape[1])[:, None]].mean(axis=1)
     a, b = (float(v) for v in ab(unit_point)) if ab else (float("nan"), float("nan"))
-    return Check(measure, what, contrast(unit_point, unit_reps, weights, metric=measure, a=a, b=b), direction)
+    difference = contrast(unit_point, unit_reps, weights, metric=measure, a=a, b=b)
+    return Check(measure, what, difference, direction, seeds=min(len(unit) for unit in units))
 
 
 def _groups(scores: Scores, high: list[Config], low: list[Config], attack: str, names: tuple[str, str]) -> dict:
@@ -430,7 +437,9 @@ def hou_findings(scores: Scores) -> list[Finding]:
         steps = (("mlp", "attn"), ("all", "mlp"))
         f5.tests = {
             m: [
-                _contrast(scores, [_at_last(place[h]), _at_last(place[lo])], [1, -1], m, attack, f"{h} − {lo}")
+                _contrast(
+                    scores, [_at_last(place[h]), _at_last(place[lo])], [1, -1], m, attack, f"{h} − {lo}", ab=tuple
+                )
                 for h, lo in steps
             ]
             for m in MEASURES
@@ -442,7 +451,8 @@ def hou_findings(scores: Scores) -> list[Finding]:
         big, small = larger[0], place["all"]
         what = f"{big.label} − {small.label}"
         f3.tests = {
-            m: [_contrast(scores, [_at_last(big), _at_last(small)], [1, -1], m, attack, what)] for m in MEASURES
+            m: [_contrast(scores, [_at_last(big), _at_last(small)], [1, -1], m, attack, what, ab=tuple)]
+            for m in MEASURES
         }
         f3.fixed = "confounded"
         f3.note = (
@@ -476,35 +486,36 @@ def evaluate_findings(name: str, scores: Scores) -> list[Finding]:
 
 
 FINDING_COLUMNS = [  # FOLDER-findings.csv: one row per tested difference (or per untested verdict)
-    "finding", "claim", "measure", "verdict", "what", "direction", "a", "b", "diff", "ci_low", "ci_high",
-    "p_value", "p_holm", "check_verdict", "members", "nonmembers", "seeds",
+    "finding", "claim", "measure", "verdict", "what", "metric", "direction", "a", "b", "diff", "ci_low",
+    "ci_high", "p_value", "p_holm", "check_verdict", "members", "nonmembers", "seeds",
 ]  # fmt: skip
 
 
 def findings_frame(findings: list[Finding], scores: Scores) -> pd.DataFrame:
-    """The findings as a tidy table (:data:`FINDING_COLUMNS`): per finding and measure, one row per tested
-    difference — its point estimate, 95% CI, raw and Holm-adjusted p-value and the check's verdict beside the
-    finding's (a ``confounded`` finding's checks read ``confounded`` too) — or one row with the verdict alone
-    where nothing was tested (``not measured``). ``direction`` is the published sign (+1: ``diff > 0``
-    expected); ``a`` and ``b`` the two sides where the contrast has them (NaN otherwise); ``seeds`` the fewest
-    training seeds of a configuration. Measures: those of :func:`family_sizes` (the extraction share only
-    where it was measured)."""
+    """The findings as a tidy table (:data:`FINDING_COLUMNS`): per finding and measure (the column it fills in
+    findings.md), one row per tested difference — its ``metric`` (``auc``, ``gap``, ``share``; ``slope`` and
+    ``r2`` for Study B's (2), a regression on the extraction share shown in the AUC column), point estimate,
+    95% CI (NaN: not estimable), raw and Holm-adjusted p-value, the check's verdict beside the finding's (a
+    ``confounded`` finding's checks read ``confounded`` too) and ``seeds``, the fewest training seeds of a
+    configuration it compares — or one row with the verdict alone where nothing was tested (``not
+    measured``). ``direction`` is the published sign (+1: ``diff > 0`` expected); ``a`` and ``b`` the two
+    sides of a two-sided contrast (NaN for a slope or a difference of growths). Measures: those of
+    :func:`family_sizes` (the extraction share only where it was measured)."""
     import pandas as pd
 
-    seeds = min((c.seeds for c in scores.configs), default=0)
     rows = []
     for f in findings:
         for m in family_sizes(findings):
-            common = {"finding": f.claim.split(" ", 1)[0], "claim": f.claim, "measure": m, "verdict": f.verdict(m),
-                      "members": scores.n_members, "nonmembers": scores.n_nonmembers, "seeds": seeds}  # fmt: skip
-            checks = f.tests.get(m, [])
+            common = {"finding": f.key, "claim": f.claim, "measure": m, "verdict": f.verdict(m),
+                      "members": scores.n_members, "nonmembers": scores.n_nonmembers}  # fmt: skip
             rows += [
                 common
-                | {"what": c.what, "direction": c.direction, "check_verdict": f.fixed or c.verdict, "p_holm": c.p_holm}
+                | {"what": c.what, "metric": c.difference.metric, "direction": c.direction, "p_holm": c.p_holm}
                 | {k: getattr(c.difference, k) for k in ("a", "b", "diff", "ci_low", "ci_high", "p_value")}
-                for c in checks
+                | {"check_verdict": f.fixed or c.verdict, "seeds": c.seeds}
+                for c in f.tests.get(m, [])
             ] or [common]
-    return pd.DataFrame(rows).reindex(columns=FINDING_COLUMNS).astype({"direction": "Int64"})
+    return pd.DataFrame(rows).reindex(columns=FINDING_COLUMNS).astype({"direction": "Int64", "seeds": "Int64"})
 
 
 def family_sizes(findings: list[Finding]) -> dict[str, int]:

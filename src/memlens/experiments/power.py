@@ -72,7 +72,7 @@ def power_table(
                 continue
             # SE at k texts per set: se · sqrt((2/k) / (1/m + 1/n)); solve z · SE_k ≤ delta for k
             needed = math.ceil(2 * (z * se / delta) ** 2 / (1 / m + 1 / n)) if se > 0 else None
-            claim = f.claim.split(" ", 1)[0]
+            claim = f.key
             rows.append(
                 PowerRow(claim, measure, check.what, d.diff, Z95 * se, Z95 * se * shrink, needed, z * se * shrink)
             )

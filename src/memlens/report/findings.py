@@ -217,7 +217,7 @@ def disagreements(findings: list[Finding]) -> list[str]:
         va, vg = f.verdict("auc"), f.verdict("gap")
         if not f.fixed and va != vg and "not measured" not in (va, vg):
             out.append(
-                f"{f.claim.split(' ', 1)[0]}: the two measures disagree — AUC: {va}, loss gap: {vg}. AUC measures how "
+                f"{f.key}: the two measures disagree — AUC: {va}, loss gap: {vg}. AUC measures how "
                 "well the per-text loss drops separate members from non-members; the gap, how much more the members' "
                 "loss fell on average."
             )
@@ -297,8 +297,6 @@ def write_findings(name: str, folder: Path, command: str) -> Path:
         store.close()
     extra.insert(0, f"{stem}-findings.csv")
     write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
+    what = ["Every tested difference", "every trial's numbers", "the privacy–utility frontier"][: len(extra)]
     links = ", ".join(f"[{f}]({f})" for f in extra)
-    return write_text(
-        folder / "findings.md",
-        md + f"\nEvery tested difference, every trial's numbers and the privacy–utility frontier: {links}.\n",
-    )
+    return write_text(folder / "findings.md", md + f"\n{', '.join(what)}: {links}.\n")
