@@ -279,24 +279,25 @@ def write_findings(name: str, folder: Path, command: str) -> Path:
     from memlens.report.data import load_report_data
     from memlens.report.plots import privacy_utility_frontier
 
-    attack = STUDY_ATTACK[name]
-    final = load_report_data(folder, attack=attack).final
-    stem = Path(folder).resolve().name
-    extra = [f"{stem}-trials.csv"]
-    write_text(folder / extra[0], final.reindex(columns=TRIAL_COLUMNS).to_csv(index=False))
-    svg = privacy_utility_frontier(final, attack=attack)
-    if svg is not None:
-        extra.append(f"{stem}-frontier.svg")
-        write_text(folder / extra[1], svg)
     store = Store(folder, create=False)
-    try:
+    try:  # the findings first: the files below describe the same finished trials, even while a run goes on
         scores = load_scores(store)
         findings = evaluate_findings(name, scores)
         md = findings_markdown(name, store, command, evaluated=(scores, findings))
     finally:
         store.close()
-    extra.insert(0, f"{stem}-findings.csv")
+    stem = Path(folder).resolve().name
+    extra = [f"{stem}-findings.csv", f"{stem}-trials.csv"]
     write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
-    what = ["Every tested difference", "every trial's numbers", "the privacy–utility frontier"][: len(extra)]
+    attack = STUDY_ATTACK[name]
+    final = load_report_data(folder, attack=attack).final
+    final = final[final["trial"].isin([t.id for t in scores.trials])]
+    write_text(folder / extra[1], final.reindex(columns=TRIAL_COLUMNS).to_csv(index=False))
+    svg = privacy_utility_frontier(final, attack=attack)
+    if svg is not None:
+        extra.append(f"{stem}-frontier.svg")
+        write_text(folder / extra[2], svg)
+    parts = ["Every tested difference", "every trial's numbers", "the privacy–utility frontier"][: len(extra)]
     links = ", ".join(f"[{f}]({f})" for f in extra)
-    return write_text(folder / "findings.md", md + f"\n{', '.join(what)}: {links}.\n")
+    what = ", ".join(parts[:-1]) + " and " + parts[-1]
+    return write_text(folder / "findings.md", md + f"\n{what}: {links}.\n")
