@@ -58,14 +58,14 @@ def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores
         f"Every number is a difference between trials on the same {scores.n_members} members and "
         f"{scores.n_nonmembers} non-members: a paired bootstrap ({N_BOOT:,} replicates resample the texts once "
         f"for all trials{_seed_words(scores)}) gives its 95% CI and p-value. A finding **holds** when its "
-        f"difference in the published direction has a Holm-adjusted p below {ALPHA} (over the {k['auc']} AUC "
-        "comparisons of this preset; the "
-        f"{k['gap']} loss-gap comparisons are a family of their own), is **reversed** when significant the other "
-        "way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning lowered the members' mean "
-        "token loss than the non-members' (nats/token; docs/methods.md)."
+        f"difference in the published direction has a Holm-adjusted p below {ALPHA} (over the "
+        f"{_count(k['auc'], 'AUC comparison')} of this preset; the {_count(k['gap'], 'loss-gap comparison')} "
+        f"{'are a family of their own' if k['gap'] != 1 else 'is a family of its own'}), is **reversed** when "
+        "significant the other way, and is **inconclusive** otherwise. The loss gap is how much more fine-tuning "
+        "lowered the members' mean token loss than the non-members' (nats/token; docs/methods.md)."
         + (
             f" The extraction share is Study B's prefix-generation measure: the extracted members' mean greedy share "
-            f"of n-gram minus the non-members' ({k['share']} comparisons, a third family)."
+            f"of n-gram minus the non-members' ({_count(k['share'], 'comparison')}, a third family)."
             if share
             else ""
         ),
@@ -76,6 +76,10 @@ def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores
     lines += ["", *trial_table(store, attack)]
     lines += measured_section(store)
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def measured_section(store) -> list[str]:
