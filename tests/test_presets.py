@@ -233,3 +233,19 @@ def test_measurement_lines_say_what_the_store_did_not_record(tmp_path):
     assert "- device: cpu float32 / not recorded; torch threads: 2 / not recorded; CPUs: 2 / not recorded" in lines
     assert "GPU: none / not recorded;" in lines and "memlens 0.1.0 / not recorded, torch 2.13.0 / not" in lines
     assert measured_section(Store(tmp_path / "empty")) == []  # nothing finished: no lines
+
+
+def test_model_replaces_the_presets_model_in_every_trial(tiny_dir):
+    from helpers import invoke
+
+    from memlens.cli import _reproduce_command
+
+    spec = preset_spec("hou2025", "small", [0], "phee")
+    default = invoke("reproduce", "hou2025", "--scale", "small", "--dry-run")
+    tiny = invoke("reproduce", "hou2025", "--scale", "small", "--dry-run", "--model", str(tiny_dir))
+    minutes = [int(re.search(r"estimate: ~(\d+) min", r.stdout).group(1)) for r in (default, tiny)]
+    assert default.exit_code == tiny.exit_code == 0 and minutes[1] < minutes[0], (default.stdout, tiny.stdout)
+    assert spec["base"]["model"]["name"] == "smollm2-135m"  # what --model replaces; the size trial keeps Gemma
+    assert any(v.get("model") for v in spec["variants"])
+    command = _reproduce_command("hou2025", "full", "0,1,2", "phee", None, None, "meta-llama/Llama-2-7b-hf")
+    assert command == "memlens reproduce hou2025 --scale full --seeds 0,1,2 --model meta-llama/Llama-2-7b-hf"

@@ -250,6 +250,13 @@ def reproduce_cmd(
     data: Annotated[
         str, typer.Option(help="Dataset shipped with memlens: phee (medical) or sotu (State of the Union).")
     ] = "phee",
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Pre-trained model of every trial instead of SmolLM2-135M-Instruct (built-in name, local folder, "
+            ".gguf file or hub id), e.g. the study's own on a GPU; hou2025's model-size trial keeps its model."
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the trials, the cost and (with --pilot) the power; run nothing.")
     ] = False,
@@ -283,6 +290,8 @@ def reproduce_cmd(
         raise MemlensError("--findings-only runs nothing: --retry-failed, --backend and --address are for a run")
     check_backend(backend, address)
     spec = preset_spec(preset, scale, _seed_list(seeds), data)
+    if model is not None:
+        spec["base"]["model"]["name"] = model
     if data_dir is not None:
         if data != "phee":
             from memlens.errors import MemlensError
@@ -307,7 +316,7 @@ def reproduce_cmd(
         sweep = expand(spec, f"preset {preset}")
         counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
         typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given)
+    command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given, model)
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
 
@@ -337,7 +346,13 @@ def _check_preset_store(folder: Path, sweep: str) -> None:
 
 
 def _reproduce_command(
-    preset: str, scale: str, seeds: str, data: str, data_dir: Path | None, folder: Path | None
+    preset: str,
+    scale: str,
+    seeds: str,
+    data: str,
+    data_dir: Path | None,
+    folder: Path | None,
+    model: str | None = None,
 ) -> str:
     """The command that runs this preset, as findings.md shows it (the options that change what is run)."""
     import shlex
@@ -345,6 +360,7 @@ def _reproduce_command(
     words = ["memlens", "reproduce", preset, "--scale", scale]
     words += ["--seeds", seeds.replace(" ", "")] if _seed_list(seeds) != [0] else []
     words += ["--data", data] if data != "phee" else []
+    words += ["--model", model] if model is not None else []
     words += ["--data-dir", str(data_dir)] if data_dir is not None else []
     words += ["--dir", str(folder)] if folder is not None else []
     return " ".join(shlex.quote(w) for w in words)
