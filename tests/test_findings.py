@@ -220,3 +220,20 @@ def test_the_matrix_finding_is_also_tested_on_the_extraction_share():
     assert (untested["verdict"] == "not measured").all() and untested[["what", "diff", "seeds"]].isna().all().all()
     gap = rows.loc[("(2)", "gap")].reset_index()
     assert gap["verdict"].tolist() == ["not measured"] and gap["direction"].isna().all()
+
+
+def test_the_per_rank_means_come_from_the_matrices_swept_over_ranks():
+    """savine2025 small: Q, K, V, O at rank 4 and V also at 1, 16, 64 — rank 4's mean must be V's alone, not
+    pulled by the matrices that have no rank series."""
+    rng = np.random.default_rng(3)
+    truth = np.r_[np.ones(M), np.zeros(N)]
+    shared, base = rng.normal(size=M + N), rng.normal(3, 0.3, M + N)
+    design = [("q", 4, 2.0), ("k", 4, 2.0), ("o", 4, 2.0), ("v", 4, 0.0), ("v", 1, 0.0), ("v", 16, 0.0)]
+    trials, frames = [], {}
+    for i, (target, rank, effect) in enumerate(design, start=1):
+        trials.append(lora(i, target, rank))
+        frames[i] = frame(0.3 + 0.1 * (shared + effect * truth + 0.2 * rng.normal(size=M + N)), base)
+    scores = Scores(trials, frames)
+    f3 = evaluate_findings("savine2025", scores)[2]
+    auc = {t.rank: roc_auc(v[:M], v[M:]) for t in trials[3:] for v in [scores.row(t.id, 1, "auc", "reference")]}
+    assert f3.described == "mean AUC (v) " + ", ".join(f"r={r}: {auc[r]:.3f}" for r in (1, 4, 16))

@@ -321,8 +321,12 @@ def savine_findings(scores: Scores) -> list[Finding]:
         w = slope_weights([math.log2(c.rank) for c in lora], groups=[",".join(c.targets) for c in lora])
         what = "slope per doubling of the rank (within matrices)"
         f3.tests = {m: [_contrast(scores, units, w, m, attack, what)] for m in _measures(scores, units)}
-        per_rank = {r: np.mean([_stat(scores, t, "auc", attack) for t in lora if t.rank == r]) for r in ranks}
-        f3.described = "mean AUC " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
+        # the mean AUC per rank within the matrices swept over several ranks (others would shift one rank's mean)
+        swept = [c for c in lora if len({x.rank for x in lora if x.targets == c.targets}) > 1]
+        per_rank = {r: np.mean([_stat(scores, c, "auc", attack) for c in swept if c.rank == r]) for r in ranks
+                    if any(c.rank == r for c in swept)}  # fmt: skip
+        names = sorted({",".join(c.targets) for c in swept})
+        f3.described = f"mean AUC ({'; '.join(names)}) " + ", ".join(f"r={r}: {a:.3f}" for r, a in per_rank.items())
     else:
         f3.fixed = "not measured"
     return [f1, _perplexity_finding(scores, lora, attack), f3]

@@ -207,6 +207,8 @@ def power_section(findings: list[Finding], scores: Scores) -> list[str]:
     for r in rows:
         unit = "" if r.measure == "auc" else " nats/token"
         needed = f"{r.needed:,}" if r.needed is not None and r.measure == "auc" else "—"
+        if r.needed is not None and r.needed <= min(size) and r.measure == "auc":  # below this run's own size the
+            needed = f"≤ {min(size):,} (resolved here)"  # 1/m + 1/n projection says nothing more
         detectable = f"{r.detectable:.3f}" if r.half_width > 0 else "—"  # a CI of zero width: saturated, no SE
         cells = [r.finding, f"{r.what} ({'AUC' if r.measure == 'auc' else 'loss gap'})", f"{r.diff:+.3f}{unit}",
                  f"{r.half_width:.3f}", detectable, needed]  # fmt: skip
