@@ -240,12 +240,16 @@ def test_model_replaces_the_presets_model_in_every_trial(tiny_dir):
 
     from memlens.cli import _reproduce_command
 
-    spec = preset_spec("hou2025", "small", [0], "phee")
     default = invoke("reproduce", "hou2025", "--scale", "small", "--dry-run")
     tiny = invoke("reproduce", "hou2025", "--scale", "small", "--dry-run", "--model", str(tiny_dir))
     minutes = [int(re.search(r"estimate: ~(\d+) min", r.stdout).group(1)) for r in (default, tiny)]
     assert default.exit_code == tiny.exit_code == 0 and minutes[1] < minutes[0], (default.stdout, tiny.stdout)
-    assert spec["base"]["model"]["name"] == "smollm2-135m"  # what --model replaces; the size trial keeps Gemma
-    assert any(v.get("model") for v in spec["variants"])
+    assert "hou2025-small: 9 trials" in default.stdout and f"hou2025-small-{tiny_dir.name}: 8 trials" in tiny.stdout
+    hub = invoke("reproduce", "hou2025", "--dry-run", "--model", "nobody/not-downloaded-here")
+    assert "8 of the 8 trials not counted: their model's size is unknown here" in hub.stdout, hub.stdout
+    assert "not counted" not in default.stdout
+    sweep = expand(preset_spec("hou2025", "small", [0, 1], "sotu", "meta-llama/Llama-2-7b-hf"))
+    assert sweep.name == "hou2025-small-sotu-llama-2-7b-hf-2seeds" and len(sweep.trials) == 16  # no size trial
+    assert {t.config.model.name for t in sweep.trials} == {"meta-llama/Llama-2-7b-hf"}
     command = _reproduce_command("hou2025", "full", "0,1,2", "phee", None, None, "meta-llama/Llama-2-7b-hf")
     assert command == "memlens reproduce hou2025 --scale full --seeds 0,1,2 --model meta-llama/Llama-2-7b-hf"

@@ -254,7 +254,7 @@ def reproduce_cmd(
         str | None,
         typer.Option(
             help="Pre-trained model of every trial instead of SmolLM2-135M-Instruct (built-in name, local folder, "
-            ".gguf file or hub id), e.g. the study's own on a GPU; hou2025's model-size trial keeps its model."
+            ".gguf file or hub id), e.g. the study's own on a GPU; hou2025's model-size trial is left out."
         ),
     ] = None,
     dry_run: Annotated[
@@ -289,9 +289,7 @@ def reproduce_cmd(
 
         raise MemlensError("--findings-only runs nothing: --retry-failed, --backend and --address are for a run")
     check_backend(backend, address)
-    spec = preset_spec(preset, scale, _seed_list(seeds), data)
-    if model is not None:
-        spec["base"]["model"]["name"] = model
+    spec = preset_spec(preset, scale, _seed_list(seeds), data, model)
     if data_dir is not None:
         if data != "phee":
             from memlens.errors import MemlensError
@@ -377,7 +375,11 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None):
     rows, total = dry_run_table(sweep)
     sizes = set_sizes(spec)
     typer.echo(f"{spec['name']}: {len(rows)} trials, {sizes[0]} members / {sizes[1]} non-members per trial")
-    typer.echo(f"estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)})")
+    unknown = sum(cost.startswith("unknown") for _, _, cost in rows)  # e.g. a hub id not downloaded here
+    left_out = (
+        f"; {unknown} of the {len(rows)} trials not counted: their model's size is unknown here" if unknown else ""
+    )
+    typer.echo(f"estimate: ~{total / 60:.0f} min in all (rough: {throughput_note(sweep)}){left_out}")
     if pilot is None:
         return sweep
     from memlens.experiments.findings import evaluate_findings, load_scores

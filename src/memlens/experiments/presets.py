@@ -15,6 +15,8 @@ The findings are tested in :mod:`memlens.experiments.findings`.
 
 from __future__ import annotations
 
+import re
+
 from memlens.errors import MemlensError
 
 SCALES = {
@@ -107,10 +109,14 @@ def hou2025(scale: str) -> dict:
 PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
 
 
-def preset_spec(name: str, scale: str, seeds: list[int] | None = None, data: str = "phee") -> dict:
+def preset_spec(
+    name: str, scale: str, seeds: list[int] | None = None, data: str = "phee", model: str | None = None
+) -> dict:
     """The preset's sweep; with several ``seeds`` every trial runs once per training seed (sweep name
     ``NAME-SCALE-Nseeds``, so it never mixes with a one-seed store). ``data``: a dataset shipped inside memlens
-    (``phee``, the studies' stand-in; ``sotu``, non-medical English), named in the sweep unless it is PHEE."""
+    (``phee``, the studies' stand-in; ``sotu``, non-medical English), named in the sweep unless it is PHEE.
+    ``model``: the pre-trained model of every trial instead of SmolLM2-135M-Instruct, named in the sweep;
+    hou2025's model-size trial is left out (its finding compares Gemma-3-270M with SmolLM2 as the smaller)."""
     if name not in PRESETS:
         raise MemlensError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     if scale not in SCALES:
@@ -121,6 +127,13 @@ def preset_spec(name: str, scale: str, seeds: list[int] | None = None, data: str
     spec["base"]["data"]["source"] = data
     if data != "phee":
         spec["name"] += f"-{data}"
+    if model is not None:
+        spec["base"]["model"]["name"] = model
+        if "variants" in spec:
+            spec["variants"] = [v for v in spec["variants"] if "model" not in v]
+        spec["name"] += "-" + (
+            re.sub(r"[^a-z0-9.]+", "-", model.lower().rstrip("/").rsplit("/", 1)[-1]).strip("-") or "model"
+        )
     if seeds is not None and seeds != [0]:
         spec["seeds"] = list(seeds)
         spec["name"] += f"-{len(seeds)}seeds"
