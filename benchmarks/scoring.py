@@ -9,11 +9,16 @@ and of the naive way (one sample at a time, one forward pass per attack, as comm
 also per sweep configuration (reference statistics cached), and the ceiling no implementation could pass on
 this machine (the engine's passes at 100% of the peak); the largest per-sample score differences, and both
 ways' error against the same logits reduced in fp64; peak RSS; and that a second run is served by the cache
-with no forward pass. On CUDA the same runs in bf16 against the bf16 matmul peak."""
+with no forward pass. On CUDA the same runs in bf16 against the bf16 matmul peak, and the accuracy of both ways
+is measured against the same model in fp32.
+
+With ``--profile``: each of the engine's four passes timed again once warm (the first run includes kernel
+selection and the prefix's keys/values), and a torch.profiler table of the ReCaLL-prefixed pass's top operations."""
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import resource
 import sys
@@ -107,10 +112,35 @@ def _naive_passes(texts: list[str], tok, prefix_text: str, max_tokens: int) -> f
     return total / scored
 
 
+def _profile(fns: dict, device: str) -> None:
+    """Each pass timed twice more (warm), then the ReCaLL pass under torch.profiler: its top operations."""
+    from torch.profiler import ProfilerActivity, profile
+
+    warm = {}
+    for name, fn in fns.items():
+        for _ in range(2):
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            warm[name] = time.perf_counter() - t
+    print("  warm (second of two more runs): " + ", ".join(f"{k} {v:.2f} s" for k, v in warm.items()))
+    cuda = device == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        fns["recall"]()
+        sync(device)
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    print(f"  ReCaLL pass, top operations by {sort}:")
+    print(prof.key_averages().table(sort_by=sort, row_limit=15, max_name_column_width=48))
+
+
 def main() -> None:
     ap = parser(__doc__, n=256, batch_size=16)
     ap.add_argument("--naive-n", type=int, default=24, help="texts scored by the naive loop (it is slow)")
     ap.add_argument("--repeats", type=int, default=5, help="runs of the plain pass")
+    ap.add_argument("--profile", action="store_true", help="time each pass warm and profile the ReCaLL pass")
+    ap.add_argument("--dtype", default="auto", help="model dtype (auto: bfloat16 on CUDA, float32 on the CPU)")
     args = ap.parse_args()
 
     import torch
@@ -125,7 +155,7 @@ def main() -> None:
 
     progress.set_enabled(False)
     rss_libs = _rss_now()  # Python, torch, transformers, peft: what any process using them holds
-    lm = load_model(args.model)
+    lm = load_model(args.model, dtype=args.dtype)
     device, dtype = lm.info["device"], lm.model.dtype
     print(
         f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
@@ -172,11 +202,22 @@ def main() -> None:
                 p.normal_(0, 0.02)
     model.eval()
 
-    def engine(sample: list[str]) -> tuple[dict, int, dict]:
-        times, t0 = {}, time.perf_counter()
+    def passes(sample: list[str]) -> dict:
+        """The engine's four passes over ``sample``, as functions of nothing (the runner's arguments)."""
         sample_ids = encode(tok, sample, args.max_tokens).ids
+        lower_ids = encode(tok, [s.lower() for s in sample], args.max_tokens).ids
         prefix = encode(tok, [prefix_text], 10**9).ids[0]  # with its start token, as the runner builds it
         kw = {"batch_size": args.batch_size}
+        return {
+            "target": lambda: score_ids(model, sample_ids, pad, **kw),
+            "reference": lambda: score_ids(model, sample_ids, pad, disable_adapters=True, **kw),
+            "lowercase": lambda: score_ids(model, lower_ids, pad, **kw),
+            "recall": lambda: score_ids(model, sample_ids, pad, prefix=prefix, **kw),
+        }
+
+    def engine(sample: list[str]) -> tuple[dict, int, dict]:
+        times, t0 = {}, time.perf_counter()
+        fns = passes(sample)
 
         def timed(name, fn):
             t = time.perf_counter()
@@ -185,18 +226,12 @@ def main() -> None:
             times[name] = time.perf_counter() - t
             return out
 
-        lower_ids = encode(tok, [s.lower() for s in sample], args.max_tokens).ids
-        inputs = AttackInputs(
-            target=timed("target", lambda: score_ids(model, sample_ids, pad, **kw)),
-            reference=timed("reference", lambda: score_ids(model, sample_ids, pad, disable_adapters=True, **kw)),
-            texts=sample,
-            lowercase=timed("lowercase", lambda: score_ids(model, lower_ids, pad, **kw)),
-            recall=timed("recall", lambda: score_ids(model, sample_ids, pad, prefix=prefix, **kw)),
-        )
+        inputs = AttackInputs(texts=sample, **{name: timed(name, fn) for name, fn in fns.items()})
         labels = ["loss", "reference", "zlib", "lowercase", "recall", "min_k", "min_k_plus"]
         out = timed("attacks", lambda: {lab: run_attack(n, inputs, k) for lab, n, k in attack_labels(labels, ks)})
         times["total"] = time.perf_counter() - t0
-        times["pass_tokens"] = 3 * all_tokens + sum(len(s) for s in lower_ids) if sample is texts else 0
+        lowered = sum(len(s) for s in encode(tok, [s.lower() for s in sample], args.max_tokens).ids)
+        times["pass_tokens"] = 3 * all_tokens + lowered if sample is texts else 0
         return out, int(inputs.target.lengths.sum()), times
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -208,6 +243,8 @@ def main() -> None:
         f"{t_fast:.1f} s = {n_tok / t_fast:,.0f} text tokens/s"
     )
     print("  " + ", ".join(f"{k} {times[k]:.1f} s" for k in ("target", "reference", "lowercase", "recall", "attacks")))
+    if args.profile:
+        _profile(passes(texts), device)
 
     sub = texts[: args.naive_n]
     fast_sub, n_tok_sub, _ = engine(sub)
@@ -228,14 +265,21 @@ def main() -> None:
         f"({worst}); largest relative difference (÷ max(|score|, 1)): {max(rel.values()):.2e}"
     )
     print("  per attack: " + ", ".join(f"{k} {v:.0e}" for k, v in diffs.items()))
-    exact = naive_scores(model, tok, sub[:8], prefix_text, ks, args.max_tokens, reduce_dtype=torch.float64)
+    # the reference both ways are measured against: in fp32, the same logits reduced in fp64; in a half precision,
+    # where both ways round hidden states and logits differently, the same model in fp32 (its logits in fp64)
+    half = dtype != torch.float32
+    truth = copy.deepcopy(model).float() if half else model
+    exact = naive_scores(truth, tok, sub[:8], prefix_text, ks, args.max_tokens, reduce_dtype=torch.float64)
+    del truth
     err = {
-        name: max(float(np.nanmax(np.abs(v[k][:8] - exact[k]))) for k in exact)
+        name: {k: float(np.nanmax(np.abs(v[k][:8] - exact[k]))) for k in exact}
         for name, v in (("engine", fast_sub), ("naive", slow))
     }
+    label = "the same model in fp32, logits reduced in fp64" if half else "the same fp32 logits reduced in fp64"
     print(
-        f"  against the same fp32 logits reduced in fp64 (8 texts): engine {err['engine']:.1e}, "
-        f"naive fp32 loop {err['naive']:.1e} (largest per-sample score difference)"
+        f"  against {label} (8 texts): engine {max(err['engine'].values()):.1e}, naive "
+        f"{str(dtype).removeprefix('torch.')} loop {max(err['naive'].values()):.1e} (largest per-sample score "
+        "difference); loss: engine {:.1e}, naive {:.1e}".format(err["engine"]["loss"], err["naive"]["loss"])
     )
     t_sweep = t_fast - times["reference"]
     print(
