@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -9,6 +10,9 @@ from memlens.attacks import ATTACKS
 from memlens.config import parse_config
 from memlens.errors import MemlensError
 from memlens.experiments import run
+from memlens.experiments.findings import load_scores
+from memlens.experiments.runner import counted_scores, uncounted_texts
+from memlens.experiments.store import Store
 from memlens.metrics import roc_auc
 from memlens.report.summary import summary_lines
 
@@ -259,6 +263,26 @@ def test_repeated_texts_count_once_in_the_metrics_unless_asked(tiny_dir, tmp_pat
     (gap,) = [r for r in results["records"] if r["metric"] == "loss_gap"]
     assert gap["n_members"] == loss["n_members"]
     assert results["data"]["duplicates_counted_once"] == (5 if distinct else 0)
+    left_out = results["data"]["duplicate_ids"]
+    assert len(left_out["members"]) == (5 if distinct else 0) and left_out["nonmembers"] == []
+
+    # paired tests on scores.csv (findings, `memlens compare`) count the texts the run counted
+    out = tmp_path / "out"
+    scores = pd.read_csv(out / "scores.csv", dtype={"id": str, "attack": str})
+    assert scores.groupby(["attack", "epoch"])["member"].sum().eq(25).all()  # every copy has its scores
+    counted = counted_scores(scores, out)
+    assert counted.groupby(["attack", "epoch"])["member"].sum().eq(loss["n_members"]).all()
+    assert (counted["member"] == 0).sum() == (scores["member"] == 0).sum()
+    store = Store(tmp_path / "store")
+    store.register_sweep("s", {}, "h", [("h1", "t", cfg)])
+    store.finish(1, results["records"], {}, 1.0)
+    shutil.copytree(out, store.trial_dir(1))
+    assert load_scores(store).n_members == loss["n_members"]
+    # a run saved before the left-out ids were recorded: they are found again from its config's data
+    saved = json.loads((out / "results.json").read_text())
+    del saved["data"]["duplicate_ids"]
+    (out / "results.json").write_text(json.dumps(saved))
+    assert uncounted_texts(out) == {(i, 1) for i in left_out["members"]}
 
 
 def test_dedup_trains_on_one_copy_of_each_repeated_text(tiny_dir, tmp_path):

@@ -86,7 +86,11 @@ def _scores(path: Path):
     missing = {"id", "member", "epoch", "attack", "score"} - set(table.columns)
     if missing:
         raise MemlensError(f"{path} is not a memlens scores.csv: no column(s) {', '.join(sorted(missing))}")
-    return table
+    if not (path.parent / "results.json").is_file():
+        return table
+    from memlens.experiments.runner import counted_scores
+
+    return counted_scores(table, path.parent)  # each repeated text once, as in the run's own metrics
 
 
 def compare(

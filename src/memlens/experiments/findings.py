@@ -202,8 +202,11 @@ class Finding:
 
 
 def load_scores(store) -> Scores:
-    """Every finished trial of ``store`` with its ``scores.csv`` (a trial without one is left out)."""
+    """Every finished trial of ``store`` with its ``scores.csv`` (a trial without one is left out), each
+    repeated text counted once, as in the trial's own metrics."""
     import pandas as pd
+
+    from memlens.experiments.runner import counted_scores
 
     trials_df, results = store.trials(), store.results()
     done = trials_df[trials_df["status"] == "done"]
@@ -213,7 +216,7 @@ def load_scores(store) -> Scores:
         path = store.trial_dir(int(t.id)) / "scores.csv"
         if not path.is_file() or t.id not in epochs:
             continue
-        frames[int(t.id)] = pd.read_csv(path, dtype={"id": str, "attack": str})
+        frames[int(t.id)] = counted_scores(pd.read_csv(path, dtype={"id": str, "attack": str}), path.parent)
         trials.append(Trial(int(t.id), str(t.label), t.config, int(epochs[t.id])))
     return Scores(trials, frames)
 

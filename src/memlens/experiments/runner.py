@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from memlens.records import SCHEMA_VERSION, Record
 from memlens.report.summary import data_lines
 from memlens.scoring.stats import TokenStats
 from memlens.tokens import Encoded, encode_records, scored_texts
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def run(cfg: RunConfig, *, write: bool = True) -> dict:
@@ -407,12 +410,21 @@ def results_head(cfg: RunConfig, model_info: dict, reference_info: dict | None) 
 
 def data_info(cfg: RunConfig, splits, inputs: PassInputs, stats: dict[str, TokenStats], keep: np.ndarray) -> dict:
     """``results.json``'s ``data``: the splits' counts and what tokenising and de-duplicating did to them."""
-    return splits.info | {
-        "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
-        "max_tokens": cfg.data.max_tokens,
-        "scored_tokens": int(stats["target"].lengths.sum() + stats["validation"].lengths.sum()),
-        "duplicates_counted_once": int(len(keep) - keep.sum()),
-    }
+    return (
+        splits.info
+        | {
+            "truncated": inputs.target.n_truncated + inputs.validation.n_truncated,
+            "max_tokens": cfg.data.max_tokens,
+            "scored_tokens": int(stats["target"].lengths.sum() + stats["validation"].lengths.sum()),
+            "duplicates_counted_once": int(len(keep) - keep.sum()),
+            "duplicate_ids": {  # the copies left out, so that paired tests on scores.csv count the same texts
+                "members": [x.id for x, k in zip(splits.members, keep[: len(splits.members)], strict=True) if not k],
+                "nonmembers": [
+                    x.id for x, k in zip(splits.nonmembers, keep[len(splits.members) :], strict=True) if not k
+                ],
+            },
+        }
+    )
 
 
 def extraction_records(cfg: RunConfig, model, tok, splits, canary_set, epoch: int | None = None) -> dict:
@@ -798,6 +810,36 @@ def distinct_rows(texts: list[str], n_members: int) -> np.ndarray:
         keep[i] = key not in seen
         seen.add(key)
     return keep
+
+
+def uncounted_texts(run_dir: Path) -> set[tuple[str, int]]:
+    """``(id, member)`` of the repeated texts a run's metrics left out (every copy after the first, see
+    :func:`distinct_rows`), from its ``results.json``; for a run saved before the ids were recorded there, found
+    again from its ``config.toml``'s data."""
+    import json
+
+    from memlens.config import load_config
+
+    info = json.loads((run_dir / "results.json").read_text()).get("data", {})
+    if "duplicate_ids" in info:
+        ids = info["duplicate_ids"]
+        return {(str(i), 1) for i in ids["members"]} | {(str(i), 0) for i in ids["nonmembers"]}
+    if not info.get("duplicates_counted_once"):
+        return set()
+    splits = load_splits(load_config(run_dir / "config.toml").data)
+    corpus, n_mem = splits.members + splits.nonmembers, len(splits.members)
+    keep = distinct_rows([x.text for x in corpus], n_mem)
+    return {(x.id, int(i < n_mem)) for i, x in enumerate(corpus) if not keep[i]}
+
+
+def counted_scores(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """The rows of a run's ``scores.csv`` (``table``) for the texts its metrics counted (see
+    :func:`uncounted_texts`), so that a paired test on them counts each distinct text once, as the run did."""
+    drop = uncounted_texts(run_dir)
+    if not drop:
+        return table
+    keys = zip(table["id"].astype(str), table["member"].astype(int), strict=True)
+    return table[[k not in drop for k in keys]]
 
 
 def kept_rows(scores: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:
