@@ -163,6 +163,9 @@ def test_dry_run_without_a_pilot_and_a_pilot_without_dry_run(tmp_path):
     plan = invoke("reproduce", "hou2025", "--scale", "full", "--dry-run", "--seeds", "0,1,2")
     assert plan.exit_code == 0, plan.output
     assert "hou2025-full-3seeds: 27 trials, 2898 members / 968 non-members per trial" in plan.stdout
+    where = tmp_path / "nothing-here"
+    plan = invoke("reproduce", "hou2025", "--scale", "full", "--dry-run", "--dir", str(where), "--retry-failed")
+    assert f"{where}: no results store yet; a run does all 9 trials" in plan.stdout and not where.exists()
     assert_one_line_error(invoke("reproduce", "hou2025", "--pilot", "somewhere"), "use it with --dry-run")
     assert_one_line_error(invoke("reproduce", "hou2025", "--dry-run", "--pilot", "/nonexistent"), "no results store")
     from memlens.experiments.store import Store

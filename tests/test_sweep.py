@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from memlens.cli import app
 from memlens.errors import MemlensError
 from memlens.experiments.store import Store
-from memlens.experiments.sweep import expand, run_sweep
+from memlens.experiments.sweep import expand, run_sweep, store_progress
 
 
 def base_config(tiny_dir, **sections) -> dict:
@@ -186,6 +186,35 @@ def test_failed_trial_is_recorded_and_sweep_goes_on(tiny_dir, tmp_path):
     assert run_sweep(expand(spec), tmp_path) == {"done": 1, "failed": 1}
     trials = Store(tmp_path).trials()
     assert "tuning target 'nope'" in trials.loc[trials.status == "failed", "error"].item()
+
+
+def test_a_dry_run_says_what_the_store_holds_and_what_a_run_would_do(tiny_dir, tmp_path):
+    spec = {
+        "name": "f",
+        "base": base_config(tiny_dir),
+        "variants": [{"method": "lora", "targets": ["nope"]}, {"method": "full"}, {"method": "head"}],
+    }
+    sweep = expand(spec)
+    assert store_progress(tmp_path / "s", sweep) == f"{tmp_path / 's'}: no results store yet; a run does all 3 trials"
+    assert run_sweep(sweep, tmp_path / "s") == {"done": 2, "failed": 1}
+    Store(tmp_path / "s").db.execute("UPDATE trials SET status = 'pending' WHERE label LIKE '%head%'")
+    kept = store_progress(tmp_path / "s", sweep)
+    assert "1 of 3 trials done; a run now does 1 (1 failed: kept as they are; --retry-failed reruns them)" in kept
+    assert "1 of 3 trials done; a run now does 2 (1 failed: retried)" in store_progress(
+        tmp_path / "s", sweep, retry_failed=True
+    )
+    other = expand({**spec, "variants": spec["variants"][1:]})
+    assert "a run would be refused" in store_progress(tmp_path / "s", other)
+    assert "no trial of sweep 'g' yet; a run does all 3" in store_progress(
+        tmp_path / "s", expand({**spec, "name": "g"})
+    )
+    sweep_file = tmp_path / "f.toml"
+    sweep_file.write_text(tomli_w.dumps(spec))
+    result = CliRunner().invoke(
+        app, ["sweep", str(sweep_file), "--dir", str(tmp_path / "s"), "--dry-run", "--retry-failed"]
+    )
+    assert result.exit_code == 0 and "a run now does 2 (1 failed: retried)" in result.stdout, result.output
+    assert Store(tmp_path / "s").counts() == {"done": 1, "failed": 1, "pending": 1}  # a dry run changes nothing
 
 
 def test_store_errors_are_one_line(tmp_path, monkeypatch):

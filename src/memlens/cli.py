@@ -210,22 +210,29 @@ def sweep_cmd(
 ) -> None:
     """Run every trial of a sweep into a crash-safe results store (a killed sweep resumes where it stopped)."""
     from memlens import progress
-    from memlens.experiments.sweep import check_backend, dry_run_table, load_sweep, run_sweep, throughput_note
+    from memlens.experiments.sweep import (
+        check_backend,
+        dry_run_table,
+        load_sweep,
+        run_sweep,
+        store_progress,
+        throughput_note,
+    )
 
     progress.set_enabled(not quiet)
     check_backend(backend, address)
     sweep = load_sweep(file)
+    folder = folder or Path("runs") / sweep.name
     if dry_run:
         rows, total = dry_run_table(sweep)
         for label, overrides, cost in rows:
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
         rate = throughput_note(sweep)
         typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: {rate})")
+        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed))
         _placement(sweep, backend, address)
         return
-    counts = run_sweep(
-        sweep, folder or Path("runs") / sweep.name, retry_failed=retry_failed, backend=backend, address=address
-    )
+    counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
     typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
 
 
@@ -280,7 +287,7 @@ def reproduce_cmd(
     """Run a study's design and put its published findings beside memlens's numbers (findings.md, report)."""
     from memlens import progress
     from memlens.experiments.presets import preset_spec
-    from memlens.experiments.sweep import check_backend, expand, run_sweep
+    from memlens.experiments.sweep import check_backend, expand, run_sweep, store_progress
     from memlens.report.findings import write_findings
 
     progress.set_enabled(not quiet)
@@ -305,7 +312,9 @@ def reproduce_cmd(
             from memlens.errors import MemlensError
 
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
-        _placement(_preset_plan(preset, spec, pilot), backend, address)
+        sweep = _preset_plan(preset, spec, pilot)
+        typer.echo(store_progress(folder or Path("runs") / spec["name"], sweep, retry_failed=retry_failed))
+        _placement(sweep, backend, address)
         return
     folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if findings_only:

@@ -279,6 +279,38 @@ def check_backend(backend: str, address: str | None) -> None:
         raise MemlensError("--address names a Ray cluster: use it with --backend ray")
 
 
+def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) -> str:
+    """A dry run's line on the results store in ``folder``: what is finished there and what a run would do now
+    (``retry_failed``: failed trials count as to do). Reads the store only."""
+    from memlens.experiments.store import DB_NAME, Store
+
+    n = len(sweep.trials)
+    if not (folder / DB_NAME).is_file():
+        return f"{folder}: no results store yet; a run does all {n} trials"
+    store = Store(folder, create=False)
+    try:
+        row = store.db.execute("SELECT spec_hash FROM sweeps WHERE name = ?", (sweep.name,)).fetchone()
+        counts = store.counts(sweep.name)
+    finally:
+        store.close()
+    if row is None:
+        return f"{folder}: no trial of sweep {sweep.name!r} yet; a run does all {n}"
+    if row[0] != sweep.spec_hash:
+        return (
+            f"{folder}: its sweep {sweep.name!r} was created from a different sweep file, so a run would be refused "
+            "(results are never mixed: use another --dir)"
+        )
+    failed, running = counts.get("failed", 0), counts.get("running", 0)
+    todo = counts.get("pending", 0) + running + (failed if retry_failed else 0)
+    line = f"{folder}: {counts.get('done', 0)} of {n} trials done; a run now does {todo}"
+    if failed:
+        kept = "retried" if retry_failed else "kept as they are; --retry-failed reruns them"
+        line += f" ({failed} failed: {kept})"
+    if running:
+        line += f"; {running} marked running (by a run in progress, or one that stopped: those start again)"
+    return line
+
+
 def run_sweep(
     sweep: Sweep,
     folder: str | Path,
