@@ -1,6 +1,7 @@
 """Benchmark of the scoring engine: every attack from a few batched passes vs a naive per-sample loop.
 
-    python benchmarks/scoring.py [--n 256] [--naive-n 24] [--batch-size 16] [--repeats 5]
+    python benchmarks/scoring.py [--n 256] [--naive-n 24] [--batch-size 16] [--repeats 5] [--profile]
+                                 [--dtype auto|float32|bfloat16]
 
 Prints: the machine's measured matmul peak; tokens/s and achieved FLOP/s (2 × parameters × tokens / time) of
 one plain pass of the pre-trained model, each run compared with the peak measured around it; tokens/s of the
@@ -202,22 +203,24 @@ def main() -> None:
                 p.normal_(0, 0.02)
     model.eval()
 
-    def passes(sample: list[str]) -> dict:
-        """The engine's four passes over ``sample``, as functions of nothing (the runner's arguments)."""
+    def passes(sample: list[str]) -> tuple[dict, int]:
+        """The engine's four passes over ``sample`` (each a call without arguments, built as the runner builds
+        them) and the number of tokens of the lower-cased texts."""
         sample_ids = encode(tok, sample, args.max_tokens).ids
         lower_ids = encode(tok, [s.lower() for s in sample], args.max_tokens).ids
         prefix = encode(tok, [prefix_text], 10**9).ids[0]  # with its start token, as the runner builds it
         kw = {"batch_size": args.batch_size}
-        return {
+        fns = {
             "target": lambda: score_ids(model, sample_ids, pad, **kw),
             "reference": lambda: score_ids(model, sample_ids, pad, disable_adapters=True, **kw),
             "lowercase": lambda: score_ids(model, lower_ids, pad, **kw),
             "recall": lambda: score_ids(model, sample_ids, pad, prefix=prefix, **kw),
         }
+        return fns, sum(len(s) for s in lower_ids)
 
     def engine(sample: list[str]) -> tuple[dict, int, dict]:
         times, t0 = {}, time.perf_counter()
-        fns = passes(sample)
+        fns, lowered = passes(sample)
 
         def timed(name, fn):
             t = time.perf_counter()
@@ -230,7 +233,6 @@ def main() -> None:
         labels = ["loss", "reference", "zlib", "lowercase", "recall", "min_k", "min_k_plus"]
         out = timed("attacks", lambda: {lab: run_attack(n, inputs, k) for lab, n, k in attack_labels(labels, ks)})
         times["total"] = time.perf_counter() - t0
-        lowered = sum(len(s) for s in encode(tok, [s.lower() for s in sample], args.max_tokens).ids)
         times["pass_tokens"] = 3 * all_tokens + lowered if sample is texts else 0
         return out, int(inputs.target.lengths.sum()), times
 
@@ -244,7 +246,7 @@ def main() -> None:
     )
     print("  " + ", ".join(f"{k} {times[k]:.1f} s" for k in ("target", "reference", "lowercase", "recall", "attacks")))
     if args.profile:
-        _profile(passes(texts), device)
+        _profile(passes(texts)[0], device)
 
     sub = texts[: args.naive_n]
     fast_sub, n_tok_sub, _ = engine(sub)
@@ -276,10 +278,11 @@ def main() -> None:
         for name, v in (("engine", fast_sub), ("naive", slow))
     }
     label = "the same model in fp32, logits reduced in fp64" if half else "the same fp32 logits reduced in fp64"
+    worst_e, worst_n = (max(err[w], key=err[w].get) for w in ("engine", "naive"))
     print(
-        f"  against {label} (8 texts): engine {max(err['engine'].values()):.1e}, naive "
-        f"{str(dtype).removeprefix('torch.')} loop {max(err['naive'].values()):.1e} (largest per-sample score "
-        "difference); loss: engine {:.1e}, naive {:.1e}".format(err["engine"]["loss"], err["naive"]["loss"])
+        f"  against {label} (8 texts): engine {err['engine'][worst_e]:.1e} ({worst_e}), naive "
+        f"{str(dtype).removeprefix('torch.')} loop {err['naive'][worst_n]:.1e} ({worst_n}) (largest per-sample "
+        f"score difference); loss: engine {err['engine']['loss']:.1e}, naive {err['naive']['loss']:.1e}"
     )
     t_sweep = t_fast - times["reference"]
     print(

@@ -282,7 +282,14 @@ def test_repeated_texts_count_once_in_the_metrics_unless_asked(tiny_dir, tmp_pat
     saved = json.loads((out / "results.json").read_text())
     del saved["data"]["duplicate_ids"]
     (out / "results.json").write_text(json.dumps(saved))
-    assert uncounted_texts(out) == {(i, 1) for i in left_out["members"]}
+    assert counted_scores(scores, out).equals(counted)
+    assert uncounted_texts(out, scores.loc[(scores.attack == "loss") & (scores.epoch == 0), "id"]) == {
+        (i, 1) for i in left_out["members"]
+    }
+    if distinct:  # ... from data that are no longer the ones it scored: one clear error, never a wrong answer
+        write_jsonl(tmp_path / "m.jsonl", members[1:])
+        with pytest.raises(MemlensError, match=r"set MEMLENS_DATA_DIR \(or data.dir\) as the run had it"):
+            counted_scores(scores, out)
 
 
 def test_dedup_trains_on_one_copy_of_each_repeated_text(tiny_dir, tmp_path):

@@ -8,6 +8,7 @@ from helpers import PHEE
 
 from memlens import __version__
 from memlens.errors import MemlensError
+from memlens.experiments.findings import load_scores
 from memlens.experiments.presets import preset_spec
 from memlens.experiments.store import Store
 from memlens.experiments.sweep import expand, run_sweep
@@ -113,6 +114,11 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         size = next(r for r in text.splitlines() if "larger models memorize more" in r)
         assert "not measured" in size and f"Command: `memlens reproduce {name} --scale tiny --dir {tmp_path}`" in text
         assert Store(tmp_path).counts() == {"done": len(sweep.trials) - 1, "pending": 1}  # nothing was run
+    missing = Store(tmp_path).trial_dir(1) / "scores.csv"  # a finished trial whose per-text scores are gone
+    missing.unlink()
+    write_findings(name, tmp_path, "memlens reproduce ...")  # leaves it out of every file, not only the tests
+    trials = pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")["trial"]
+    assert 1 not in set(trials) and len(trials) == len(load_scores(Store(tmp_path)).trials) >= 2
 
 
 def test_findings_only_needs_a_store_and_plans_nothing(tmp_path):

@@ -307,16 +307,16 @@ def reproduce_cmd(
         from memlens.errors import MemlensError
 
         raise MemlensError("--findings-only writes findings from a store; --dry-run and --pilot plan a run")
+    folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if dry_run or pilot is not None:
         if not dry_run:
             from memlens.errors import MemlensError
 
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
         sweep = _preset_plan(preset, spec, pilot)
-        typer.echo(store_progress(folder or Path("runs") / spec["name"], sweep, retry_failed=retry_failed))
+        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed))
         _placement(sweep, backend, address)
         return
-    folder_given, folder = folder, folder or Path("runs") / spec["name"]
     if findings_only:
         _check_preset_store(folder, spec["name"])
     else:

@@ -86,8 +86,6 @@ def _scores(path: Path):
     missing = {"id", "member", "epoch", "attack", "score"} - set(table.columns)
     if missing:
         raise MemlensError(f"{path} is not a memlens scores.csv: no column(s) {', '.join(sorted(missing))}")
-    if not (path.parent / "results.json").is_file():
-        return table
     from memlens.experiments.runner import counted_scores
 
     return counted_scores(table, path.parent)  # each repeated text once, as in the run's own metrics
@@ -149,7 +147,7 @@ def _compare(
     if len(texts_a) != len(texts_b) or set(map(tuple, texts_a.to_numpy())) != set(map(tuple, texts_b.to_numpy())):
         raise MemlensError(
             f"{names[0]} and {names[1]} scored different texts; a paired comparison needs the same members and "
-            "non-members (same data settings)"
+            "non-members (same data settings, and attacks.distinct alike: it counts repeated texts once)"
         )
     attacks = [
         x

@@ -26,6 +26,7 @@ from memlens.data.sources import Text, as_records
 from memlens.data.splits import sample
 from memlens.errors import MemlensError
 from memlens.experiments.outputs import (
+    EXTRACTION,
     Output,
     environment,
     extraction_label,
@@ -812,34 +813,56 @@ def distinct_rows(texts: list[str], n_members: int) -> np.ndarray:
     return keep
 
 
-def uncounted_texts(run_dir: Path) -> set[tuple[str, int]]:
+def uncounted_texts(run_dir: Path, scored_ids: Sequence[str]) -> set[tuple[str, int]]:
     """``(id, member)`` of the repeated texts a run's metrics left out (every copy after the first, see
-    :func:`distinct_rows`), from its ``results.json``; for a run saved before the ids were recorded there, found
-    again from its ``config.toml``'s data."""
+    :func:`distinct_rows`), from its ``results.json``. For a run saved before the ids were recorded there, they
+    are found again from its ``config.toml``'s data, which must still be the texts it scored (``scored_ids``,
+    members then non-members, as in its ``scores.csv``): otherwise one error line says so."""
     import json
 
     from memlens.config import load_config
 
-    info = json.loads((run_dir / "results.json").read_text()).get("data", {})
+    try:
+        info = json.loads((run_dir / "results.json").read_text()).get("data", {})
+    except (OSError, ValueError) as err:
+        raise MemlensError(f"{run_dir / 'results.json'} cannot be read: {str(err).splitlines()[0]}") from None
     if "duplicate_ids" in info:
         ids = info["duplicate_ids"]
         return {(str(i), 1) for i in ids["members"]} | {(str(i), 0) for i in ids["nonmembers"]}
     if not info.get("duplicates_counted_once"):
         return set()
-    splits = load_splits(load_config(run_dir / "config.toml").data)
+    moved = (
+        f"{run_dir} was saved before runs recorded which repeated texts they counted once, and its data cannot "
+        "be found again as it scored them: set MEMLENS_DATA_DIR (or data.dir) as the run had it"
+    )
+    try:
+        splits = load_splits(load_config(run_dir / "config.toml").data)
+    except MemlensError as err:
+        raise MemlensError(f"{moved} ({err})") from None
     corpus, n_mem = splits.members + splits.nonmembers, len(splits.members)
     keep = distinct_rows([x.text for x in corpus], n_mem)
+    if [x.id for x in corpus] != list(scored_ids) or int((~keep).sum()) != info["duplicates_counted_once"]:
+        raise MemlensError(moved)
     return {(x.id, int(i < n_mem)) for i, x in enumerate(corpus) if not keep[i]}
 
 
 def counted_scores(table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
     """The rows of a run's ``scores.csv`` (``table``) for the texts its metrics counted (see
-    :func:`uncounted_texts`), so that a paired test on them counts each distinct text once, as the run did."""
-    drop = uncounted_texts(run_dir)
+    :func:`uncounted_texts`), so that a paired test on them counts each distinct text once, as the run's
+    metrics did; extraction rows stay (the run's extraction summaries take the texts it sampled, copies
+    included). A run folder without ``results.json`` is returned as it is."""
+    import pandas as pd
+
+    attack = table["attack"].astype(str)
+    plain = ~attack.str.startswith(EXTRACTION)
+    if not (run_dir / "results.json").is_file() or not plain.any():
+        return table
+    first = table[plain & (attack == attack[plain].iloc[0]) & (table["epoch"] == table["epoch"].min())]
+    drop = uncounted_texts(run_dir, first["id"].astype(str).tolist())
     if not drop:
         return table
-    keys = zip(table["id"].astype(str), table["member"].astype(int), strict=True)
-    return table[[k not in drop for k in keys]]
+    keys = pd.MultiIndex.from_arrays([table["id"].astype(str), table["member"].astype(int)])
+    return table[~(keys.isin(list(drop)) & plain).to_numpy()]
 
 
 def kept_rows(scores: dict[str, np.ndarray], keep: np.ndarray) -> dict[str, np.ndarray]:

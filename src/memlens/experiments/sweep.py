@@ -307,7 +307,10 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
         kept = "retried" if retry_failed else "kept as they are; --retry-failed reruns them"
         line += f" ({failed} failed: {kept})"
     if running:
-        line += f"; {running} marked running (by a run in progress, or one that stopped: those start again)"
+        line += (
+            f"; {running} marked running: by a run in progress (then a second run is refused until it ends) or "
+            "by one that stopped (a new run starts them again)"
+        )
     return line
 
 
