@@ -9,6 +9,7 @@ import torch
 from helpers import invoke, tiny_config, write_config
 
 from memlens.config import parse_config
+from memlens.errors import MemlensError
 from memlens.experiments import resume, runner
 from memlens.experiments import run as run_api
 
@@ -238,3 +239,38 @@ def test_records_with_numpy_numbers_are_saved(tmp_path):
     resume.save(tmp_path / "s", "key", resume.Saved(state, {1: {"loss": np.zeros(3)}}, [record], []))
     meta = json.loads((tmp_path / "s" / "epoch-1" / resume.META).read_text())
     assert meta["records"][0]["n_members"] == 3 and meta["records"][0]["beats_blind"] is True
+
+
+def test_a_ray_trial_whose_worker_died_goes_on_from_its_last_epoch_on_that_node(tiny_dir, tmp_path, monkeypatch):
+    """run_trial, the function Ray runs on a worker (called here without Ray): an attempt killed after epoch 1
+    leaves its state in the node's working folder; the next attempt goes on from it and cleans up."""
+    import os
+    import tempfile
+    import time
+
+    from memlens.experiments.distributed import STALE_DAYS, TRIAL_DIR, run_trial
+
+    node = tmp_path / "node"  # the node's temporary folder
+    stale, fresh, old_style = (node / f"{TRIAL_DIR}{x}" for x in ("0123456789abcdef", "fedcba9876543210", "999999-x"))
+    for d in (stale, fresh, old_style):
+        (d / "out").mkdir(parents=True)
+    week_ago = time.time() - (STALE_DAYS + 1) * 86400
+    for p in (stale / "out", stale):
+        os.utime(p, (week_ago, week_ago))
+    monkeypatch.setattr(tempfile, "tempdir", str(node))
+    config = parse_config(_cfg(tiny_dir, "unused")).model_dump(mode="json")
+    target = str(tmp_path / "store" / "trials" / "trial-0001")
+    _interrupt_after(monkeypatch, 1)
+    with pytest.raises(KeyboardInterrupt):  # as a worker dies: no clean-up runs
+        run_trial(config, target)
+    (work,) = set(node.glob(f"{TRIAL_DIR}*")) - {fresh}
+    assert (work / ".out.resume" / "epoch-1").is_dir() and not stale.exists()
+    assert fresh.exists() and (not old_style.exists() or os.path.exists("/proc/999999"))  # pid 999999: gone
+    monkeypatch.setattr(runner, "save_state", resume.save)
+    out = run_trial(config, target)
+    assert out["info"]["training"]["resumed_after_epoch"] == 1 and not work.exists()
+    assert "results.json" in out["files"] and f"{target}" in out["files"]["config.toml"].decode()
+    bad = parse_config(_cfg(tiny_dir, "unused", lr=1e-3) | {"tuning": {"method": "lora", "targets": ["nope"]}})
+    with pytest.raises(MemlensError, match="nope"):  # a trial that raises leaves nothing behind
+        run_trial(bad.model_dump(mode="json"), str(tmp_path / "store" / "trials" / "trial-0002"))
+    assert set(node.glob(f"{TRIAL_DIR}*")) == {fresh}

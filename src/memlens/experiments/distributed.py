@@ -11,6 +11,8 @@ Crash safety is the local backend's: a trial's rows are written in one transacti
 driver leaves its trials ``running`` and the next ``memlens sweep`` resets them to ``pending`` and resumes; a
 worker that dies mid-trial (killed, out of memory, node lost) is retried by Ray up to :data:`MAX_RETRIES`
 times, and since the driver stores a trial once, from the one attempt that returned, no row is duplicated.
+An attempt on the node where an earlier one died goes on from that one's last finished epoch (the state is
+kept in a working folder of the node, :func:`run_trial`); on another node it starts again.
 A trial that raises (bad config, data error) is not retried: it is stored as failed with its error.
 """
 
@@ -123,29 +125,32 @@ def connect(address: str | None):
     return ray
 
 
-TRIAL_DIR = "memlens-trial-"  # + the worker's pid + "-": its temporary output folder
+TRIAL_DIR = "memlens-trial-"  # + a hash of the trial's folder beside the store: its working folder on a node
+STALE_DAYS = 7  # a working folder untouched this long (its sweep abandoned) is removed by the next trial
 
 
 def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
-    """Worker side: run one trial (a config as JSON) into a temporary folder; return what the driver stores —
-    ``records``, ``info``, ``seconds`` — and ``files``, the output folder's files as {relative path: bytes},
-    its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local run's does.
-    Folders that workers killed mid-trial left behind on this node (their pid gone) are removed first."""
+    """Worker side: run one trial (a config as JSON) in a working folder of this node; return what the driver
+    stores — ``records``, ``info``, ``seconds`` — and ``files``, the results folder's files as {relative path:
+    bytes}, its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local
+    run's does.
+
+    The working folder is named after ``output_dir``, so an attempt that dies mid-trial (a killed worker or
+    driver) leaves the state of its last finished epoch there, and the next attempt of the trial on this node
+    goes on from it, as a local sweep's trial does. It is removed when the trial ends, finished or failed;
+    working folders left untouched for :data:`STALE_DAYS` days are removed first."""
+    import hashlib
+
     from memlens.config import parse_config, with_overrides
     from memlens.experiments import run
     from memlens.experiments.store import stored
-    from memlens.files import pid_alive
 
     tmp = Path(tempfile.gettempdir())
-    for old in tmp.glob(f"{TRIAL_DIR}*-*"):
-        pid = old.name.removeprefix(TRIAL_DIR).split("-")[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(old, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{TRIAL_DIR}{os.getpid()}-"))
+    folder = tmp / f"{TRIAL_DIR}{hashlib.sha1(output_dir.encode()).hexdigest()[:16]}"
+    _remove_stale(tmp, keep=folder)
+    cfg = parse_config(config)
+    cfg = with_overrides(cfg, {"output.dir": str(folder / "out"), "output.overwrite": True})
     try:
-        cfg = with_overrides(
-            parse_config(config), {"output.dir": str(folder / "out"), "output.overwrite": True, "output.resume": False}
-        )
         t0 = time.perf_counter()
         with progress.quiet():
             results = run(cfg)
@@ -153,10 +158,34 @@ def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
         out = folder / "out"
         files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
         files["config.toml"] = with_overrides(cfg, {"output.dir": output_dir}).to_toml().encode()
-    finally:
+    except Exception:  # the trial failed (a config or data error, a bug): nothing to go on from
         shutil.rmtree(folder, ignore_errors=True)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
     records, info = stored(results)
     return {"records": records, "info": info, "seconds": seconds, "files": files}
+
+
+def _remove_stale(tmp: Path, keep: Path) -> None:
+    """Remove the working folders of trials that no attempt touched for :data:`STALE_DAYS` days, and those
+    of memlens versions that named them after a worker's pid, once that worker is gone."""
+    from memlens.files import pid_alive
+
+    for old in tmp.glob(f"{TRIAL_DIR}*"):
+        if old == keep or not old.is_dir():
+            continue
+        name = old.name.removeprefix(TRIAL_DIR)
+        if "-" in name:  # <pid>-<random>: an older memlens's folder
+            pid = name.split("-")[0]
+            if pid.isdigit() and not pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+            continue
+        try:
+            newest = max((p.stat().st_mtime for p in old.rglob("*")), default=old.stat().st_mtime)
+        except OSError:  # removed meanwhile by another worker
+            continue
+        if time.time() - newest > STALE_DAYS * 86400:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def publish_files(target: Path, files: dict[str, bytes]) -> None:
