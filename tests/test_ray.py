@@ -3,17 +3,21 @@ from the CLI, a worker killed mid-trial, the driver killed mid-sweep, and the er
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import tomli_w
 from helpers import assert_one_line_error, invoke, tiny_config
@@ -29,19 +33,56 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A head node with 2 CPUs and token authentication (Ray's default for local clusters); yields the
-    address and the environment a driver needs to join it."""
+    """A head node with 2 CPUs and token authentication (Ray's default for local clusters) in a temporary folder
+    of its own; yields the address and the environment a driver needs to join it. Stopped by killing its own
+    processes: `ray stop` would stop every Ray cluster on the machine, a user's long sweep included."""
+    global _OWN
     env = os.environ | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "OMP_NUM_THREADS": "1"}
     env.pop("MEMLENS_CACHE", None)  # the cluster's own processes do not know the driver's cache
     port = _free_port()
+    _OWN = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths must stay under 108 bytes
     start = [str(RAY), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2"]
     subprocess.run(
-        [*start, "--include-dashboard=false", "--disable-usage-stats"], env=env, check=True, capture_output=True
+        [*start, f"--temp-dir={_OWN}", "--include-dashboard=false", "--disable-usage-stats"],
+        env=env,
+        check=True,
+        capture_output=True,
     )
     try:  # the driver's environment: its MEMLENS_CACHE must reach the workers through memlens
         yield f"127.0.0.1:{port}", env | {"MEMLENS_CACHE": str(tmp_path_factory.mktemp("ray-cache"))}
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True)
+        procs = _cluster_processes()
+        for proc in procs:
+            proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            proc.kill()
+        shutil.rmtree(_OWN, ignore_errors=True)
+
+
+_OWN = Path("/nonexistent")  # the temporary folder of the cluster this module started
+
+
+def _cluster_processes() -> list[psutil.Process]:
+    """The processes of the cluster this module started: those named after its temporary folder (head, raylet,
+    agents) and their descendants (the workers, which rename themselves ``ray::…``)."""
+    own = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(_OWN) in arg for arg in proc.info["cmdline"] or []):
+            own.append(proc)
+            with contextlib.suppress(psutil.Error):
+                own.extend(proc.children(recursive=True))
+    return list({p.pid: p for p in own}.values())
+
+
+def _trial_processes() -> list[int]:
+    """This cluster's workers running a trial now (Ray names a busy worker's process after its task)."""
+    found = []
+    for proc in _cluster_processes():
+        with contextlib.suppress(psutil.Error):
+            if " ".join(proc.cmdline()).startswith("ray::run_trial"):
+                found.append(proc.pid)
+    return found
 
 
 def _sweep(tiny_dir: Path, folder: Path, lrs: list[float], epochs: int = 2, failing: bool = False) -> Path:
@@ -80,18 +121,6 @@ def _rows_once_there(store: Path, sql: str) -> list[tuple]:
         if "no such table" in str(err):
             return []
         raise
-
-
-def _trial_processes() -> list[int]:
-    """Ray workers running a trial now (Ray names a busy worker's process after its task)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and (proc / "cmdline").read_bytes().startswith(b"ray::run_trial"):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
 
 
 def _wait(check, timeout: float, what: str):
