@@ -362,3 +362,25 @@ def test_a_store_made_before_newer_record_fields_reports_read_only(sweep_dir, tm
     with sqlite3.connect(old / "results.db") as db:  # reading did not migrate the store
         assert "objective" not in {r[1] for r in db.execute("PRAGMA table_info(results)")}
     assert load_report_data(sweep_dir[0]).final.equals(data.final)
+
+
+def test_a_fine_tune_that_raised_the_validation_perplexity_is_called_diverged():
+    from memlens.report.summary import DIVERGED, diverged_notes, divergence_note
+
+    assert divergence_note(81.86, 70.0, "run") is None and divergence_note(81.86, DIVERGED * 81.86, "run") is None
+    assert "4.0-fold (81.86 → 327.95): it diverged" in divergence_note(81.86, 327.95, "run")
+    assert "undefined (NaN)" in divergence_note(81.86, float("nan"), "run")
+    assert divergence_note(float("nan"), 327.95, "run") is None  # nothing to compare with
+
+    def rows(label, before, after):
+        return [
+            {"label": label, "kind": "utility", "metric": "val_ppl", "epoch": e, "value": v}
+            for e, v in ((0, before), (4, after))
+        ]
+
+    data = rows("prefix seed=0", 81.86, 327.95) + rows("prefix seed=1", 81.86, 619.83)
+    data += rows("prompt seed=0", 81.86, 35.31) + rows("full", 81.86, 200.0)
+    notes = diverged_notes(pd.DataFrame(data))
+    assert len(notes) == 2 and notes[0].startswith("full: fine-tuning raised the validation perplexity 2.4-fold")
+    assert notes[1].startswith("prefix (seed=0, seed=1): fine-tuning raised the validation perplexity 4.0 to 7.6")
+    assert "these rows measure damaged models" in notes[1] and not any("prompt" in n for n in notes)

@@ -19,6 +19,7 @@ from memlens.experiments.findings import (
     load_scores,
 )
 from memlens.files import write_text
+from memlens.report.summary import diverged_notes
 from memlens.report.tables import md_text
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores
             else ""
         ),
     ]
-    notes = [f.note for f in findings if f.note] + disagreements(findings)
+    notes = [f.note for f in findings if f.note] + disagreements(findings) + diverged_notes(store.results())
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
     lines += power_section(findings, scores)
     lines += ["", *trial_table(store, attack)]

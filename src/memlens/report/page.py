@@ -19,6 +19,7 @@ from memlens.errors import MemlensError
 from memlens.files import describe_os_error, write_text
 from memlens.report.data import ReportData, load_report_data, status_counts
 from memlens.report.figures import Plot, make_plots
+from memlens.report.summary import diverged_notes
 from memlens.report.tables import (
     attack_table,
     comparison_table,
@@ -133,6 +134,7 @@ def render_html(data: ReportData, plots: list[Plot], show_text: bool = False) ->
         privacy_note=_privacy_note(show_text),
         toc=[(k, v) for k, v in toc if (k != "failed" or not failed.empty) and (k != "compare" or compared)],
         trials=trials_table(data.trials),
+        diverged=diverged_notes(data.results),
         reference_note=REFERENCE_NOTE,
         headline=headline_table(data.final, data.attack),
         compared=compared,
@@ -159,6 +161,7 @@ def render_markdown(data: ReportData, plots: list[Plot], show_text: bool = False
         "## Trials",
         "",
         trials_table(data.trials).md(),
+        *[f"\n- {md_text(n)}" for n in diverged_notes(data.results)],
         "",
         f"## Membership inference at the final epoch ({md_text(data.attack)})",
         "",

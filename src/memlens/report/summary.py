@@ -3,10 +3,62 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DIVERGED = 1.5  # fine-tuning that multiplies the validation perplexity by more than this has diverged
+
+
+def divergence_note(before: float, after: float, what: str) -> str | None:
+    """A warning when fine-tuning raised the validation perplexity from ``before`` to more than
+    :data:`DIVERGED` times it (the model got worse at the domain it was trained on: usually a learning rate too
+    high for the method); ``None`` otherwise. ``what`` names the run or trials."""
+    if not (math.isfinite(before) and before > 0) or after <= DIVERGED * before:  # NaN after: diverged too
+        return None
+    change = (
+        "made the validation perplexity undefined (NaN)"
+        if math.isnan(after)
+        else (f"raised the validation perplexity {after / before:.1f}-fold ({before:.2f} → {after:.2f})")
+    )
+    return (
+        f"{what}: fine-tuning {change}: it diverged (try a lower [training] lr), and its memorization numbers "
+        "describe a damaged model"
+    )
+
+
+def diverged_notes(results: pd.DataFrame) -> list[str]:
+    """A note per configuration with trials whose fine-tune diverged (validation perplexity up more than
+    :data:`DIVERGED`-fold), from a store's tidy ``results`` (``Store.results()``): their
+    rows measure a damaged model, and the findings' group means include them."""
+    import re
+
+    df = results
+    ppl = df[(df["kind"] == "utility") & (df["metric"] == "val_ppl") & df["epoch"].notna()]
+    groups: dict[str, list[tuple[str, float, float]]] = {}
+    for label, g in sorted(ppl.groupby("label"), key=lambda x: str(x[0])):
+        first, last = g.loc[g["epoch"].idxmin()], g.loc[g["epoch"].idxmax()]
+        before, after = float(first["value"]), float(last["value"])
+        if int(first["epoch"]) == 0 and divergence_note(before, after, "") is not None:
+            config = re.sub(r" ?seed=\d+$", "", str(label))
+            groups.setdefault(config, []).append((str(label).removeprefix(config).strip(), before, after))
+    notes = []
+    for config, rows in groups.items():
+        seeds = ", ".join(r[0] for r in rows if r[0])
+        folds = sorted(a / b if a == a else math.inf for _, b, a in rows)  # NaN after: undefined, the worst
+        fold = f"{folds[0]:.1f}" + (f" to {folds[-1]:.1f}" if len(rows) > 1 else "")
+        notes.append(
+            f"{config or 'the trial'}{f' ({seeds})' if seeds else ''}: fine-tuning raised the validation perplexity "
+            f"{fold}-fold (more than {DIVERGED}-fold is taken as diverged; try a lower learning rate): "
+            f"{'these rows measure damaged models' if len(rows) > 1 else 'its rows measure a damaged model'}, and "
+            "they count in every finding their configuration belongs to"
+        )
+    return notes
 
 
 def find(records: list[dict], **match) -> dict | None:
@@ -76,6 +128,8 @@ def summary_lines(results: dict) -> list[str]:
     if ppl0 is not None and ppl1 is not None:
         before, after = ("base", "audited") if "audit" in results else ("pre-trained", "fine-tuned")
         lines.append(f"validation perplexity: {ppl0['value']:.2f} ({before}) → {ppl1['value']:.2f} ({after})")
+        if "audit" not in results and (note := divergence_note(ppl0["value"], ppl1["value"], "warning")):
+            lines.append(note)
     if "audit" in results:
         a = results["audit"]
         adapter = f" + adapter {a['adapter']} ({t['trainable_parameters']:,} parameters)" if a["adapter"] else ""
