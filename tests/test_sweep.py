@@ -273,6 +273,21 @@ def test_trial_hashes_stay_those_of_earlier_versions():
     assert [t.hash for t in expand(spec).trials] == ["6a7a06271757f1f8", "b9d7616f9d241d0e"]
 
 
+def test_defaults_applied_at_run_time_are_pinned():
+    """A field left None is not part of a trial's hash, and the run fills in a default: changing one of these would
+    give a stored trial's hash other numbers (`results verify` would fail, a resumed sweep would mix them). A
+    better default goes in as a new, explicit setting."""
+    from memlens.tuning import DEFAULT_LR, lora
+
+    assert DEFAULT_LR == {
+        "full": 3e-5, "head": 1e-4, "lora": 1e-3, "ia3": 3e-3, "prefix": 1e-2, "prompt": 3e-2, "ptuning": 1e-2,
+    }  # fmt: skip
+    assert {k: list(v) for k, v in lora.DEFAULT_TARGETS.items()} == {
+        "lora": ["q", "k", "v", "o"],
+        "ia3": ["k", "v", "down"],
+    }
+
+
 def test_cost_estimate_counts_every_text_where_a_set_size_is_zero(tiny_dir):
     """``n_members = 0`` means "everything": the dry run's estimate counts the texts the run would use (it
     printed ~0 minutes for the full-scale presets before)."""
