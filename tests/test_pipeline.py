@@ -325,6 +325,6 @@ def test_a_run_whose_fine_tune_diverged_says_so(tiny_dir, tmp_path):
         next(r["value"] for r in results["records"] if r["metric"] == "val_ppl" and r["epoch"] == e) for e in (0, 2)
     )
     assert not after <= 1.5 * before, (before, after)  # lr 1.0 on every weight: the model is wrecked
-    assert any("it diverged (try a lower [training] lr)" in line for line in summary_lines(results))
+    assert any("it diverged (a learning rate too high for the method" in line for line in summary_lines(results))
     calm = run(parse_config(tiny_config(tiny_dir, tmp_path / "calm")))
     assert not any("diverged" in line for line in summary_lines(calm))

@@ -253,3 +253,32 @@ def test_an_evaluations_backward_pass_leaves_no_gradient_for_the_next_step(tiny_
         train(model, enc.ids, pad, cfg, lr=3e-5, on_epoch_end=hook)
         weights.append(torch.cat([p.detach().float().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_prefixes_from_a_text_predict_as_the_model_does_after_that_text(tiny, tiny_dir):
+    """prefix_init = "text": the prefixes are the model's own keys and values over the text (repeated to fill the
+    virtual tokens), so the prefixed model's logits are the pre-trained model's after that text; random
+    prefixes (peft's default) are not."""
+    from pydantic import ValidationError
+
+    from memlens.models import load_model
+
+    text = "Sentences from case reports:"
+    cfg = TuningConfig(method="prefix", virtual_tokens=6, prefix_init="text", prompt_init_text=text)
+    model, info = apply_method(tiny.model, cfg)
+    assert info["params"]["init"] == "text"
+    start = (encode(tiny.tokenizer, [text], 10**9).ids[0] * 6)[:6]
+    ids = encode(tiny.tokenizer, TEXTS[:1], 48).ids[0]
+    model.eval()
+    with torch.no_grad():
+        got = model(input_ids=torch.tensor([ids])).logits[0, -len(ids) :]
+        want = model.get_base_model()(input_ids=torch.tensor([start + ids])).logits[0, len(start) :]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    fresh = load_model(str(tiny_dir), device="cpu").model
+    randomly, info = apply_method(fresh, TuningConfig(method="prefix", virtual_tokens=6))
+    assert "init" not in info["params"]
+    with torch.no_grad():
+        other = randomly.eval()(input_ids=torch.tensor([ids])).logits[0, -len(ids) :]
+    assert not torch.allclose(other, want, atol=1e-2)
+    with pytest.raises(ValidationError, match="prefix_init"):
+        TuningConfig(method="prefix", prefix_init="zeros")

@@ -88,7 +88,10 @@ class TuningConfig(_Section):
       ``alpha``, ``dropout``, ``layers`` (indices, or ``"last:N"`` / ``"first:N"``; default all).
     - ``ia3``: ``targets`` (default k, v, down) and ``layers``.
     - ``prefix`` / ``prompt`` / ``ptuning``: ``virtual_tokens``; ``prompt`` also ``prompt_init`` (``random`` or
-      ``text``, with ``prompt_init_text``); ``ptuning`` also ``encoder_hidden``.
+      ``text``, with ``prompt_init_text``); ``prefix`` also ``prefix_init`` (``random``, peft's, the default; or
+      ``text``: the model's own keys and values of ``prompt_init_text``, so that training starts from the
+      pre-trained model's behaviour after that text — random prefixes can wreck it); ``ptuning`` also
+      ``encoder_hidden``.
     - ``full`` and ``head`` take no parameters.
     """
 
@@ -101,6 +104,7 @@ class TuningConfig(_Section):
     virtual_tokens: Annotated[int, Field(gt=0, le=65536)] = 20
     prompt_init: Literal["random", "text"] = "random"
     prompt_init_text: str = "Sentences from medical case reports describing drug effects:"
+    prefix_init: Literal["random", "text"] | None = None  # None: random
     encoder_hidden: PositiveInt = 128
 
     @field_validator("targets")

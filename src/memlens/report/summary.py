@@ -15,10 +15,16 @@ if TYPE_CHECKING:
 DIVERGED = 1.5  # fine-tuning that multiplies the validation perplexity by more than this has diverged
 
 
+FIXES = (
+    "a learning rate too high for the method ([training] lr), or, for prefix tuning, random prefixes that wreck "
+    'the model from the start ([tuning] prefix_init = "text")'
+)
+
+
 def divergence_note(before: float, after: float, what: str) -> str | None:
     """A warning when fine-tuning raised the validation perplexity from ``before`` to more than
-    :data:`DIVERGED` times it (the model got worse at the domain it was trained on: usually a learning rate too
-    high for the method); ``None`` otherwise. ``what`` names the run or trials."""
+    :data:`DIVERGED` times it (the model got worse at the domain it was trained on; the usual causes are in
+    :data:`FIXES`); ``None`` otherwise. ``what`` names the run or trials."""
     if not (math.isfinite(before) and before > 0) or after <= DIVERGED * before:  # NaN after: diverged too
         return None
     change = (
@@ -26,10 +32,7 @@ def divergence_note(before: float, after: float, what: str) -> str | None:
         if math.isnan(after)
         else (f"raised the validation perplexity {after / before:.1f}-fold ({before:.2f} → {after:.2f})")
     )
-    return (
-        f"{what}: fine-tuning {change}: it diverged (try a lower [training] lr), and its memorization numbers "
-        "describe a damaged model"
-    )
+    return f"{what}: fine-tuning {change}: it diverged ({FIXES}), and its memorization numbers describe a damaged model"
 
 
 def diverged_notes(results: pd.DataFrame) -> list[str]:
@@ -54,7 +57,7 @@ def diverged_notes(results: pd.DataFrame) -> list[str]:
         fold = f"{folds[0]:.1f}" + (f" to {folds[-1]:.1f}" if len(rows) > 1 else "")
         notes.append(
             f"{config or 'the trial'}{f' ({seeds})' if seeds else ''}: fine-tuning raised the validation perplexity "
-            f"{fold}-fold (more than {DIVERGED}-fold is taken as diverged; try a lower learning rate): "
+            f"{fold}-fold (more than {DIVERGED}-fold is taken as diverged; usual causes: {FIXES}): "
             f"{'these rows measure damaged models' if len(rows) > 1 else 'its rows measure a damaged model'}, and "
             "they count in every finding their configuration belongs to"
         )
