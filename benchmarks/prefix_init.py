@@ -18,7 +18,7 @@ import tempfile
 from common import parser
 
 
-def at_init(model_name: str, data_dir: str, n: int) -> None:
+def at_init(model_name: str, data_dir: str, n: int, batch_size: int, max_tokens: int) -> None:
     """Validation perplexity of ``n`` texts: the pre-trained model, then with each kind of fresh prefixes."""
     import torch
 
@@ -32,11 +32,11 @@ def at_init(model_name: str, data_dir: str, n: int) -> None:
     for init in (None, "random", "text"):
         torch.manual_seed(0)
         lm = load_model(model_name)
-        ids = encode(lm.tokenizer, [t.text for t in read_phee(data_dir, "dev")[:n]], 128).ids
+        ids = encode(lm.tokenizer, [t.text for t in read_phee(data_dir, "dev")[:n]], max_tokens).ids
         model = lm.model
         if init is not None:
-            model, _ = apply_method(model, TuningConfig(method="prefix", prefix_init=init))
-        stats = score_ids(model.eval(), ids, lm.tokenizer.pad_token_id, batch_size=16)
+            model, _ = apply_method(model, TuningConfig(method="prefix", prefix_init=init), lm.tokenizer)
+        stats = score_ids(model.eval(), ids, lm.tokenizer.pad_token_id, batch_size=batch_size)
         label = "pre-trained model" if init is None else f"prefix_init = {init!r}, before training"
         print(f"{label}: validation perplexity {stats.perplexity():,.1f} ({n} texts)")
 
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--lrs", default="1e-2,3e-3,1e-3", help="learning rates of the --train trials")
     ap.add_argument("--data", default="phee", choices=["phee", "sotu"], help="the --train trials' dataset")
     args = ap.parse_args()
-    at_init(args.model, args.data_dir, args.n)
+    at_init(args.model, args.data_dir, args.n, args.batch_size, args.max_tokens)
     if args.train:
         trained(args.model, args.data, [float(x) for x in args.lrs.split(",")])
 

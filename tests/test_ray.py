@@ -53,10 +53,12 @@ def cluster(tmp_path_factory):
     finally:
         procs = _cluster_processes()
         for proc in procs:
-            proc.terminate()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
         _, alive = psutil.wait_procs(procs, timeout=15)
         for proc in alive:
-            proc.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
         shutil.rmtree(_OWN, ignore_errors=True)
 
 

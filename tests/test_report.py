@@ -3,6 +3,7 @@ self-containment, escaping and privacy, and rendered in headless Chromium."""
 
 import html
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -379,8 +380,11 @@ def test_a_fine_tune_that_raised_the_validation_perplexity_is_called_diverged():
         ]
 
     data = rows("prefix seed=0", 81.86, 327.95) + rows("prefix seed=1", 81.86, 619.83)
-    data += rows("prompt seed=0", 81.86, 35.31) + rows("full", 81.86, 200.0)
-    notes = diverged_notes(pd.DataFrame(data))
-    assert len(notes) == 2 and notes[0].startswith("full: fine-tuning raised the validation perplexity 2.4-fold")
-    assert notes[1].startswith("prefix (seed=0, seed=1): fine-tuning raised the validation perplexity 4.0 to 7.6")
-    assert "these rows measure damaged models" in notes[1] and not any("prompt" in n for n in notes)
+    data += rows("prompt seed=0", 81.86, 35.31) + rows("full", 81.86, 200.0) + rows("ia3 seed=3", 81.86, math.nan)
+    df = pd.DataFrame(data)
+    df["trial"] = df.groupby("label").ngroup()
+    notes = diverged_notes(df)
+    assert len(notes) == 3 and notes[0].startswith("full: fine-tuning raised the validation perplexity 2.4-fold")
+    assert notes[1].startswith("ia3 (seed=3): fine-tuning made the validation perplexity undefined (NaN) (more")
+    assert notes[2].startswith("prefix (seed=0, seed=1): fine-tuning raised the validation perplexity 4.0 to 7.6")
+    assert "these rows measure damaged models" in notes[2] and not any("prompt" in n for n in notes)

@@ -243,34 +243,46 @@ def test_records_with_numpy_numbers_are_saved(tmp_path):
 
 def test_a_ray_trial_whose_worker_died_goes_on_from_its_last_epoch_on_that_node(tiny_dir, tmp_path, monkeypatch):
     """run_trial, the function Ray runs on a worker (called here without Ray): an attempt killed after epoch 1
-    leaves its state in the node's working folder; the next attempt goes on from it and cleans up."""
+    leaves its state in the node's private working folder; an attempt while another holds the folder runs apart,
+    from the start; the next attempt goes on from the state and cleans up."""
     import os
+    import stat
     import tempfile
     import time
 
-    from memlens.experiments.distributed import STALE_DAYS, TRIAL_DIR, run_trial
+    from memlens.experiments.distributed import OLD_TRIAL_DIR, STALE_DAYS, run_trial, working_root
+    from memlens.files import lock
 
     node = tmp_path / "node"  # the node's temporary folder
-    stale, fresh, old_style = (node / f"{TRIAL_DIR}{x}" for x in ("0123456789abcdef", "fedcba9876543210", "999999-x"))
+    node.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(node))
+    root = working_root()
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700  # it holds weights fine-tuned on the user's data
+    stale, fresh, old_style = root / "0123456789abcdef", root / "fedcba9876543210", node / f"{OLD_TRIAL_DIR}999999-x"
     for d in (stale, fresh, old_style):
         (d / "out").mkdir(parents=True)
     week_ago = time.time() - (STALE_DAYS + 1) * 86400
     for p in (stale / "out", stale):
         os.utime(p, (week_ago, week_ago))
-    monkeypatch.setattr(tempfile, "tempdir", str(node))
     config = parse_config(_cfg(tiny_dir, "unused")).model_dump(mode="json")
     target = str(tmp_path / "store" / "trials" / "trial-0001")
     _interrupt_after(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):  # as a worker dies: no clean-up runs
         run_trial(config, target)
-    (work,) = set(node.glob(f"{TRIAL_DIR}*")) - {fresh}
+    (work,) = {p for p in root.iterdir() if p.is_dir()} - {fresh}
     assert (work / ".out.resume" / "epoch-1").is_dir() and not stale.exists()
     assert fresh.exists() and (not old_style.exists() or os.path.exists("/proc/999999"))  # pid 999999: gone
     monkeypatch.setattr(runner, "save_state", resume.save)
+    with lock(root / f"{work.name}.lock"):  # another attempt of the trial still runs
+        apart = run_trial(config, target)
+    assert "resumed_after_epoch" not in apart["info"]["training"] and (work / ".out.resume" / "epoch-1").is_dir()
     out = run_trial(config, target)
     assert out["info"]["training"]["resumed_after_epoch"] == 1 and not work.exists()
     assert "results.json" in out["files"] and f"{target}" in out["files"]["config.toml"].decode()
-    bad = parse_config(_cfg(tiny_dir, "unused", lr=1e-3) | {"tuning": {"method": "lora", "targets": ["nope"]}})
+    bad = parse_config(_cfg(tiny_dir, "unused") | {"tuning": {"method": "lora", "targets": ["nope"]}})
     with pytest.raises(MemlensError, match="nope"):  # a trial that raises leaves nothing behind
         run_trial(bad.model_dump(mode="json"), str(tmp_path / "store" / "trials" / "trial-0002"))
-    assert set(node.glob(f"{TRIAL_DIR}*")) == {fresh}
+    assert {p for p in root.iterdir() if p.is_dir()} == {fresh}
+    os.chmod(root, 0o755)
+    with pytest.raises(MemlensError, match="is not a private folder of this user"):
+        run_trial(config, target)

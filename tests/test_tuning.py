@@ -265,7 +265,9 @@ def test_prefixes_from_a_text_predict_as_the_model_does_after_that_text(tiny, ti
 
     text = "Sentences from case reports:"
     cfg = TuningConfig(method="prefix", virtual_tokens=6, prefix_init="text", prompt_init_text=text)
-    model, info = apply_method(tiny.model, cfg)
+    with pytest.raises(MemlensError, match="prefix_init = 'text' needs the model's tokenizer"):
+        apply_method(load_model(str(tiny_dir), device="cpu").model, cfg)
+    model, info = apply_method(tiny.model, cfg, tiny.tokenizer)
     assert info["params"]["init"] == "text"
     start = (encode(tiny.tokenizer, [text], 10**9).ids[0] * 6)[:6]
     ids = encode(tiny.tokenizer, TEXTS[:1], 48).ids[0]

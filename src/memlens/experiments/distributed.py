@@ -18,6 +18,7 @@ A trial that raises (bad config, data error) is not retried: it is stored as fai
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -125,8 +126,9 @@ def connect(address: str | None):
     return ray
 
 
-TRIAL_DIR = "memlens-trial-"  # + a hash of the trial's folder beside the store: its working folder on a node
-STALE_DAYS = 7  # a working folder untouched this long (its sweep abandoned) is removed by the next trial
+WORK_DIR = "memlens-ray-"  # + the user's uid: the node's private folder (0700) of trials' working folders
+OLD_TRIAL_DIR = "memlens-trial-"  # + a worker's pid + "-": where earlier memlens versions ran a trial
+STALE_DAYS = 7  # a working folder untouched this long (its sweep abandoned) is removed by the next trial here
 
 
 def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
@@ -135,57 +137,83 @@ def run_trial(config: dict, output_dir: str) -> dict[str, Any]:
     bytes}, its ``config.toml`` naming ``output_dir`` (the trial's folder beside the driver's store) as a local
     run's does.
 
-    The working folder is named after ``output_dir``, so an attempt that dies mid-trial (a killed worker or
-    driver) leaves the state of its last finished epoch there, and the next attempt of the trial on this node
-    goes on from it, as a local sweep's trial does. It is removed when the trial ends, finished or failed;
-    working folders left untouched for :data:`STALE_DAYS` days are removed first."""
+    The working folder (in :func:`working_root`, named after ``output_dir`` and locked while an attempt uses it)
+    keeps the state of the trial's last finished epoch, so the next attempt of the trial on this node goes on
+    from it, as a local sweep's trial does, after a killed worker or driver. It is removed when the trial ends,
+    finished or failed. While another attempt of the same trial still holds it, this one runs in a private
+    folder of its own, from the start. Working folders no attempt touched for :data:`STALE_DAYS` days are
+    removed first."""
     import hashlib
 
     from memlens.config import parse_config, with_overrides
     from memlens.experiments import run
     from memlens.experiments.store import stored
+    from memlens.files import lock
 
-    tmp = Path(tempfile.gettempdir())
-    folder = tmp / f"{TRIAL_DIR}{hashlib.sha1(output_dir.encode()).hexdigest()[:16]}"
-    _remove_stale(tmp, keep=folder)
+    root = working_root()
+    key = hashlib.sha1(output_dir.encode()).hexdigest()[:16]
     cfg = parse_config(config)
-    cfg = with_overrides(cfg, {"output.dir": str(folder / "out"), "output.overwrite": True})
-    try:
-        t0 = time.perf_counter()
-        with progress.quiet():
-            results = run(cfg)
-        seconds = time.perf_counter() - t0
-        out = folder / "out"
-        files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-        files["config.toml"] = with_overrides(cfg, {"output.dir": output_dir}).to_toml().encode()
-    except Exception:  # the trial failed (a config or data error, a bug): nothing to go on from
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(lock(root / f"{key}.lock", wait=False))
+            folder = root / key
+            folder.mkdir(mode=0o700, exist_ok=True)
+            os.utime(folder)  # touched: not stale while this attempt runs
+        except MemlensError:  # another attempt of this trial still runs here
+            folder = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=root))
+            cfg = with_overrides(cfg, {"output.resume": False})
+        _remove_stale(root)
+        cfg = with_overrides(cfg, {"output.dir": str(folder / "out"), "output.overwrite": True})
+        try:
+            t0 = time.perf_counter()
+            with progress.quiet():
+                results = run(cfg)
+            seconds = time.perf_counter() - t0
+            out = folder / "out"
+            files = {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+            files["config.toml"] = with_overrides(cfg, {"output.dir": output_dir}).to_toml().encode()
+        except Exception:  # the trial failed (a config or data error, a bug): nothing to go on from
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         shutil.rmtree(folder, ignore_errors=True)
-        raise
-    shutil.rmtree(folder, ignore_errors=True)
     records, info = stored(results)
     return {"records": records, "info": info, "seconds": seconds, "files": files}
 
 
-def _remove_stale(tmp: Path, keep: Path) -> None:
-    """Remove the working folders of trials that no attempt touched for :data:`STALE_DAYS` days, and those
-    of memlens versions that named them after a worker's pid, once that worker is gone."""
-    from memlens.files import pid_alive
+def working_root() -> Path:
+    """This user's folder for trials' working folders on this node, ``<tmp>/memlens-ray-<uid>``, private
+    (0700: they hold weights fine-tuned on the user's data); one that is not is refused."""
+    import stat
 
-    for old in tmp.glob(f"{TRIAL_DIR}*"):
-        if old == keep or not old.is_dir():
-            continue
-        name = old.name.removeprefix(TRIAL_DIR)
-        if "-" in name:  # <pid>-<random>: an older memlens's folder
-            pid = name.split("-")[0]
-            if pid.isdigit() and not pid_alive(int(pid)):
-                shutil.rmtree(old, ignore_errors=True)
+    root = Path(tempfile.gettempdir()) / f"{WORK_DIR}{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(root, 0o700)
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise MemlensError(f"{root} is not a private folder of this user (mode 0700): remove it, or set TMPDIR")
+    return root
+
+
+def _remove_stale(root: Path) -> None:
+    """Remove the working folders in ``root`` that no attempt holds and none touched for :data:`STALE_DAYS`
+    days, and the folders earlier memlens versions named after a worker's pid, once that worker is gone."""
+    from memlens.files import lock, pid_alive
+
+    for old in Path(tempfile.gettempdir()).glob(f"{OLD_TRIAL_DIR}*-*"):
+        pid = old.name.removeprefix(OLD_TRIAL_DIR).split("-")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    for old in root.iterdir():
+        if not old.is_dir():
             continue
         try:
-            newest = max((p.stat().st_mtime for p in old.rglob("*")), default=old.stat().st_mtime)
-        except OSError:  # removed meanwhile by another worker
+            newest = max([old.stat().st_mtime, *(p.stat().st_mtime for p in old.rglob("*"))])
+            if time.time() - newest <= STALE_DAYS * 86400:
+                continue
+            with lock(root / f"{old.name.split('-')[0]}.lock", wait=False):  # no attempt holds it
+                shutil.rmtree(old, ignore_errors=True)
+        except (OSError, MemlensError):  # removed meanwhile, or in use
             continue
-        if time.time() - newest > STALE_DAYS * 86400:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def publish_files(target: Path, files: dict[str, bytes]) -> None:

@@ -140,7 +140,7 @@ def reference_signals(
             seed = reference_seed(cfg, k)
             ref = copy.deepcopy(model)
             torch.manual_seed(seed)
-            ref, _ = apply_method(ref, cfg.tuning)
+            ref, _ = apply_method(ref, cfg.tuning, tok)
             training = cfg.training.model_copy(update={"seed": seed})
             train(ref, enc.ids, pad_id, training, lr=lr, starts=enc.first, privacy=cfg.privacy)
             hit = score_ids(

@@ -13,7 +13,8 @@ Written atomically (a folder per epoch, renamed into place; the older one remove
 and JSON: no pickle. It holds weights fine-tuned on the members and their per-text scores, never text.
 Not with DP-SGD (its accountant and noise are not resumable), ``save_checkpoints`` (the earlier epochs'
 checkpoints are not kept here), ``output.resume = false``, an output folder named with ``{time}``, nor for
-DynamicCut's and distillation's fine-tunes or trials on Ray (which write into a temporary folder).
+DynamicCut's and distillation's fine-tunes. A trial on Ray keeps its state in a working folder of its node
+(:func:`memlens.experiments.distributed.run_trial`).
 """
 
 from __future__ import annotations

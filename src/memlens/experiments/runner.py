@@ -184,7 +184,7 @@ def measure(
         subsets = subset_records(cfg, scores[0], keep, left_out, n_mem, 0) if leave_out else []
 
     torch.manual_seed(cfg.training.seed)
-    model, tuning_info = apply_method(model, cfg.tuning)
+    model, tuning_info = apply_method(model, cfg.tuning, tok)
     tuning_info["prompt_based"] = METHODS[cfg.tuning.method].prompt_based
     lr = cfg.training.lr or DEFAULT_LR[cfg.tuning.method]
 

@@ -44,7 +44,7 @@ def diverged_notes(results: pd.DataFrame) -> list[str]:
     df = results
     ppl = df[(df["kind"] == "utility") & (df["metric"] == "val_ppl") & df["epoch"].notna()]
     groups: dict[str, list[tuple[str, float, float]]] = {}
-    for label, g in sorted(ppl.groupby("label"), key=lambda x: str(x[0])):
+    for (_, label), g in sorted(ppl.groupby(["trial", "label"]), key=lambda x: (str(x[0][1]), x[0][0])):
         first, last = g.loc[g["epoch"].idxmin()], g.loc[g["epoch"].idxmax()]
         before, after = float(first["value"]), float(last["value"])
         if int(first["epoch"]) == 0 and divergence_note(before, after, "") is not None:
@@ -53,11 +53,25 @@ def diverged_notes(results: pd.DataFrame) -> list[str]:
     notes = []
     for config, rows in groups.items():
         seeds = ", ".join(r[0] for r in rows if r[0])
-        folds = sorted(a / b if a == a else math.inf for _, b, a in rows)  # NaN after: undefined, the worst
-        fold = f"{folds[0]:.1f}" + (f" to {folds[-1]:.1f}" if len(rows) > 1 else "")
+        folds = sorted(a / b for _, b, a in rows if not math.isnan(a))
+        undefined = len(rows) - len(folds)  # NaN after fine-tuning
+        change = (
+            [
+                f"raised the validation perplexity {folds[0]:.1f}"
+                + (f" to {folds[-1]:.1f}-fold" if len(folds) > 1 else "-fold")
+            ]
+            if folds
+            else []
+        )
+        if undefined:
+            change.append(
+                f"made it undefined (NaN) in {undefined} of them"
+                if folds
+                else "made the validation perplexity undefined (NaN)"
+            )
         notes.append(
-            f"{config or 'the trial'}{f' ({seeds})' if seeds else ''}: fine-tuning raised the validation perplexity "
-            f"{fold}-fold (more than {DIVERGED}-fold is taken as diverged; usual causes: {FIXES}): "
+            f"{config or 'the trial'}{f' ({seeds})' if seeds else ''}: fine-tuning {' and '.join(change)} (more than "
+            f"{DIVERGED}-fold is taken as diverged; usual causes: {FIXES}): "
             f"{'these rows measure damaged models' if len(rows) > 1 else 'its rows measure a damaged model'}, and "
             "they count in every finding their configuration belongs to"
         )

@@ -1,7 +1,7 @@
 """Step 2b of the pipeline: fine-tuning methods (through ``peft``/``transformers``) and the training loop.
 
-A method is ``apply(model, TuningConfig) -> (model, params)``, registered in :data:`METHODS` with its
-default learning rate.
+A method is ``apply(model, TuningConfig, tokenizer) -> (model, params)`` (the model's tokenizer, for a method
+that initialises from a text), registered in :data:`METHODS` with its default learning rate.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ def check_method(model, cfg: TuningConfig) -> None:
         lora.resolve_layers(model, cfg.layers)
 
 
-def apply_method(model, cfg: TuningConfig):
-    """Prepare ``model`` for fine-tuning with ``cfg.method``; return ``(model, info)``.
+def apply_method(model, cfg: TuningConfig, tokenizer=None):
+    """Prepare ``model`` for fine-tuning with ``cfg.method``; return ``(model, info)``. ``tokenizer``: the
+    model's, needed by ``prefix_init = "text"``.
 
     ``info`` records the method, its parameters and the honest trainable-parameter count and share.
     """
-    model, params = METHODS[cfg.method].apply(model, cfg)
+    model, params = METHODS[cfg.method].apply(model, cfg, tokenizer)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return model, {

@@ -6,14 +6,14 @@ from memlens.config import TuningConfig
 from memlens.errors import MemlensError
 
 
-def apply(model, cfg: TuningConfig):
+def apply(model, cfg: TuningConfig, tokenizer=None):
     """Make every parameter trainable (tied input/output embeddings stay tied)."""
     for p in model.parameters():
         p.requires_grad_(True)
     return model, {}
 
 
-def apply_head(model, cfg: TuningConfig):
+def apply_head(model, cfg: TuningConfig, tokenizer=None):
     """Train only the output layer. A head tied to the input embeddings is untied first: it becomes a fresh
     trainable copy, and the embeddings stay frozen (``params["untied"]`` says so)."""
     import torch

@@ -68,7 +68,7 @@ def resolve_layers(model, layers: list[int] | str | None) -> list[int] | None:
     return sorted(set(layers))
 
 
-def apply(model, cfg: TuningConfig):
+def apply(model, cfg: TuningConfig, tokenizer=None):
     """Wrap ``model`` in a peft LoRA model; only the adapters train."""
     from peft import LoraConfig
 
@@ -87,7 +87,7 @@ def apply(model, cfg: TuningConfig):
     return wrap(model, lcfg), params | {"layers": layers if layers is not None else "all"}
 
 
-def apply_ia3(model, cfg: TuningConfig):
+def apply_ia3(model, cfg: TuningConfig, tokenizer=None):
     """Wrap ``model`` in a peft IA³ model (learned rescaling vectors)."""
     from peft import IA3Config
 
