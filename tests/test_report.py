@@ -388,3 +388,16 @@ def test_a_fine_tune_that_raised_the_validation_perplexity_is_called_diverged():
     assert notes[1].startswith("ia3 (seed=3): fine-tuning made the validation perplexity undefined (NaN) (more")
     assert notes[2].startswith("prefix (seed=0, seed=1): fine-tuning raised the validation perplexity 4.0 to 7.6")
     assert "these rows measure damaged models" in notes[2] and not any("prompt" in n for n in notes)
+
+
+def test_findings_say_how_many_seeds_each_configuration_has():
+    from types import SimpleNamespace
+
+    from memlens.report.findings import _seed_words
+
+    def words(*seeds):
+        return _seed_words(SimpleNamespace(configs=[SimpleNamespace(seeds=n) for n in seeds]))
+
+    assert words(3, 3) == ", and the training seeds of each configuration (3 seeds)"
+    assert words(1, 3, 2) == ", and the training seeds of each configuration (1, 2 or 3 seeds)"
+    assert "one training seed per configuration, so the intervals do not cover" in words(1, 1)

@@ -180,7 +180,8 @@ def _seed_words(scores: Scores) -> str:
     seeds = sorted({c.seeds for c in scores.configs})
     if seeds == [1]:
         return "; one training seed per configuration, so the intervals do not cover training randomness"
-    return f", and the training seeds of each configuration ({'/'.join(map(str, seeds))} seeds)"
+    count = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{', '.join(map(str, seeds[:-1]))} or {seeds[-1]} seeds"
+    return f", and the training seeds of each configuration ({count})"
 
 
 def power_section(findings: list[Finding], scores: Scores) -> list[str]:
