@@ -262,3 +262,24 @@ def test_model_replaces_the_presets_model_in_every_trial(tiny_dir):
     assert {t.config.model.name for t in sweep.trials} == {"meta-llama/Llama-2-7b-hf"}
     command = _reproduce_command("hou2025", "full", "0,1,2", "phee", None, None, "meta-llama/Llama-2-7b-hf")
     assert command == "memlens reproduce hou2025 --scale full --seeds 0,1,2 --model meta-llama/Llama-2-7b-hf"
+
+
+def test_set_changes_every_trial_and_names_the_sweep(tmp_path):
+    from helpers import assert_one_line_error, invoke
+
+    spec = preset_spec("hou2025", "tiny", settings={"prefix_init": "text", "training.epochs": 3})
+    assert spec["name"] == "hou2025-tiny-prefix_init=text-epochs=3"
+    trials = expand(spec).trials
+    assert all(t.config.tuning.prefix_init == "text" and t.config.training.epochs == 3 for t in trials)
+    plain = {t.label: t.hash for t in expand(preset_spec("hou2025", "tiny")).trials}
+    assert all(plain[t.label] != t.hash for t in trials)  # a store of its own: never mixed with the preset's
+    plan = invoke("reproduce", "hou2025", "--set", "prefix_init=text", "--set", "lr=1e-3", "--dry-run")
+    assert plan.exit_code == 0 and "hou2025-tiny-prefix_init=text-lr=0.001: 9 trials" in plan.stdout, plan.output
+    assert_one_line_error(invoke("reproduce", "hou2025", "--set", "prefix_init", "--dry-run"), "--set takes KEY=VALUE")
+    assert_one_line_error(invoke("reproduce", "hou2025", "--set", "bogus=1", "--dry-run"), "unknown sweep axis")
+    bad = invoke("reproduce", "hou2025", "--set", "prefix_init=zeros", "--dry-run")
+    assert_one_line_error(bad, "tuning.prefix_init': Input should be 'random' or 'text'")
+    from memlens.cli import _reproduce_command
+
+    shown = _reproduce_command("hou2025", "small", "0,1,2", "phee", None, None, None, ["prefix_init=text"])
+    assert shown == "memlens reproduce hou2025 --scale small --seeds 0,1,2 --set prefix_init=text"  # in findings.md

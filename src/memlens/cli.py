@@ -264,6 +264,14 @@ def reproduce_cmd(
             ".gguf file or hub id), e.g. the study's own on a GPU; hou2025's model-size trial is left out."
         ),
     ] = None,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE set in every trial (a sweep axis or dotted config key, the value as in TOML), e.g. "
+            "--set prefix_init=text; named in the sweep, so its store is its own. Repeatable.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the trials, the cost and (with --pilot) the power; run nothing.")
     ] = False,
@@ -296,7 +304,7 @@ def reproduce_cmd(
 
         raise MemlensError("--findings-only runs nothing: --retry-failed, --backend and --address are for a run")
     check_backend(backend, address)
-    spec = preset_spec(preset, scale, _seed_list(seeds), data, model)
+    spec = preset_spec(preset, scale, _seed_list(seeds), data, model, _settings(settings or []))
     if data_dir is not None:
         if data != "phee":
             from memlens.errors import MemlensError
@@ -323,7 +331,7 @@ def reproduce_cmd(
         sweep = expand(spec, f"preset {preset}")
         counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
         typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given, model)
+    command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given, model, settings or [])
     typer.echo(str(write_findings(preset, folder, command)))
     _render(folder)
 
@@ -360,6 +368,7 @@ def _reproduce_command(
     data_dir: Path | None,
     folder: Path | None,
     model: str | None = None,
+    settings: list[str] | None = None,
 ) -> str:
     """The command that runs this preset, as findings.md shows it (the options that change what is run)."""
     import shlex
@@ -368,6 +377,7 @@ def _reproduce_command(
     words += ["--seeds", seeds.replace(" ", "")] if _seed_list(seeds) != [0] else []
     words += ["--data", data] if data != "phee" else []
     words += ["--model", model] if model is not None else []
+    words += [w for item in settings or [] for w in ("--set", item)]
     words += ["--data-dir", str(data_dir)] if data_dir is not None else []
     words += ["--dir", str(folder)] if folder is not None else []
     return " ".join(shlex.quote(w) for w in words)
@@ -421,6 +431,25 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None):
         "Projections assume the effect does not change with size, epochs or seeds (see memlens.experiments.power)."
     )
     return sweep
+
+
+def _settings(items: list[str]) -> dict[str, object]:
+    """``--set KEY=VALUE`` options as {key: value}, each value read as TOML (``1e-3``, ``true``, ``["q", "v"]``)
+    or else as a string (``text``)."""
+    import tomllib
+
+    from memlens.errors import MemlensError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not (sep and key.strip() and raw.strip()):
+            raise MemlensError(f"--set takes KEY=VALUE, e.g. --set prefix_init=text (got {item!r})")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw.strip()
+    return out
 
 
 def _seed_list(text: str) -> list[int]:

@@ -16,6 +16,7 @@ The findings are tested in :mod:`memlens.experiments.findings`.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from memlens.errors import MemlensError
 
@@ -110,13 +111,20 @@ PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
 
 
 def preset_spec(
-    name: str, scale: str, seeds: list[int] | None = None, data: str = "phee", model: str | None = None
+    name: str,
+    scale: str,
+    seeds: list[int] | None = None,
+    data: str = "phee",
+    model: str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> dict:
     """The preset's sweep; with several ``seeds`` every trial runs once per training seed (sweep name
     ``NAME-SCALE-Nseeds``, so it never mixes with a one-seed store). ``data``: a dataset shipped inside memlens
     (``phee``, the studies' stand-in; ``sotu``, non-medical English), named in the sweep unless it is PHEE.
     ``model``: the pre-trained model of every trial instead of SmolLM2-135M-Instruct, named in the sweep;
-    hou2025's model-size trial is left out (its finding compares Gemma-3-270M with SmolLM2 as the smaller)."""
+    hou2025's model-size trial is left out (its finding compares Gemma-3-270M with SmolLM2 as the smaller).
+    ``settings``: config values set in every trial (dotted keys or sweep axes, e.g. ``{"prefix_init": "text"}``;
+    a variant that sets the same key keeps its own), named in the sweep."""
     if name not in PRESETS:
         raise MemlensError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     if scale not in SCALES:
@@ -134,6 +142,12 @@ def preset_spec(
         spec["name"] += "-" + (
             re.sub(r"[^a-z0-9.]+", "-", model.lower().rstrip("/").rsplit("/", 1)[-1]).strip("-") or "model"
         )
+    for axis, value in (settings or {}).items():
+        from memlens.experiments.sweep import config_key
+
+        section, field = config_key(axis).split(".", 1)
+        spec["base"].setdefault(section, {})[field] = value
+        spec["name"] += "-" + re.sub(r"[^A-Za-z0-9._=+]+", "-", f"{field}={value}").strip("-")
     if seeds is not None and seeds != [0]:
         spec["seeds"] = list(seeds)
         spec["name"] += f"-{len(seeds)}seeds"

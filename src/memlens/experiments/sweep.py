@@ -50,6 +50,7 @@ AXES = {
     "alpha": "tuning.alpha",
     "layers": "tuning.layers",
     "virtual_tokens": "tuning.virtual_tokens",
+    "prefix_init": "tuning.prefix_init",
     "epochs": "training.epochs",
     "lr": "training.lr",
     "batch_size": "training.batch_size",
@@ -118,7 +119,9 @@ class Sweep:
         return hashlib.sha256(json.dumps([t.hash for t in self.trials]).encode()).hexdigest()[:16]
 
 
-def _key(axis: str) -> str:
+def config_key(axis: str) -> str:
+    """The dotted config key of a sweep axis (``"lr"`` → ``"training.lr"``) or of a dotted key; one that is
+    not a config field is a :class:`MemlensError`."""
     key = AXES.get(axis, axis)
     if "." not in key:
         raise MemlensError(f"unknown sweep axis {axis!r}; use one of {', '.join(AXES)} or a dotted config key")
@@ -162,7 +165,7 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     if not isinstance(spec.get("resources", {}), dict):
         raise MemlensError(f"{source}: [resources] must be a table (cpus, gpus, memory_gb)")
     resources(spec.get("resources"), source)  # checked now, used by --backend ray (ignored by local)
-    axes = {_key(a): v for a, v in grid.items()}
+    axes = {config_key(a): v for a, v in grid.items()}
     if "seeds" in spec:
         seeds = spec["seeds"]
         if not isinstance(seeds, list) or not seeds or not all(type(x) is int and x >= 0 for x in seeds):
@@ -179,7 +182,7 @@ def expand(spec: dict, source: str = "sweep") -> Sweep:
     for variant in variants:
         variant = dict(variant)
         vlabel = variant.pop("label", None)
-        vover = {_key(k): v for k, v in variant.items()}
+        vover = {config_key(k): v for k, v in variant.items()}
         for combo in itertools.product(*axes.values()) if axes else [()]:
             over = vover | dict(zip(axes, combo, strict=True))
             parts = (vlabel or (_label(vover) if vover else ""), _label(dict(zip(axes, combo, strict=True))))
