@@ -274,7 +274,17 @@ def test_set_changes_every_trial_and_names_the_sweep(tmp_path):
     plain = {t.label: t.hash for t in expand(preset_spec("hou2025", "tiny")).trials}
     assert all(plain[t.label] != t.hash for t in trials)  # a store of its own: never mixed with the preset's
     plan = invoke("reproduce", "hou2025", "--set", "prefix_init=text", "--set", "lr=1e-3", "--dry-run")
-    assert plan.exit_code == 0 and "hou2025-tiny-prefix_init=text-lr=0.001: 9 trials" in plan.stdout, plan.output
+    assert plan.exit_code == 0 and "hou2025-tiny-lr=0.001-prefix_init=text: 9 trials" in plan.stdout, plan.output
+    same = invoke("reproduce", "hou2025", "--set", "training.lr=0.001", "--set", "prefix_init=text", "--dry-run")
+    assert "hou2025-tiny-lr=0.001-prefix_init=text: 9 trials" in same.stdout  # one store, whatever the order
+    text = preset_spec(
+        "hou2025", "tiny", settings={"tuning.prompt_init_text": "Über, a long opening text for the prompt"}
+    )
+    assert re.fullmatch(r"hou2025-tiny-tuning\.prompt_init_text=.{1,24}-[0-9a-f]{8}", text["name"]), text["name"]
+    for option, why in (["method=lora"], "the design varies tuning.method itself"), (["seed=1"], "use --seeds"):
+        assert_one_line_error(invoke("reproduce", "hou2025", "--set", *option, "--dry-run"), why)
+    twice = invoke("reproduce", "hou2025", "--set", "lr=1", "--set", "training.lr=2", "--dry-run")
+    assert_one_line_error(twice, "--set gives training.lr twice")
     assert_one_line_error(invoke("reproduce", "hou2025", "--set", "prefix_init", "--dry-run"), "--set takes KEY=VALUE")
     assert_one_line_error(invoke("reproduce", "hou2025", "--set", "bogus=1", "--dry-run"), "unknown sweep axis")
     bad = invoke("reproduce", "hou2025", "--set", "prefix_init=zeros", "--dry-run")

@@ -401,3 +401,4 @@ def test_findings_say_how_many_seeds_each_configuration_has():
     assert words(3, 3) == ", and the training seeds of each configuration (3 seeds)"
     assert words(1, 3, 2) == ", and the training seeds of each configuration (1, 2 or 3 seeds)"
     assert "one training seed per configuration, so the intervals do not cover" in words(1, 1)
+    assert words() == ""  # no finished trial yet

@@ -337,7 +337,8 @@ def reproduce_cmd(
 
 
 def _check_preset_store(folder: Path, sweep: str) -> None:
-    """``--findings-only``: ``folder`` must hold a results store with this preset's sweep (one line if not)."""
+    """``--findings-only``: ``folder`` must hold a results store with this preset's sweep and nothing else (one
+    line if not)."""
     from memlens.errors import MemlensError
     from memlens.experiments.store import Store
 
@@ -348,10 +349,10 @@ def _check_preset_store(folder: Path, sweep: str) -> None:
         names = [r[0] for r in store.db.execute("SELECT name FROM sweeps ORDER BY name")]
     finally:
         store.close()
+    same = "give the preset's --scale, --seeds, --data, --model and --set as the run had them"
     if sweep not in names:
         raise MemlensError(
-            f"{folder} holds no sweep {sweep!r} (it holds {', '.join(map(repr, names)) or 'none'}): "
-            "give the preset's --scale, --seeds and --data as the run had them"
+            f"{folder} holds no sweep {sweep!r} (it holds {', '.join(map(repr, names)) or 'none'}): {same}"
         )
     if len(names) > 1:
         raise MemlensError(
@@ -434,22 +435,26 @@ def _preset_plan(preset: str, spec: dict, pilot: Path | None):
 
 
 def _settings(items: list[str]) -> dict[str, object]:
-    """``--set KEY=VALUE`` options as {key: value}, each value read as TOML (``1e-3``, ``true``, ``["q", "v"]``)
-    or else as a string (``text``)."""
+    """``--set KEY=VALUE`` options as {dotted key: value}, sorted, each value read as TOML (``1e-3``, ``true``,
+    ``["q", "v"]``) or else as a string (``text``)."""
     import tomllib
 
     from memlens.errors import MemlensError
+    from memlens.experiments.sweep import config_key
 
     out: dict[str, object] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not (sep and key.strip() and raw.strip()):
             raise MemlensError(f"--set takes KEY=VALUE, e.g. --set prefix_init=text (got {item!r})")
+        dotted = config_key(key.strip())
+        if dotted in out:
+            raise MemlensError(f"--set gives {dotted} twice")
         try:
-            out[key.strip()] = tomllib.loads(f"v = {raw.strip()}")["v"]
+            out[dotted] = tomllib.loads(f"v = {raw.strip()}")["v"]
         except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw.strip()
-    return out
+            out[dotted] = raw.strip()
+    return dict(sorted(out.items()))
 
 
 def _seed_list(text: str) -> list[int]:

@@ -110,6 +110,42 @@ def hou2025(scale: str) -> dict:
 PRESETS = {"savine2025": savine2025, "hou2025": hou2025}
 
 
+OWN_OPTIONS = {  # settings a preset takes through options of its own, which also check them
+    "training.seed": "--seeds", "model.name": "--model", "data.source": "--data", "data.dir": "--data-dir",
+}  # fmt: skip
+
+
+def _set(spec: dict, axis: str, value: Any) -> str:
+    """Set ``axis`` (a sweep axis or dotted key) to ``value`` in the preset's base config; return the part of the
+    sweep's name that says so. Refused: a key the design varies itself, one with an option of its own, [output]."""
+    import hashlib
+
+    from memlens.experiments.sweep import AXES, config_key
+
+    key = config_key(axis)
+    varied = {config_key(a) for a in spec.get("grid", {})} | {
+        config_key(k) for v in spec.get("variants", []) for k in v if k != "label"
+    }
+    if key in varied:
+        raise MemlensError(f"--set {axis}: the design varies {key} itself")
+    if key in OWN_OPTIONS or key.startswith("output."):
+        raise MemlensError(f"--set {axis}: use {OWN_OPTIONS.get(key, 'the [output] of a run config')} instead")
+    section, field = key.split(".", 1)
+    spec["base"].setdefault(section, {})[field] = value
+    name = next((a for a, k in AXES.items() if k == key), key)
+    shown = (
+        "+".join(map(str, value))
+        if isinstance(value, list)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
+    )
+    safe = re.sub(r"[^A-Za-z0-9._+-]+", "-", shown).strip("-")
+    if safe != shown or len(safe) > 32:  # lossy or long: a short hash keeps distinct values apart
+        safe = safe[:24] + "-" + hashlib.sha1(repr(value).encode()).hexdigest()[:8]
+    return f"{name}={safe}"
+
+
 def preset_spec(
     name: str,
     scale: str,
@@ -143,11 +179,7 @@ def preset_spec(
             re.sub(r"[^a-z0-9.]+", "-", model.lower().rstrip("/").rsplit("/", 1)[-1]).strip("-") or "model"
         )
     for axis, value in (settings or {}).items():
-        from memlens.experiments.sweep import config_key
-
-        section, field = config_key(axis).split(".", 1)
-        spec["base"].setdefault(section, {})[field] = value
-        spec["name"] += "-" + re.sub(r"[^A-Za-z0-9._=+]+", "-", f"{field}={value}").strip("-")
+        spec["name"] += "-" + _set(spec, axis, value)
     if seeds is not None and seeds != [0]:
         spec["seeds"] = list(seeds)
         spec["name"] += f"-{len(seeds)}seeds"

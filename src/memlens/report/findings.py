@@ -178,6 +178,8 @@ def _interim(store) -> list[str]:
 
 def _seed_words(scores: Scores) -> str:
     seeds = sorted({c.seeds for c in scores.configs})
+    if not seeds:
+        return ""
     if seeds == [1]:
         return "; one training seed per configuration, so the intervals do not cover training randomness"
     count = f"{seeds[0]} seeds" if len(seeds) == 1 else f"{', '.join(map(str, seeds[:-1]))} or {seeds[-1]} seeds"
