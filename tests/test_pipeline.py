@@ -328,3 +328,11 @@ def test_a_run_whose_fine_tune_diverged_says_so(tiny_dir, tmp_path):
     assert any("it diverged (a learning rate too high for the method" in line for line in summary_lines(results))
     calm = run(parse_config(tiny_config(tiny_dir, tmp_path / "calm")))
     assert not any("diverged" in line for line in summary_lines(calm))
+
+
+def test_a_gpu_run_scoring_small_batches_is_told_larger_ones_are_faster():
+    from memlens.experiments.runner import scoring_hint
+
+    assert "[scoring] batch_size = 64 or more" in scoring_hint("cuda", 16)
+    assert "[scoring] batch_size = 64 or more" in scoring_hint("cuda:1", 32)
+    assert scoring_hint("cuda", 64) is None and scoring_hint("cpu", 16) is None

@@ -158,6 +158,8 @@ def measure(
     )
     for line in data_lines(splits.info):
         progress.info(line)
+    if (hint := scoring_hint(lm.info["device"], cfg.scoring.batch_size)) is not None:
+        progress.info(hint)
     with clock("split_checks"):
         audit, blind = split_checks(cfg, splits)
     references = None
@@ -797,6 +799,19 @@ def stage_records(
             for f, t in m.get("tpr", {}).items()
         ]
     return rows
+
+
+GPU_SCORING_BATCH = 64  # on an H100 with SmolLM2, 64 texts a batch scored all attacks ~6x faster than 16
+
+
+def scoring_hint(device: str, batch_size: int) -> str | None:
+    """A line for a run that scores small batches on a GPU (benchmarks/README.md: launch-bound at 16 texts)."""
+    if not str(device).startswith("cuda") or batch_size >= GPU_SCORING_BATCH:
+        return None
+    return (
+        f"scoring {batch_size} texts a batch on a GPU: [scoring] batch_size = {GPU_SCORING_BATCH} or more is "
+        "several times faster there (benchmarks/README.md)"
+    )
 
 
 def distinct_rows(texts: list[str], n_members: int) -> np.ndarray:
