@@ -3,7 +3,6 @@ self-containment, escaping and privacy, and rendered in headless Chromium."""
 
 import html
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -365,29 +364,38 @@ def test_a_store_made_before_newer_record_fields_reports_read_only(sweep_dir, tm
     assert load_report_data(sweep_dir[0]).final.equals(data.final)
 
 
-def test_a_fine_tune_that_raised_the_validation_perplexity_is_called_diverged():
-    from memlens.report.summary import DIVERGED, diverged_notes, divergence_note
+def test_a_fine_tune_that_made_unseen_texts_worse_is_called_diverged():
+    from memlens.report.summary import diverged, diverged_notes
 
-    assert divergence_note(81.86, 70.0, "run") is None and divergence_note(81.86, DIVERGED * 81.86, "run") is None
-    assert "4.0-fold (81.86 → 327.95): it diverged" in divergence_note(81.86, 327.95, "run")
-    assert "undefined (NaN)" in divergence_note(81.86, float("nan"), "run")
-    assert divergence_note(float("nan"), 327.95, "run") is None  # nothing to compare with
+    def drop(value, low, high):
+        return {"value": value, "ci_low": low, "ci_high": high}
 
-    def rows(label, before, after):
+    assert diverged(drop(-1.42, -1.49, -1.34))  # perplexity 4.1-fold, the whole interval beyond 1.5-fold
+    assert not diverged(drop(-0.5, -0.9, -0.1))  # the interval reaches below 1.5-fold (log 1.5 = 0.405)
+    assert not diverged(drop(0.9, 0.85, 0.95)) and not diverged(None) and not diverged(drop(-2.0, None, None))
+
+    def rows(trial, before_after):
         return [
-            {"label": label, "kind": "utility", "metric": "val_ppl", "epoch": e, "value": v}
-            for e, v in ((0, before), (4, after))
-        ]
+            {"trial": trial, "kind": "effect", "metric": "nonmember_drop", "epoch": e, "value": v, "ci_low": lo,
+             "ci_high": hi}
+            for e, (v, lo, hi) in enumerate(before_after)
+        ]  # fmt: skip
 
-    data = rows("prefix seed=0", 81.86, 327.95) + rows("prefix seed=1", 81.86, 619.83)
-    data += rows("prompt seed=0", 81.86, 35.31) + rows("full", 81.86, 200.0) + rows("ia3 seed=3", 81.86, math.nan)
-    df = pd.DataFrame(data)
-    df["trial"] = df.groupby("label").ngroup()
-    notes = diverged_notes(df)
-    assert len(notes) == 3 and notes[0].startswith("full: fine-tuning raised the validation perplexity 2.4-fold")
-    assert notes[1].startswith("ia3 (seed=3): fine-tuning made the validation perplexity undefined (NaN) (more")
-    assert notes[2].startswith("prefix (seed=0, seed=1): fine-tuning raised the validation perplexity 4.0 to 7.6")
-    assert "these rows measure damaged models" in notes[2] and not any("prompt" in n for n in notes)
+    start = (-0.1, -0.2, 0.0)
+    results = rows(1, (start, (-1.42, -1.49, -1.34))) + rows(2, (start, (-2.05, -2.13, -1.97)))
+    results += rows(3, ((0.5, 0.4, 0.6), (0.9, 0.85, 0.95)))
+    prefix = {"tuning": {"method": "prefix"}, "training": {"seed": 0}}
+    trials = pd.DataFrame(
+        [
+            {"id": 1, "label": "prefix seed=0", "config": prefix},
+            {"id": 2, "label": "prefix seed=1", "config": prefix | {"training": {"seed": 1}}},
+            {"id": 3, "label": "prompt seed=0", "config": {"tuning": {"method": "prompt"}, "training": {"seed": 0}}},
+        ]
+    )
+    (note,) = diverged_notes(pd.DataFrame(results), trials)  # one configuration, two seeds
+    assert note.startswith("trials prefix seed=0, prefix seed=1: fine-tuning (the worst of them) raised the "
+                           "non-members' loss by 2.05 nats/token [1.97, 2.13]")  # fmt: skip
+    assert "perplexity 7.8-fold" in note and "prompt" not in note
 
 
 def test_findings_say_how_many_seeds_each_configuration_has():

@@ -99,13 +99,19 @@ class Config:
     parameter_based = property(lambda self: self.first.parameter_based)
 
 
+def configuration_key(config: dict) -> str:
+    """A trial's config as a key, without ``training.seed`` and ``[output]``: equal for the seeds of one
+    configuration."""
+    cfg = {k: v for k, v in config.items() if k != "output"}
+    cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
 def configurations(trials: list[Trial]) -> list[Config]:
     """Trials grouped by their config without ``training.seed`` (and outputs), in order of first appearance."""
     groups: dict[str, list[Trial]] = {}
     for t in trials:
-        cfg = {k: v for k, v in t.config.items() if k != "output"}
-        cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
-        groups.setdefault(json.dumps(cfg, sort_keys=True, default=str), []).append(t)
+        groups.setdefault(configuration_key(t.config), []).append(t)
     return [Config(tuple(g)) for g in groups.values()]
 
 

@@ -71,7 +71,8 @@ def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores
             else ""
         ),
     ]
-    notes = [f.note for f in findings if f.note] + disagreements(findings) + diverged_notes(store.results())
+    notes = [f.note for f in findings if f.note] + disagreements(findings)
+    notes += diverged_notes(store.results(), store.trials())
     lines += [""] + [f"- {md_text(n)}" for n in notes] if notes else []
     lines += power_section(findings, scores)
     lines += ["", *trial_table(store, attack)]

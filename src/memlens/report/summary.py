@@ -12,69 +12,51 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pandas as pd
 
-DIVERGED = 1.5  # fine-tuning that multiplies the validation perplexity by more than this has diverged
-
-
+DIVERGED = 1.5  # non-members' perplexity up more than this factor, the whole 95% CI beyond it: diverged
 FIXES = (
     "a learning rate too high for the method ([training] lr), or, for prefix tuning, random prefixes that wreck "
     'the model from the start ([tuning] prefix_init = "text")'
 )
 
 
-def divergence_note(before: float, after: float, what: str) -> str | None:
-    """A warning when fine-tuning raised the validation perplexity from ``before`` to more than
-    :data:`DIVERGED` times it (the model got worse at the domain it was trained on; the usual causes are in
-    :data:`FIXES`); ``None`` otherwise. ``what`` names the run or trials."""
-    if not (math.isfinite(before) and before > 0) or after <= DIVERGED * before:  # NaN after: diverged too
-        return None
-    change = (
-        "made the validation perplexity undefined (NaN)"
-        if math.isnan(after)
-        else (f"raised the validation perplexity {after / before:.1f}-fold ({before:.2f} → {after:.2f})")
+def diverged(drop: dict | None) -> bool:
+    """Whether fine-tuning made the model worse on texts it never saw: the non-members' mean loss drop (an
+    ``effect``/``nonmember_drop`` record, nats/token, with its 95% CI) is below −log :data:`DIVERGED`, the whole
+    interval included (their perplexity grew more than 1.5-fold). No record or no interval: ``False``."""
+    if drop is None or drop.get("ci_high") is None or not math.isfinite(drop["ci_high"]):
+        return False
+    return drop["ci_high"] < -math.log(DIVERGED)
+
+
+def divergence_note(drop: dict, what: str) -> str:
+    """The warning for a diverged fine-tune (:func:`diverged`); ``what`` names the run or its trials."""
+    return (
+        f"{what}: fine-tuning raised the non-members' loss by {-drop['value']:.2f} nats/token "
+        f"[{-drop['ci_high']:.2f}, {-drop['ci_low']:.2f}] (their perplexity {math.exp(-drop['value']):.1f}-fold; "
+        f"more than {DIVERGED}-fold, the whole 95% CI included, is taken as diverged; usual causes: {FIXES}): "
+        "its memorization numbers describe a damaged model"
     )
-    return f"{what}: fine-tuning {change}: it diverged ({FIXES}), and its memorization numbers describe a damaged model"
 
 
-def diverged_notes(results: pd.DataFrame) -> list[str]:
-    """A note per configuration with trials whose fine-tune diverged (validation perplexity up more than
-    :data:`DIVERGED`-fold), from a store's tidy ``results`` (``Store.results()``): their
-    rows measure a damaged model, and the findings' group means include them."""
-    import re
+def diverged_notes(results: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
+    """A note per configuration (trials whose configs differ only in the training seed) with a diverged trial
+    (:func:`diverged`, at the trial's last epoch), from a store's tidy ``results`` and its ``trials`` (``id``,
+    ``label``, ``config``): such rows measure a damaged model, and every group mean that holds them too."""
+    from memlens.experiments.findings import configuration_key
 
-    df = results
-    ppl = df[(df["kind"] == "utility") & (df["metric"] == "val_ppl") & df["epoch"].notna()]
-    groups: dict[str, list[tuple[str, float, float]]] = {}
-    for (_, label), g in sorted(ppl.groupby(["trial", "label"]), key=lambda x: (str(x[0][1]), x[0][0])):
-        first, last = g.loc[g["epoch"].idxmin()], g.loc[g["epoch"].idxmax()]
-        before, after = float(first["value"]), float(last["value"])
-        if int(first["epoch"]) == 0 and divergence_note(before, after, "") is not None:
-            config = re.sub(r" ?seed=\d+$", "", str(label))
-            groups.setdefault(config, []).append((str(label).removeprefix(config).strip(), before, after))
+    drops = results[(results["kind"] == "effect") & (results["metric"] == "nonmember_drop")]
+    last = drops.loc[drops.groupby("trial")["epoch"].idxmax()] if not drops.empty else drops
+    bad = {int(r["trial"]): r for r in last.to_dict("records") if diverged(r)}
+    groups: dict[str, list] = {}
+    for t in trials.itertuples():
+        if int(t.id) in bad:
+            groups.setdefault(configuration_key(t.config), []).append((str(t.label), bad[int(t.id)]))
     notes = []
-    for config, rows in groups.items():
-        seeds = ", ".join(r[0] for r in rows if r[0])
-        folds = sorted(a / b for _, b, a in rows if not math.isnan(a))
-        undefined = len(rows) - len(folds)  # NaN after fine-tuning
-        change = (
-            [
-                f"raised the validation perplexity {folds[0]:.1f}"
-                + (f" to {folds[-1]:.1f}-fold" if len(folds) > 1 else "-fold")
-            ]
-            if folds
-            else []
-        )
-        if undefined:
-            change.append(
-                f"made it undefined (NaN) in {undefined} of them"
-                if folds
-                else "made the validation perplexity undefined (NaN)"
-            )
-        notes.append(
-            f"{config or 'the trial'}{f' ({seeds})' if seeds else ''}: fine-tuning {' and '.join(change)} (more than "
-            f"{DIVERGED}-fold is taken as diverged; usual causes: {FIXES}): "
-            f"{'these rows measure damaged models' if len(rows) > 1 else 'its rows measure a damaged model'}, and "
-            "they count in every finding their configuration belongs to"
-        )
+    for rows in groups.values():
+        labels = ", ".join(label for label, _ in rows)
+        worst = min((r for _, r in rows), key=lambda r: r["value"])
+        note = divergence_note(worst, f"{'trials' if len(rows) > 1 else 'trial'} {labels}")
+        notes.append(note.replace(": fine-tuning", ": fine-tuning (the worst of them)", 1) if len(rows) > 1 else note)
     return notes
 
 
@@ -145,8 +127,9 @@ def summary_lines(results: dict) -> list[str]:
     if ppl0 is not None and ppl1 is not None:
         before, after = ("base", "audited") if "audit" in results else ("pre-trained", "fine-tuned")
         lines.append(f"validation perplexity: {ppl0['value']:.2f} ({before}) → {ppl1['value']:.2f} ({after})")
-        if "audit" not in results and (note := divergence_note(ppl0["value"], ppl1["value"], "warning")):
-            lines.append(note)
+    drop = find(records, epoch=last, kind="effect", metric="nonmember_drop")
+    if "audit" not in results and drop is not None and diverged(drop):
+        lines.append(divergence_note(drop, "warning"))
     if "audit" in results:
         a = results["audit"]
         adapter = f" + adapter {a['adapter']} ({t['trainable_parameters']:,} parameters)" if a["adapter"] else ""
