@@ -603,3 +603,13 @@ def with_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             node = node[p]
         node[leaf] = value
     return parse_config(data, "(with command-line overrides)")
+
+
+def configuration_key(config: dict[str, Any]) -> str:
+    """A trial's config (as a dict) as a key, without ``training.seed`` and ``[output]``: equal for the seeds
+    of one configuration."""
+    import json
+
+    cfg = {k: v for k, v in config.items() if k != "output"}
+    cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
+    return json.dumps(cfg, sort_keys=True, default=str)

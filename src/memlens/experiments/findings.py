@@ -14,7 +14,6 @@ finding whose design cannot isolate the claim reads **confounded** and is not co
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from memlens.comparison import Difference, contrast, group_weights, holm, replicates, slope_weights
+from memlens.config import configuration_key
 from memlens.experiments.outputs import extraction_label
 
 if TYPE_CHECKING:
@@ -97,14 +97,6 @@ class Config:
     model = property(lambda self: self.first.model)
     rank = property(lambda self: self.first.rank)
     parameter_based = property(lambda self: self.first.parameter_based)
-
-
-def configuration_key(config: dict) -> str:
-    """A trial's config as a key, without ``training.seed`` and ``[output]``: equal for the seeds of one
-    configuration."""
-    cfg = {k: v for k, v in config.items() if k != "output"}
-    cfg["training"] = {k: v for k, v in cfg.get("training", {}).items() if k != "seed"}
-    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def configurations(trials: list[Trial]) -> list[Config]:

@@ -42,7 +42,7 @@ def diverged_notes(results: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
     """A note per configuration (trials whose configs differ only in the training seed) with a diverged trial
     (:func:`diverged`, at the trial's last epoch), from a store's tidy ``results`` and its ``trials`` (``id``,
     ``label``, ``config``): such rows measure a damaged model, and every group mean that holds them too."""
-    from memlens.experiments.findings import configuration_key
+    from memlens.config import configuration_key
 
     drops = results[(results["kind"] == "effect") & (results["metric"] == "nonmember_drop")]
     last = drops.loc[drops.groupby("trial")["epoch"].idxmax()] if not drops.empty else drops
