@@ -114,6 +114,23 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         size = next(r for r in text.splitlines() if "larger models memorize more" in r)
         assert "not measured" in size and f"Command: `memlens reproduce {name} --scale tiny --dir {tmp_path}`" in text
         assert Store(tmp_path).counts() == {"done": len(sweep.trials) - 1, "pending": 1}  # nothing was run
+        # another sweep in the same folder (e.g. the same preset with other seeds): its trials are not mixed in
+        with sqlite3.connect(tmp_path / "results.db") as db:
+            db.execute("INSERT INTO sweeps SELECT 'other', spec_hash, spec, created FROM sweeps")
+            db.execute(
+                "INSERT INTO trials (sweep, config_hash, label, config, status, started, finished, seconds, info) "
+                "SELECT 'other', config_hash, 'intruder', config, status, started, finished, seconds, info "
+                "FROM trials WHERE id = 1"
+            )
+            cols = [r[1] for r in db.execute("PRAGMA table_info(results)") if r[1] != "trial"]
+            new = db.execute("SELECT MAX(id) FROM trials").fetchone()[0]
+            db.execute(f"INSERT INTO results SELECT {new}, {', '.join(cols)} FROM results WHERE trial = 1")
+        shutil.copytree(Store(tmp_path).trial_dir(1), Store(tmp_path).trial_dir(new))
+        assert "intruder" in findings_markdown(name, Store(tmp_path), "memlens reproduce ...")  # the whole store
+        again = invoke("reproduce", name, "--findings-only", "--dir", str(tmp_path), "--quiet")
+        assert again.exit_code == 0, again.output
+        assert (tmp_path / "findings.md").read_text() == text  # that sweep's trials only, as before
+        assert new not in set(pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")["trial"])
     missing = Store(tmp_path).trial_dir(1) / "scores.csv"  # a finished trial whose per-text scores are gone
     missing.unlink()
     write_findings(name, tmp_path, "memlens reproduce ...")  # leaves it out of every file, not only the tests
@@ -133,9 +150,6 @@ def test_findings_only_needs_a_store_and_plans_nothing(tmp_path):
     other = invoke("reproduce", "hou2025", "--scale", "small", "--findings-only", "--dir", str(tmp_path / "other"))
     assert_one_line_error(other, re.escape("holds no sweep 'hou2025-small' (it holds 'my sweep')"))
     assert not (tmp_path / "other" / "findings.md").exists()
-    Store(tmp_path / "other").register_sweep("hou2025-small", {}, "h", [])
-    mixed = invoke("reproduce", "hou2025", "--scale", "small", "--findings-only", "--dir", str(tmp_path / "other"))
-    assert_one_line_error(mixed, "holds other sweeps besides 'hou2025-small' \\('my sweep'\\)")
 
 
 @pytest.mark.parametrize(

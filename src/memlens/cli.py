@@ -332,13 +332,13 @@ def reproduce_cmd(
         counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
         typer.echo(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     command = _reproduce_command(preset, scale, seeds, data, data_dir, folder_given, model, settings or [])
-    typer.echo(str(write_findings(preset, folder, command)))
+    typer.echo(str(write_findings(preset, folder, command, sweep=spec["name"])))
     _render(folder)
 
 
 def _check_preset_store(folder: Path, sweep: str) -> None:
-    """``--findings-only``: ``folder`` must hold a results store with this preset's sweep and nothing else (one
-    line if not)."""
+    """``--findings-only``: ``folder`` must hold a results store with this preset's sweep (one line if not); the
+    findings read that sweep's trials only, whatever else the store holds."""
     from memlens.errors import MemlensError
     from memlens.experiments.store import Store
 
@@ -353,11 +353,6 @@ def _check_preset_store(folder: Path, sweep: str) -> None:
     if sweep not in names:
         raise MemlensError(
             f"{folder} holds no sweep {sweep!r} (it holds {', '.join(map(repr, names)) or 'none'}): {same}"
-        )
-    if len(names) > 1:
-        raise MemlensError(
-            f"{folder} holds other sweeps besides {sweep!r} ({', '.join(repr(n) for n in names if n != sweep)}), "
-            "whose trials the findings would mix in: keep each preset run in a folder of its own"
         )
 
 

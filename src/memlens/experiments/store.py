@@ -275,6 +275,29 @@ class Store:
         return self.folder / "trials" / f"trial-{trial:04d}"
 
 
+class SweepView:
+    """One sweep of a store read as if it were the whole store: :meth:`Store.trials`, :meth:`Store.results`,
+    :meth:`Store.counts` and :meth:`Store.trial_dir` limited to that sweep's trials (the findings of one preset
+    run whose folder holds other sweeps too)."""
+
+    def __init__(self, store: Store, sweep: str) -> None:
+        self.store, self.sweep = store, sweep
+
+    def trials(self):
+        df = self.store.trials()
+        return df[df["sweep"] == self.sweep].reset_index(drop=True)
+
+    def results(self, role: str | None = "target"):
+        df = self.store.results(role)
+        return df[df["sweep"] == self.sweep].reset_index(drop=True)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts(self.sweep)
+
+    def trial_dir(self, trial: int) -> Path:
+        return self.store.trial_dir(trial)
+
+
 def _sql(v):
     """A record field as SQLite stores it (booleans as 0/1)."""
     return int(v) if isinstance(v, bool) else v

@@ -280,21 +280,22 @@ TRIAL_COLUMNS = [  # trials.csv: the privacy–utility frontier's numbers, one r
 ]  # fmt: skip
 
 
-def write_findings(name: str, folder: Path, command: str) -> Path:
+def write_findings(name: str, folder: Path, command: str, *, sweep: str | None = None) -> Path:
     """``findings.md`` in ``folder``, beside ``FOLDER-findings.csv`` (every tested difference with its CI,
     p-values and verdict: :func:`~memlens.experiments.findings.findings_frame`), ``FOLDER-trials.csv`` (each
     trial's AUC of the study's attack, loss gap, trainable parameters and validation perplexity) and
     ``FOLDER-frontier.svg`` (the privacy–utility frontier), named after the folder so that they can be
-    published together."""
-    from memlens.experiments.store import Store
+    published together. ``sweep``: the trials of that sweep only (default: every trial of the store)."""
+    from memlens.experiments.store import Store, SweepView
     from memlens.report.data import load_report_data
     from memlens.report.plots import privacy_utility_frontier
 
     store = Store(folder, create=False)
     try:  # the findings first: the files below describe the same finished trials, even while a run goes on
-        scores = load_scores(store)
+        view = SweepView(store, sweep) if sweep is not None else store
+        scores = load_scores(view)
         findings = evaluate_findings(name, scores)
-        md = findings_markdown(name, store, command, evaluated=(scores, findings))
+        md = findings_markdown(name, view, command, evaluated=(scores, findings))
     finally:
         store.close()
     stem = Path(folder).resolve().name
