@@ -130,7 +130,8 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         again = invoke("reproduce", name, "--findings-only", "--dir", str(tmp_path), "--quiet")
         assert again.exit_code == 0, again.output
         assert (tmp_path / "findings.md").read_text() == text  # that sweep's trials only, as before
-        assert new not in set(pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")["trial"])
+        rows = pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")
+        assert new not in set(rows["trial"]) and not rows["label"].str.contains("·").any(), rows["label"]
     missing = Store(tmp_path).trial_dir(1) / "scores.csv"  # a finished trial whose per-text scores are gone
     missing.unlink()
     write_findings(name, tmp_path, "memlens reproduce ...")  # leaves it out of every file, not only the tests

@@ -303,7 +303,8 @@ def write_findings(name: str, folder: Path, command: str, *, sweep: str | None =
     write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
     attack = STUDY_ATTACK[name]
     final = load_report_data(folder, attack=attack).final
-    final = final[final["trial"].isin([t.id for t in scores.trials])]
+    labels = {t.id: t.label for t in scores.trials}  # the trials' own labels, not the report's "sweep · label"
+    final = final[final["trial"].isin(labels)].assign(label=lambda d: d["trial"].map(labels))
     write_text(folder / extra[1], final.reindex(columns=TRIAL_COLUMNS).to_csv(index=False))
     svg = privacy_utility_frontier(final, attack=attack)
     if svg is not None:
