@@ -168,6 +168,7 @@ class Finding:
     """A published claim beside memlens's tests of it on each measure; ``fixed`` overrides the verdict
     (``not measured``, ``confounded``) and keeps the finding out of the Holm family."""
 
+    key: str  # the finding's number as the study gives it, e.g. "(1)"
     claim: str
     published: str
     tests: dict[str, list[Check]] = field(default_factory=dict)
@@ -176,9 +177,9 @@ class Finding:
     note: str = ""
 
     @property
-    def key(self) -> str:
-        """The finding's number as the study gives it, e.g. ``(1)``."""
-        return self.claim.split(" ", 1)[0]
+    def title(self) -> str:
+        """Number and claim, e.g. ``(5) LoRA placement: attention < MLP < both``."""
+        return f"{self.key} {self.claim}"
 
     def verdict(self, measure: str) -> str:
         if self.fixed:
@@ -303,7 +304,8 @@ def savine_findings(scores: Scores) -> list[Finding]:
     one = {x: [t for t in ts if t.rank in shared] for x, ts in one.items()}
     f1 = _group_finding(
         Finding(
-            "(1) W_V and W_O memorize more than W_Q and W_K at equal rank",
+            "(1)",
+            "W_V and W_O memorize more than W_Q and W_K at equal rank",
             "rank 4: W_V .83, W_O .80 vs W_Q .72, W_K .71 (reference AUC)",
         ),
         scores,
@@ -312,7 +314,8 @@ def savine_findings(scores: Scores) -> list[Finding]:
         ("mean V,O", "mean Q,K"),
     )
     f3 = Finding(
-        "(3) higher rank → more memorization, with diminishing returns",
+        "(3)",
+        "higher rank → more memorization, with diminishing returns",
         "AUC .909 at r=1 → .945 at r=128, plateau near r=50",
         note="With three ranks only the rise is tested, not the plateau (the study swept ranks 1 to 512).",
     )
@@ -350,7 +353,8 @@ def _perplexity_finding(scores: Scores, lora: list[Config], attack: str) -> Find
     trial with the highest AUC. Tested: the slope against the fine-tuned log-PPL (published: negative) and
     R²(fine-tuned) − R²(base) (published: positive), each with a bootstrap over the texts."""
     f = Finding(
-        "(2) lower fine-tuned perplexity goes with more memorization; base perplexity does not",
+        "(2)",
+        "lower fine-tuned perplexity goes with more memorization; base perplexity does not",
         "R² = 0.135 (negative slope) vs fine-tuned PPL; R² = 0.004 vs base PPL",
         note=(
             "(2) is tested on the greedy share of n-gram of each extracted member, not on an attack score: the "
@@ -414,7 +418,8 @@ def hou_findings(scores: Scores) -> list[Finding]:
     paired = scores.same_texts
     f1 = _group_finding(
         Finding(
-            "(1) parameter-based methods memorize more than prompt-based ones",
+            "(1)",
+            "parameter-based methods memorize more than prompt-based ones",
             "LLaMA2-7B, Wikitext LOSS AUC: FT head .889, LoRA .787 vs prefix .484, prompt .478, P-tuning .487",
         ),
         scores,
@@ -423,7 +428,8 @@ def hou_findings(scores: Scores) -> list[Finding]:
         ("mean parameter-based", "mean prompt-based"),
     )
     f2 = Finding(
-        "(2) parameter-based memorization grows over epochs; prompt-based stays flat",
+        "(2)",
+        "parameter-based memorization grows over epochs; prompt-based stays flat",
         "Figures 2–3 of the study",
         note="(2) is tested as the difference of the two groups' mean change from epoch 1 to the last epoch.",
     )
@@ -437,7 +443,7 @@ def hou_findings(scores: Scores) -> list[Finding]:
     else:
         f2.fixed = "not measured"
     place = {c.targets[0]: c for c in trials if c.method == "lora" and len(c.targets) == 1}
-    f5 = Finding("(5) LoRA placement: attention < MLP < both", "Wikitext LOSS: .552 < .579 < .616")
+    f5 = Finding("(5)", "LoRA placement: attention < MLP < both", "Wikitext LOSS: .552 < .579 < .616")
     if {"attn", "mlp", "all"} <= set(place) and paired:
         steps = (("mlp", "attn"), ("all", "mlp"))
         f5.tests = {
@@ -451,7 +457,7 @@ def hou_findings(scores: Scores) -> list[Finding]:
         }
     else:
         f5.fixed = "not measured"
-    f3 = Finding("(3) larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B")
+    f3 = Finding("(3)", "larger models memorize more (parameter-based)", "GPT-2 117M → LLaMA2-7B")
     if larger and "all" in place and paired:
         big, small = larger[0], place["all"]
         what = f"{big.label} − {small.label}"
@@ -511,7 +517,7 @@ def findings_frame(findings: list[Finding], scores: Scores) -> pd.DataFrame:
     rows = []
     for f in findings:
         for m in family_sizes(findings):
-            common = {"finding": f.key, "claim": f.claim, "measure": m, "verdict": f.verdict(m),
+            common = {"finding": f.key, "claim": f.title, "measure": m, "verdict": f.verdict(m),
                       "members": scores.n_members, "nonmembers": scores.n_nonmembers}  # fmt: skip
             rows += [
                 common

@@ -50,7 +50,7 @@ def findings_markdown(name: str, store, command: str, *, evaluated: tuple[Scores
         "|---|---|---|---|---|---|" + ("---|---|" if share else ""),
     ]
     for f in findings:
-        cells = [md_text(c) for c in (f.claim, f.published)]
+        cells = [md_text(c) for c in (f.title, f.published)]
         for m in ("auc", "gap", *(["share"] if share else [])):
             cells += [md_text(f.measured(m)), f"**{f.verdict(m)}**"]
         lines.append("| " + " | ".join(cells) + " |")
