@@ -205,8 +205,9 @@ def test_a_dry_run_says_what_the_store_holds_and_what_a_run_would_do(tiny_dir, t
     )
     other = expand({**spec, "variants": spec["variants"][1:]})
     assert "a run would be refused" in store_progress(tmp_path / "s", other)
-    assert "no trial of sweep 'g' yet; a run does all 3" in store_progress(
-        tmp_path / "s", expand({**spec, "name": "g"})
+    assert (
+        "no trial of sweep 'g' yet; a run copies 1 (1 from sweep 'f': the same configs, finished there) and "
+        "does 2" in store_progress(tmp_path / "s", expand({**spec, "name": "g"}))
     )
     sweep_file = tmp_path / "f.toml"
     sweep_file.write_text(tomli_w.dumps(spec))
@@ -215,6 +216,52 @@ def test_a_dry_run_says_what_the_store_holds_and_what_a_run_would_do(tiny_dir, t
     )
     assert result.exit_code == 0 and "a run now does 2 (1 failed: retried)" in result.stdout, result.output
     assert Store(tmp_path / "s").counts() == {"done": 1, "failed": 1, "pending": 1}  # a dry run changes nothing
+
+
+def test_a_second_sweep_copies_the_trials_another_sweep_finished(tiny_dir, tmp_path, monkeypatch):
+    base = base_config(tiny_dir)
+    first = expand({"name": "one seed", "base": base, "variants": [{"method": "head"}, {"method": "full"}]})
+    assert run_sweep(first, tmp_path) == {"done": 2}
+    store = Store(tmp_path)
+    store.db.execute("UPDATE trials SET status = 'pending' WHERE label LIKE '%full%'")  # not finished in that sweep
+    (head,) = store.db.execute("SELECT id FROM trials WHERE label LIKE '%head%'").fetchone()
+    more = expand(
+        {"name": "more", "base": base, "variants": [{"method": "head"}, {"method": "full"}], "grid": {"lr": [1e-3]}}
+    )
+    assert store.finished_elsewhere("more", [t.config.model_dump(mode="json") for t in more.trials]) == {}  # lr
+    second = expand({"name": "again", "base": base, "variants": [{"method": "head"}, {"method": "full"}]})
+    assert "a run copies 1 (1 from sweep 'one seed': the same configs, finished there) and does 1" in store_progress(
+        tmp_path, second
+    )
+    lines = []
+    monkeypatch.setattr("memlens.progress.info", lines.append)
+    assert run_sweep(second, tmp_path) == {"done": 2}
+    assert (
+        "2 trials, 0 already done, 1 copied (1 from sweep 'one seed': the same configs, finished there), 1 to run"
+        in (lines[0])
+    ), lines
+    trials = Store(tmp_path).trials().set_index("id")
+    copy = int(trials.index[(trials.sweep == "again") & trials.label.str.contains("head")][0])
+    assert trials.loc[copy, "info"]["copied_from"] == {"sweep": "one seed", "trial": head}
+    for col in ("started", "finished", "seconds"):  # the source's own times: it was not run again
+        assert trials.loc[copy, col] == trials.loc[head, col]
+    rows = Store(tmp_path).results()
+    a, b = (
+        rows[rows.trial == t].drop(columns=["trial", "sweep", "label"]).reset_index(drop=True) for t in (head, copy)
+    )
+    pd.testing.assert_frame_equal(a, b)
+    for f in ("scores.csv", "results.json", "config.toml"):
+        assert (store.trial_dir(copy) / f).read_bytes() == (store.trial_dir(head) / f).read_bytes()
+    assert not list(tmp_path.glob("trials/*.copy"))
+    # the source's folder gone: the trial runs instead of being copied
+    third = expand({"name": "third", "base": base, "variants": [{"method": "head"}]})
+    import shutil
+
+    shutil.rmtree(store.trial_dir(head))
+    shutil.rmtree(store.trial_dir(copy))
+    assert run_sweep(third, tmp_path) == {"done": 1}
+    info = Store(tmp_path).trials().query("sweep == 'third'")["info"].item()
+    assert "copied_from" not in info and info["environment"]["torch"], info
 
 
 def test_store_errors_are_one_line(tmp_path, monkeypatch):

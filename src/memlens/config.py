@@ -542,6 +542,21 @@ class RunConfig(_Section):
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
+def computation_key(config: dict) -> str:
+    """What a trial computes, as 16 hex digits, from its config as stored (``model_dump(mode="json")``, maybe an
+    older memlens's): everything but ``[output]``, the ``name`` (a label, written only into results.json) and
+    unset fields. Trials of two sweeps with one key compute the same thing; :meth:`RunConfig.identity` (a
+    store's config hash) keeps the name."""
+    import hashlib
+    import json
+
+    def drop_none(v):
+        return {k: drop_none(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
+
+    data = drop_none({k: v for k, v in config.items() if k not in ("output", "name")})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     field = ".".join(str(p) for p in first["loc"]) or "(top level)"

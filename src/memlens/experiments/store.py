@@ -177,6 +177,70 @@ class Store:
             # a trial left 'running' by a killed process starts again
             db.execute("UPDATE trials SET status = 'pending' WHERE sweep = ? AND status = 'running'", (name,))
 
+    def finished_elsewhere(self, sweep: str, configs: list[dict] | None = None) -> dict[int, tuple[int, str]]:
+        """The trials another sweep of this store has finished with the same computation
+        (:func:`~memlens.config.computation_key`: the config but its name and output): ``{i: (that trial's id,
+        its sweep)}`` (the first such trial) for each ``configs[i]`` (a sweep not registered yet) or, by default,
+        for each pending trial ``i`` (its id) of ``sweep``."""
+        from memlens.config import computation_key
+
+        if configs is None:
+            rows = self.db.execute("SELECT id, config FROM trials WHERE sweep = ? AND status = 'pending'", (sweep,))
+            wanted = {computation_key(json.loads(cfg)): i for i, cfg in rows}
+        else:
+            wanted = {computation_key(cfg): i for i, cfg in enumerate(configs)}
+        found: dict[int, tuple[int, str]] = {}
+        done = "SELECT id, sweep, config FROM trials WHERE status = 'done' AND sweep != ? ORDER BY id"
+        for trial, other, cfg in self.db.execute(done, (sweep,)).fetchall():
+            i = wanted.get(computation_key(json.loads(cfg)))
+            if i is not None:
+                found.setdefault(i, (trial, other))
+        return found
+
+    def reuse_finished(self, sweep: str) -> dict[str, int]:
+        """Mark done each pending trial of ``sweep`` whose computation another sweep of this store has finished
+        (:meth:`finished_elsewhere`), copying that trial's rows and folder (files hard-linked where the file system
+        allows; memlens replaces files, never rewrites them in place) and naming the source in
+        ``info["copied_from"]``. A trial whose source folder is gone is left to run. Returns ``{source sweep:
+        trials reused}``. Killed midway, a copied folder of a trial still pending is overwritten by its run."""
+        import shutil
+
+        reused: dict[str, int] = {}
+        for target, (source, other) in self.finished_elsewhere(sweep).items():
+            src, dst = self.trial_dir(source), self.trial_dir(target)
+            if not src.is_dir():
+                continue
+            part = dst.with_name(dst.name + ".copy")
+            with self._errors("copy a finished trial"):
+                try:
+                    shutil.rmtree(part, ignore_errors=True)
+                    shutil.copytree(src, part, copy_function=_link_or_copy)
+                    shutil.rmtree(dst, ignore_errors=True)  # a killed run's leftovers
+                    part.rename(dst)
+                except OSError as err:
+                    raise MemlensError(f"cannot copy trial {source} to {dst}: {describe_os_error(err)}") from None
+            with self.transaction() as db:
+                row = db.execute(
+                    "SELECT started, finished, seconds, info FROM trials WHERE id = ? AND status = 'done'", (source,)
+                ).fetchone()
+                still = db.execute("SELECT 1 FROM trials WHERE id = ? AND status = 'pending'", (target,)).fetchone()
+                if row is None or still is None:
+                    continue
+                info = {**(json.loads(row[3]) if row[3] else {}), "copied_from": {"sweep": other, "trial": source}}
+                db.execute("DELETE FROM results WHERE trial = ?", (target,))
+                fields = ", ".join(FIELDS)
+                db.execute(
+                    f"INSERT INTO results (trial, {fields}) SELECT ?, {fields} FROM results WHERE trial = ?",
+                    (target, source),
+                )
+                db.execute(
+                    "UPDATE trials SET status = 'done', error = NULL, started = ?, finished = ?, seconds = ?, "
+                    "info = ? WHERE id = ?",
+                    (row[0], row[1], row[2], json.dumps(info, default=str), target),
+                )
+            reused[other] = reused.get(other, 0) + 1
+        return reused
+
     def pending(self, sweep: str, retry_failed: bool = False) -> list[tuple[int, str, dict]]:
         states = ("pending", "failed") if retry_failed else ("pending",)
         marks = ",".join("?" * len(states))
@@ -296,6 +360,17 @@ class SweepView:
 
     def trial_dir(self, trial: int) -> Path:
         return self.store.trial_dir(trial)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link ``src`` to ``dst``, or copy it where links are not possible (another file system)."""
+    import os
+    import shutil
+
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _sql(v):

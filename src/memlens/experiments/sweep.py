@@ -294,10 +294,23 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
     try:
         row = store.db.execute("SELECT spec_hash FROM sweeps WHERE name = ?", (sweep.name,)).fetchone()
         counts = store.counts(sweep.name)
+        open_trials = store.db.execute(
+            "SELECT config FROM trials WHERE sweep = ? AND status IN ('pending', 'running')", (sweep.name,)
+        )
+        configs = [t.config.model_dump(mode="json") for t in sweep.trials]
+        if row is not None:  # the trials a run would start
+            configs = [json.loads(c) for (c,) in open_trials]
+        found = store.finished_elsewhere(sweep.name, configs)
     finally:
         store.close()
+    reused: dict[str, int] = {}
+    for _, other in found.values():
+        reused[other] = reused.get(other, 0) + 1
+    copies = f"copies {len(found)} ({_copied(reused)}: the same configs, finished there) and " if found else ""
     if row is None:
-        return f"{folder}: no trial of sweep {sweep.name!r} yet; a run does all {n}"
+        return (
+            f"{folder}: no trial of sweep {sweep.name!r} yet; a run {copies}does {'all ' * (not found)}{n - len(found)}"
+        )
     if row[0] != sweep.spec_hash:
         return (
             f"{folder}: its sweep {sweep.name!r} was created from a different sweep file, so a run would be refused "
@@ -305,7 +318,7 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
         )
     failed, running = counts.get("failed", 0), counts.get("running", 0)
     todo = counts.get("pending", 0) + running + (failed if retry_failed else 0)
-    line = f"{folder}: {counts.get('done', 0)} of {n} trials done; a run now does {todo}"
+    line = f"{folder}: {counts.get('done', 0)} of {n} trials done; a run now {copies}does {todo - len(found)}"
     if failed:
         kept = "retried" if retry_failed else "kept as they are; --retry-failed reruns them"
         line += f" ({failed} failed: {kept})"
@@ -315,6 +328,11 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
             "by one that stopped (a new run starts them again)"
         )
     return line
+
+
+def _copied(reused: dict[str, int]) -> str:
+    """``N from sweep 'S'`` for the trials copied from other sweeps of a store (joined with "and")."""
+    return " and ".join(f"{n} from sweep {name!r}" for name, n in sorted(reused.items()))
 
 
 def run_sweep(
@@ -344,9 +362,18 @@ def run_sweep(
             sweep.spec_hash,
             [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
         )
+        reused = store.reuse_finished(sweep.name)
         todo = store.pending(sweep.name, retry_failed)
-        done_before = store.counts(sweep.name).get("done", 0)
-        progress.info(f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, {len(todo)} to run")
+        done_before = store.counts(sweep.name).get("done", 0) - sum(reused.values())
+        progress.info(
+            f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, "
+            + (
+                f"{sum(reused.values())} copied ({_copied(reused)}: the same configs, finished there), "
+                if reused
+                else ""
+            )
+            + f"{len(todo)} to run"
+        )
         if backend == "ray" and todo:
             from memlens.experiments.distributed import run_on_ray
 
