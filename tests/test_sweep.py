@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import sqlite3
@@ -253,15 +254,28 @@ def test_a_second_sweep_copies_the_trials_another_sweep_finished(tiny_dir, tmp_p
     for f in ("scores.csv", "results.json", "config.toml"):
         assert (store.trial_dir(copy) / f).read_bytes() == (store.trial_dir(head) / f).read_bytes()
     assert not list(tmp_path.glob("trials/*.copy"))
-    # the source's folder gone: the trial runs instead of being copied
-    third = expand({"name": "third", "base": base, "variants": [{"method": "head"}]})
+    from memlens.experiments.store import SweepView
+    from memlens.report.findings import measured_section
+
+    measured = "\n".join(measured_section(SweepView(Store(tmp_path), "again")))
+    assert "1 copied from a run of the same configs in this folder (sweep 'one seed')" in measured, measured
     import shutil
 
-    shutil.rmtree(store.trial_dir(head))
-    shutil.rmtree(store.trial_dir(copy))
+    shutil.rmtree(store.trial_dir(head))  # the first source's folder gone: the next one stands in
+    third = expand({"name": "third", "base": base, "variants": [{"method": "head"}]})
     assert run_sweep(third, tmp_path) == {"done": 1}
     info = Store(tmp_path).trials().query("sweep == 'third'")["info"].item()
-    assert "copied_from" not in info and info["environment"]["torch"], info
+    assert info["copied_from"] == {"sweep": "again", "trial": copy}, info
+    with sqlite3.connect(tmp_path / "results.db") as db:  # as if every trial had been trained in bf16
+        for i, raw in db.execute("SELECT id, info FROM trials WHERE status = 'done'").fetchall():
+            info = json.loads(raw)
+            info["model"]["dtype"] = "bfloat16"
+            db.execute("UPDATE trials SET info = ? WHERE id = ?", (json.dumps(info), i))
+    fourth = expand({"name": "fourth", "base": base, "variants": [{"method": "head"}]})
+    assert "no trial of sweep 'fourth' yet; a run does all 1" in store_progress(tmp_path, fourth)
+    assert run_sweep(fourth, tmp_path) == {"done": 1}  # run here in float32, not copied
+    info = Store(tmp_path).trials().query("sweep == 'fourth'")["info"].item()
+    assert "copied_from" not in info and info["model"]["dtype"] == "float32", info
 
 
 def test_store_errors_are_one_line(tmp_path, monkeypatch):
@@ -523,3 +537,16 @@ def test_records_of_an_older_memlens_match_on_their_identity():
     assert compare_records(flag, [flag[0] | {"beats_blind": False}])[1] == 1.0  # a verdict that flipped
     counted = [new[0] | {"n_members": 10_000}]
     assert compare_records(counted, [counted[0] | {"n_members": 10_001}])[1] == 1.0  # one text more: not relative
+
+
+def test_computation_key_ignores_the_name_and_where_results_go_but_not_what_is_kept(tiny_dir):
+    from memlens.config import computation_key, parse_config
+
+    cfg = parse_config(base_config(tiny_dir) | {"name": "a"}).model_dump(mode="json")
+    key = computation_key(cfg)
+    assert computation_key(cfg | {"name": "b", "output": {**cfg["output"], "dir": "elsewhere"}}) == key
+    assert computation_key(cfg | {"output": {**cfg["output"], "save_adapter": True}}) != key
+    assert computation_key(cfg | {"training": {**cfg["training"], "seed": 1}}) != key
+    assert computation_key(cfg | {"tuning": {**cfg["tuning"], "prefix_init": None}}) == computation_key(
+        cfg | {"tuning": {k: v for k, v in cfg["tuning"].items() if k != "prefix_init"}}
+    )  # an unset field is no part of it, as in a store written before the field existed

@@ -543,10 +543,11 @@ class RunConfig(_Section):
 
 
 def computation_key(config: dict) -> str:
-    """What a trial computes, as 16 hex digits, from its config as stored (``model_dump(mode="json")``, maybe an
-    older memlens's): everything but ``[output]``, the ``name`` (a label, written only into results.json) and
-    unset fields. Trials of two sweeps with one key compute the same thing; :meth:`RunConfig.identity` (a
-    store's config hash) keeps the name."""
+    """What a trial computes and keeps, as 16 hex digits, from its config as stored (``model_dump(mode="json")``,
+    maybe an older memlens's): everything but the ``name`` (a label, written only into results.json), where the
+    output goes (``[output]`` but ``save_adapter``, which adds the adapter to it) and unset fields. Trials of
+    two sweeps with one key compute the same thing; :meth:`RunConfig.identity` (a store's config hash) keeps the
+    name."""
     import hashlib
     import json
 
@@ -554,6 +555,8 @@ def computation_key(config: dict) -> str:
         return {k: drop_none(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
 
     data = drop_none({k: v for k, v in config.items() if k not in ("output", "name")})
+    if (config.get("output") or {}).get("save_adapter"):
+        data["save_adapter"] = True
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

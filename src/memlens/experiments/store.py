@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -177,48 +177,60 @@ class Store:
             # a trial left 'running' by a killed process starts again
             db.execute("UPDATE trials SET status = 'pending' WHERE sweep = ? AND status = 'running'", (name,))
 
-    def finished_elsewhere(self, sweep: str, configs: list[dict] | None = None) -> dict[int, tuple[int, str]]:
-        """The trials another sweep of this store has finished with the same computation
-        (:func:`~memlens.config.computation_key`: the config but its name and output): ``{i: (that trial's id,
-        its sweep)}`` (the first such trial) for each ``configs[i]`` (a sweep not registered yet) or, by default,
-        for each pending trial ``i`` (its id) of ``sweep``."""
+    def finished_elsewhere(
+        self, sweep: str, configs: list[dict] | None = None, *, usable: Callable[[dict, dict], bool] | None = None
+    ) -> dict[int, tuple[int, str]]:
+        """Trials another sweep of this store finished with the same computation
+        (:func:`~memlens.config.computation_key`) that can stand in for trials of ``sweep``: ``{i: (that trial's
+        id, its sweep)}`` for each ``configs[i]`` (a sweep not registered yet) or, by default, for each pending
+        trial ``i`` (its id) of ``sweep``. A candidate counts only with its folder's ``results.json`` and
+        ``scores.csv`` and, given ``usable(its info, the config)``, where that is true (e.g. the same device and
+        dtype); the first such, by id."""
         from memlens.config import computation_key
 
         if configs is None:
             rows = self.db.execute("SELECT id, config FROM trials WHERE sweep = ? AND status = 'pending'", (sweep,))
-            wanted = {computation_key(json.loads(cfg)): i for i, cfg in rows}
+            wanted = {i: json.loads(cfg) for i, cfg in rows}
         else:
-            wanted = {computation_key(cfg): i for i, cfg in enumerate(configs)}
+            wanted = dict(enumerate(configs))
+        keys = {computation_key(cfg): i for i, cfg in wanted.items()}
         found: dict[int, tuple[int, str]] = {}
-        done = "SELECT id, sweep, config FROM trials WHERE status = 'done' AND sweep != ? ORDER BY id"
-        for trial, other, cfg in self.db.execute(done, (sweep,)).fetchall():
-            i = wanted.get(computation_key(json.loads(cfg)))
-            if i is not None:
-                found.setdefault(i, (trial, other))
+        done = "SELECT id, sweep, config, info FROM trials WHERE status = 'done' AND sweep != ? ORDER BY id"
+        for trial, other, cfg, info in self.db.execute(done, (sweep,)).fetchall():
+            i = keys.get(computation_key(json.loads(cfg)))
+            if i is None or i in found:
+                continue
+            folder = self.trial_dir(trial)
+            if not ((folder / "results.json").is_file() and (folder / "scores.csv").is_file()):
+                continue
+            if usable is None or usable(json.loads(info) if info else {}, wanted[i]):
+                found[i] = (trial, other)
         return found
 
-    def reuse_finished(self, sweep: str) -> dict[str, int]:
-        """Mark done each pending trial of ``sweep`` whose computation another sweep of this store has finished
+    def reuse_finished(self, sweep: str, *, usable: Callable[[dict, dict], bool] | None = None) -> dict[str, int]:
+        """Mark done each pending trial of ``sweep`` that a trial of another sweep can stand in for
         (:meth:`finished_elsewhere`), copying that trial's rows and folder (files hard-linked where the file system
-        allows; memlens replaces files, never rewrites them in place) and naming the source in
-        ``info["copied_from"]``. A trial whose source folder is gone is left to run. Returns ``{source sweep:
-        trials reused}``. Killed midway, a copied folder of a trial still pending is overwritten by its run."""
+        allows: memlens replaces files, never rewrites them in place; its results.json keeps that sweep's name) and
+        naming it in ``info["copied_from"]``. Returns ``{source sweep: trials copied}``. A copy that fails (e.g.
+        the disk is full) leaves the trial to run; killed midway, the partial copy is a temp folder that a later
+        run removes."""
         import shutil
 
+        from memlens.files import remove, remove_stale, temp_path
+
         reused: dict[str, int] = {}
-        for target, (source, other) in self.finished_elsewhere(sweep).items():
+        for target, (source, other) in self.finished_elsewhere(sweep, usable=usable).items():
             src, dst = self.trial_dir(source), self.trial_dir(target)
-            if not src.is_dir():
+            part = temp_path(dst)
+            remove_stale(dst.parent, {dst.name})  # a killed copy's or run's temp folder
+            try:
+                remove(part)
+                shutil.copytree(src, part, copy_function=_link_or_copy)
+                remove(dst)  # a killed run's leftovers
+                part.rename(dst)
+            except OSError:
+                remove(part)
                 continue
-            part = dst.with_name(dst.name + ".copy")
-            with self._errors("copy a finished trial"):
-                try:
-                    shutil.rmtree(part, ignore_errors=True)
-                    shutil.copytree(src, part, copy_function=_link_or_copy)
-                    shutil.rmtree(dst, ignore_errors=True)  # a killed run's leftovers
-                    part.rename(dst)
-                except OSError as err:
-                    raise MemlensError(f"cannot copy trial {source} to {dst}: {describe_os_error(err)}") from None
             with self.transaction() as db:
                 row = db.execute(
                     "SELECT started, finished, seconds, info FROM trials WHERE id = ? AND status = 'done'", (source,)
@@ -238,6 +250,7 @@ class Store:
                     "info = ? WHERE id = ?",
                     (row[0], row[1], row[2], json.dumps(info, default=str), target),
                 )
+            remove(dst.with_name(f".{dst.name}.resume"))  # a killed run's epoch state: not needed any more
             reused[other] = reused.get(other, 0) + 1
         return reused
 

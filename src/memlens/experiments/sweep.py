@@ -83,6 +83,20 @@ def estimate_device(cfg: RunConfig) -> str:
     return ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
 
 
+def same_precision(info: dict, config: dict) -> bool:
+    """Whether a finished trial (its stored ``info``) ran on the device type and dtype that ``config`` (stored
+    JSON) gets on this machine, ``"auto"`` resolved as a run here would: a copied trial never brings bf16 into a
+    float32 design."""
+    model = config.get("model") or {}
+    device = model.get("device", "auto")
+    device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
+    dtype = model.get("dtype", "auto")
+    dtype = ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype
+    ran = info.get("model") or {}
+    same_device = str(ran.get("device", "")).split(":")[0] == device.split(":")[0]
+    return same_device and str(ran.get("dtype", "")).removeprefix("torch.") == dtype
+
+
 def throughput_note(sweep: Sweep) -> str:
     """The rate the dry run's estimate assumed, for its summary line."""
     devices = {estimate_device(t.config) for t in sweep.trials}
@@ -300,7 +314,7 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
         configs = [t.config.model_dump(mode="json") for t in sweep.trials]
         if row is not None:  # the trials a run would start
             configs = [json.loads(c) for (c,) in open_trials]
-        found = store.finished_elsewhere(sweep.name, configs)
+        found = store.finished_elsewhere(sweep.name, configs, usable=same_precision)
     finally:
         store.close()
     reused: dict[str, int] = {}
@@ -362,7 +376,7 @@ def run_sweep(
             sweep.spec_hash,
             [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
         )
-        reused = store.reuse_finished(sweep.name)
+        reused = store.reuse_finished(sweep.name, usable=same_precision)
         todo = store.pending(sweep.name, retry_failed)
         done_before = store.counts(sweep.name).get("done", 0) - sum(reused.values())
         progress.info(

@@ -128,6 +128,13 @@ def measured_section(store) -> list[str]:
         )
         if resumed:
             took += f"; {resumed} went on after an interruption: their times and dates count the last attempt"
+        copied = [(i or {}).get("copied_from", {}).get("sweep") for i in done["info"]]
+        if any(copied):
+            sources = ", ".join(repr(n) for n in sorted({c for c in copied if c}))
+            took += (
+                f"; {sum(map(bool, copied))} copied from a run of the same configs in this folder (sweep {sources}): "
+                "their times and dates are that run's"
+            )
         took += ")"
     else:
         took = "their times were not recorded"
@@ -303,8 +310,9 @@ def write_findings(name: str, folder: Path, command: str, *, sweep: str | None =
     write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
     attack = STUDY_ATTACK[name]
     final = load_report_data(folder, attack=attack).final
-    labels = {t.id: t.label for t in scores.trials}  # the trials' own labels, not the report's "sweep · label"
-    final = final[final["trial"].isin(labels)].assign(label=lambda d: d["trial"].map(labels))
+    final = final[final["trial"].isin([t.id for t in scores.trials])]
+    if sweep is not None:  # the trials' own labels, not the report's "sweep · label" of a folder with several
+        final = final.assign(label=final["trial"].map({t.id: t.label for t in scores.trials}))
     write_text(folder / extra[1], final.reindex(columns=TRIAL_COLUMNS).to_csv(index=False))
     svg = privacy_utility_frontier(final, attack=attack)
     if svg is not None:
