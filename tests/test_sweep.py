@@ -550,3 +550,20 @@ def test_computation_key_ignores_the_name_and_where_results_go_but_not_what_is_k
     assert computation_key(cfg | {"tuning": {**cfg["tuning"], "prefix_init": None}}) == computation_key(
         cfg | {"tuning": {k: v for k, v in cfg["tuning"].items() if k != "prefix_init"}}
     )  # an unset field is no part of it, as in a store written before the field existed
+
+
+def test_a_setting_the_method_does_not_read_keeps_the_computation(tiny_dir):
+    """`reproduce --set prefix_init=text` in a preset's folder: every trial but the prefix ones is copied."""
+    from memlens.config import computation_key, parse_config
+
+    def key(**tuning):
+        return computation_key(parse_config(base_config(tiny_dir, tuning=tuning)).model_dump(mode="json"))
+
+    assert key(method="head", prefix_init="text") == key(method="head")
+    assert key(method="lora", rank=4, prefix_init="text", virtual_tokens=3) == key(method="lora", rank=4)
+    assert key(method="prefix", prefix_init="text") != key(method="prefix")
+    assert key(method="prompt", prompt_init_text="other") == key(method="prompt")  # random start: text unread
+    assert key(method="prompt", prompt_init="text", prompt_init_text="other") != key(
+        method="prompt", prompt_init="text"
+    )
+    assert key(method="lora", rank=4) != key(method="lora", rank=8)

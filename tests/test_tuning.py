@@ -284,3 +284,49 @@ def test_prefixes_from_a_text_predict_as_the_model_does_after_that_text(tiny, ti
     assert not torch.allclose(other, want, atol=1e-2)
     with pytest.raises(ValidationError, match="prefix_init"):
         TuningConfig(method="prefix", prefix_init="zeros")
+
+
+VARIANTS = [  # each method, and the prompt-based ones with both starts
+    {"method": m} for m in ("full", "head", "lora", "ia3", "prefix", "prompt", "ptuning")
+] + [{"method": "prefix", "prefix_init": "text"}, {"method": "prompt", "prompt_init": "text"}]
+OTHER = {  # another valid value of each [tuning] field
+    "targets": ["q"],
+    "rank": 3,
+    "alpha": 5.0,
+    "dropout": 0.3,
+    "layers": [0],
+    "virtual_tokens": 5,
+    "prompt_init": "text",
+    "prompt_init_text": "Another text entirely, of other words.",
+    "prefix_init": "text",
+    "encoder_hidden": 16,
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_a_method_reads_no_tuning_field_but_those_its_key_keeps(tiny, variant):
+    """A trial of another sweep stands in for one whose config differs only in fields the method does not read
+    (memlens.config.fields_read): changing any of those must leave the adapted model exactly as it was."""
+    import copy
+
+    from memlens.config import fields_read
+
+    assert set(OTHER) == set(TuningConfig.model_fields) - {"method"}  # a new field needs a value here
+
+    def adapted(cfg: TuningConfig) -> tuple[list, torch.Tensor]:
+        torch.manual_seed(0)
+        model, _ = apply_method(copy.deepcopy(tiny.model), cfg, tiny.tokenizer)
+        model.eval()
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
+        weights = [(n, p.detach().clone()) for n, p in model.named_parameters() if p.requires_grad]
+        return weights, logits
+
+    base = TuningConfig(**variant)
+    weights, logits = adapted(base)
+    unread = set(OTHER) - set(fields_read(base.model_dump(mode="json")))
+    for name in sorted(unread):
+        other_weights, other_logits = adapted(base.model_copy(update={name: OTHER[name]}))
+        assert [n for n, _ in other_weights] == [n for n, _ in weights], name
+        assert all(torch.equal(a, b) for (_, a), (_, b) in zip(weights, other_weights, strict=True)), name
+        assert torch.equal(logits, other_logits), name

@@ -542,19 +542,46 @@ class RunConfig(_Section):
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
 
 
+METHOD_FIELDS: dict[str, tuple[str, ...]] = {  # the [tuning] fields each method reads (TuningConfig's docstring)
+    "full": (),
+    "head": (),
+    "lora": ("targets", "rank", "alpha", "dropout", "layers"),
+    "ia3": ("targets", "layers"),
+    "prefix": ("virtual_tokens", "prefix_init"),
+    "prompt": ("virtual_tokens", "prompt_init"),
+    "ptuning": ("virtual_tokens", "encoder_hidden"),
+}
+
+
+def fields_read(tuning: dict) -> dict:
+    """The part of a ``[tuning]`` table (as stored) that its method reads: the method, its fields
+    (:data:`METHOD_FIELDS`) and ``prompt_init_text`` where the method starts from that text; the whole table
+    for a method it does not know."""
+    method = tuning.get("method", "lora")
+    if method not in METHOD_FIELDS:
+        return tuning
+    kept = {k: tuning.get(k) for k in ("method", *METHOD_FIELDS[method])}
+    if {"prefix": tuning.get("prefix_init"), "prompt": tuning.get("prompt_init")}.get(method) == "text":
+        kept["prompt_init_text"] = tuning.get("prompt_init_text")
+    return kept
+
+
 def computation_key(config: dict) -> str:
     """What a trial computes and keeps, as 16 hex digits, from its config as stored (``model_dump(mode="json")``,
     maybe an older memlens's): everything but the ``name`` (a label, written only into results.json), where the
-    output goes (``[output]`` but ``save_adapter``, which adds the adapter to it) and unset fields. Trials of
-    two sweeps with one key compute the same thing; :meth:`RunConfig.identity` (a store's config hash) keeps the
-    name."""
+    output goes (``[output]`` but ``save_adapter``, which adds the adapter to it), the ``[tuning]`` fields its
+    method does not read (:func:`fields_read`) and unset fields. Trials of two sweeps with one key compute the
+    same thing; :meth:`RunConfig.identity` (a store's config hash) keeps them all."""
     import hashlib
     import json
 
     def drop_none(v):
         return {k: drop_none(x) for k, x in v.items() if x is not None} if isinstance(v, dict) else v
 
-    data = drop_none({k: v for k, v in config.items() if k not in ("output", "name")})
+    data = {k: v for k, v in config.items() if k not in ("output", "name")}
+    if isinstance(data.get("tuning"), dict):
+        data["tuning"] = fields_read(data["tuning"])
+    data = drop_none(data)
     if (config.get("output") or {}).get("save_adapter"):
         data["save_adapter"] = True
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
