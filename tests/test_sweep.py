@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -231,9 +232,9 @@ def test_a_second_sweep_copies_the_trials_another_sweep_finished(tiny_dir, tmp_p
     )
     assert store.finished_elsewhere("more", [t.config.model_dump(mode="json") for t in more.trials]) == {}  # lr
     second = expand({"name": "again", "base": base, "variants": [{"method": "head"}, {"method": "full"}]})
-    assert "a run copies 1 (1 from sweep 'one seed': the same configs, finished there) and does 1" in store_progress(
-        tmp_path, second
-    )
+    plan = store_progress(tmp_path, second)
+    assert "a run copies 1 (1 from sweep 'one seed': the same configs, finished there) and does 1" in plan, plan
+    assert re.search(r"; estimated ~\d+ (s|min) for those 1$", plan), plan  # the full fine-tune's share
     lines = []
     monkeypatch.setattr("memlens.progress.info", lines.append)
     assert run_sweep(second, tmp_path) == {"done": 2}

@@ -275,12 +275,18 @@ def approx_parameters(spec: str) -> float | None:
     return None
 
 
+def _trial_seconds(t: Trial) -> float | None:
+    """A trial's estimated seconds (None: its model's or data's size is unknown here)."""
+    params = approx_parameters(t.config.model.name)
+    return estimate_seconds(t.config, params) if params else None
+
+
 def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
     """Rows (label, overrides, estimated cost) and the total estimated seconds."""
     rows, total = [], 0.0
     for t in sweep.trials:
         params = approx_parameters(t.config.model.name)
-        secs = estimate_seconds(t.config, params) if params else None
+        secs = _trial_seconds(t)
         total += secs or 0.0
         unknown = "unknown model size" if not params else "unknown data size"
         cost = f"~{secs / 60:.1f} min" if secs is not None else unknown
@@ -308,22 +314,31 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
     try:
         row = store.db.execute("SELECT spec_hash FROM sweeps WHERE name = ?", (sweep.name,)).fetchone()
         counts = store.counts(sweep.name)
-        open_trials = store.db.execute(
-            "SELECT config FROM trials WHERE sweep = ? AND status IN ('pending', 'running')", (sweep.name,)
-        )
-        configs = [t.config.model_dump(mode="json") for t in sweep.trials]
-        if row is not None:  # the trials a run would start
-            configs = [json.loads(c) for (c,) in open_trials]
-        found = store.finished_elsewhere(sweep.name, configs, usable=same_precision)
+        states = ("pending", "running", "failed") if retry_failed else ("pending", "running")
+        stored = store.db.execute("SELECT config_hash, config, status FROM trials WHERE sweep = ?", (sweep.name,))
+        if row is None:  # the trials a run would start, and those of them another sweep can stand in for
+            starts = [(t.hash, t.config.model_dump(mode="json"), "pending") for t in sweep.trials]
+        else:
+            starts = [(h, json.loads(c), status) for h, c, status in stored.fetchall() if status in states]
+        found = store.finished_elsewhere(sweep.name, [cfg for _, cfg, _ in starts], usable=same_precision)
+        found = {i: v for i, v in found.items() if starts[i][2] != "failed"}  # a failed trial is run again
     finally:
         store.close()
     reused: dict[str, int] = {}
     for _, other in found.values():
         reused[other] = reused.get(other, 0) + 1
     copies = f"copies {len(found)} ({_copied(reused)}: the same configs, finished there) and " if found else ""
+    by_hash = {t.hash: t for t in sweep.trials}
+    to_run = [by_hash[h] for i, (h, _, _) in enumerate(starts) if i not in found and h in by_hash]
+    cost = ""
+    if 0 < len(to_run) < n:  # what is left of the estimate for the whole sweep
+        secs = sum(_trial_seconds(t) or 0.0 for t in to_run)
+        rough = f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.0f} min" if secs < 5400 else f"{secs / 3600:.1f} h"
+        cost = f"; estimated ~{rough} for those {len(to_run)}"
     if row is None:
         return (
-            f"{folder}: no trial of sweep {sweep.name!r} yet; a run {copies}does {'all ' * (not found)}{n - len(found)}"
+            f"{folder}: no trial of sweep {sweep.name!r} yet; a run {copies}does {'all ' * (not found)}"
+            f"{n - len(found)}{cost}"
         )
     if row[0] != sweep.spec_hash:
         return (
@@ -331,8 +346,7 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
             "(results are never mixed: use another --dir)"
         )
     failed, running = counts.get("failed", 0), counts.get("running", 0)
-    todo = counts.get("pending", 0) + running + (failed if retry_failed else 0)
-    line = f"{folder}: {counts.get('done', 0)} of {n} trials done; a run now {copies}does {todo - len(found)}"
+    line = f"{folder}: {counts.get('done', 0)} of {n} trials done; a run now {copies}does {len(to_run)}"
     if failed:
         kept = "retried" if retry_failed else "kept as they are; --retry-failed reruns them"
         line += f" ({failed} failed: {kept})"
@@ -341,7 +355,7 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
             f"; {running} marked running: by a run in progress (then a second run is refused until it ends) or "
             "by one that stopped (a new run starts them again)"
         )
-    return line
+    return line + cost
 
 
 def _copied(reused: dict[str, int]) -> str:
