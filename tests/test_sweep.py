@@ -231,6 +231,8 @@ def test_a_second_sweep_copies_the_trials_another_sweep_finished(tiny_dir, tmp_p
         {"name": "more", "base": base, "variants": [{"method": "head"}, {"method": "full"}], "grid": {"lr": [1e-3]}}
     )
     assert store.finished_elsewhere("more", [t.config.model_dump(mode="json") for t in more.trials]) == {}  # lr
+    head_cfg = first.trials[0].config.model_dump(mode="json")
+    assert store.finished_elsewhere("new", [head_cfg, head_cfg]) == {0: (head, "one seed"), 1: (head, "one seed")}
     second = expand({"name": "again", "base": base, "variants": [{"method": "head"}, {"method": "full"}]})
     plan = store_progress(tmp_path, second)
     assert "a run copies 1 (1 from sweep 'one seed': the same configs, finished there) and does 1" in plan, plan
@@ -568,3 +570,22 @@ def test_a_setting_the_method_does_not_read_keeps_the_computation(tiny_dir):
         method="prompt", prompt_init="text"
     )
     assert key(method="lora", rank=4) != key(method="lora", rank=8)
+    assert key(method="prefix", prefix_init="random") == key(method="prefix")  # peft's random start either way
+
+    def ranked(rank):  # DynamicCut ranks with a LoRA fine-tune of the same [tuning] table: its rank is read
+        cfg = base_config(tiny_dir, tuning={"method": "full", "rank": rank})
+        cfg["mitigation"] = {"method": "dynamiccut", "rank_method": "lora"}
+        return computation_key(parse_config(cfg).model_dump(mode="json"))
+
+    assert ranked(4) != ranked(64)
+
+
+def test_a_copy_needs_the_same_device_and_dtype():
+    from memlens.experiments.sweep import same_precision
+
+    ran = {"model": {"device": "cpu", "dtype": "float32"}}
+    explicit = {"model": {"device": "cpu", "dtype": "float32"}}
+    assert same_precision(ran, explicit) and same_precision(ran, explicit, here=False)
+    assert not same_precision(ran, {"model": {"device": "cpu", "dtype": "bfloat16"}})
+    assert not same_precision({"model": {"device": "cuda:0", "dtype": "bfloat16"}}, explicit)
+    assert not same_precision(ran, {"model": {"device": "auto"}}, here=False)  # a cluster elsewhere: unknown

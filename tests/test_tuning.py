@@ -313,20 +313,20 @@ def test_a_method_reads_no_tuning_field_but_those_its_key_keeps(tiny, variant):
 
     assert set(OTHER) == set(TuningConfig.model_fields) - {"method"}  # a new field needs a value here
 
-    def adapted(cfg: TuningConfig) -> tuple[list, torch.Tensor]:
+    def adapted(cfg: TuningConfig) -> tuple[list, torch.Tensor, dict]:
         torch.manual_seed(0)
-        model, _ = apply_method(copy.deepcopy(tiny.model), cfg, tiny.tokenizer)
+        model, info = apply_method(copy.deepcopy(tiny.model), cfg, tiny.tokenizer)
         model.eval()
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([[5, 6, 7, 8]])).logits
         weights = [(n, p.detach().clone()) for n, p in model.named_parameters() if p.requires_grad]
-        return weights, logits
+        return weights, logits, info  # info: the method's parameters as applied (LoRA's alpha and dropout too)
 
     base = TuningConfig(**variant)
-    weights, logits = adapted(base)
+    weights, logits, info = adapted(base)
     unread = set(OTHER) - set(fields_read(base.model_dump(mode="json")))
     for name in sorted(unread):
-        other_weights, other_logits = adapted(base.model_copy(update={name: OTHER[name]}))
+        other_weights, other_logits, other_info = adapted(base.model_copy(update={name: OTHER[name]}))
         assert [n for n, _ in other_weights] == [n for n, _ in weights], name
         assert all(torch.equal(a, b) for (_, a), (_, b) in zip(weights, other_weights, strict=True)), name
-        assert torch.equal(logits, other_logits), name
+        assert torch.equal(logits, other_logits) and other_info == info, name

@@ -229,7 +229,7 @@ def sweep_cmd(
             typer.echo(f"{label:40s} {cost:>12s}  {overrides}")
         rate = throughput_note(sweep)
         typer.echo(f"{len(rows)} trials, estimated ~{total / 60:.0f} min in all (rough: {rate})")
-        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed))
+        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed, address=address))
         _placement(sweep, backend, address)
         return
     counts = run_sweep(sweep, folder, retry_failed=retry_failed, backend=backend, address=address)
@@ -322,7 +322,7 @@ def reproduce_cmd(
 
             raise MemlensError("--pilot only projects a run: use it with --dry-run")
         sweep = _preset_plan(preset, spec, pilot)
-        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed))
+        typer.echo(store_progress(folder, sweep, retry_failed=retry_failed, address=address))
         _placement(sweep, backend, address)
         return
     if findings_only:

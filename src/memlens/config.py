@@ -553,15 +553,20 @@ METHOD_FIELDS: dict[str, tuple[str, ...]] = {  # the [tuning] fields each method
 }
 
 
-def fields_read(tuning: dict) -> dict:
-    """The part of a ``[tuning]`` table (as stored) that its method reads: the method, its fields
-    (:data:`METHOD_FIELDS`) and ``prompt_init_text`` where the method starts from that text; the whole table
-    for a method it does not know."""
-    method = tuning.get("method", "lora")
-    if method not in METHOD_FIELDS:
+def fields_read(tuning: dict, also: tuple[str, ...] = ()) -> dict:
+    """The part of a ``[tuning]`` table (as stored) that its method reads — and the methods in ``also`` (e.g.
+    DynamicCut's ``mitigation.rank_method``, which fine-tunes with the same table): the method, their fields
+    (:data:`METHOD_FIELDS`) and ``prompt_init_text`` where one starts from that text; the whole table for a
+    method it does not know."""
+    methods = {tuning.get("method", "lora"), *also}
+    if not methods <= set(METHOD_FIELDS):
         return tuning
-    kept = {k: tuning.get(k) for k in ("method", *METHOD_FIELDS[method])}
-    if {"prefix": tuning.get("prefix_init"), "prompt": tuning.get("prompt_init")}.get(method) == "text":
+    kept = {k: tuning.get(k) for k in ("method", *(f for m in sorted(methods) for f in METHOD_FIELDS[m]))}
+    if kept.get("prefix_init") == "random":  # peft's start, as when unset
+        kept["prefix_init"] = None
+    if ("prefix" in methods and tuning.get("prefix_init") == "text") or (
+        "prompt" in methods and tuning.get("prompt_init") == "text"
+    ):
         kept["prompt_init_text"] = tuning.get("prompt_init_text")
     return kept
 
@@ -580,7 +585,8 @@ def computation_key(config: dict) -> str:
 
     data = {k: v for k, v in config.items() if k not in ("output", "name")}
     if isinstance(data.get("tuning"), dict):
-        data["tuning"] = fields_read(data["tuning"])
+        rank_method = (data.get("mitigation") or {}).get("rank_method")
+        data["tuning"] = fields_read(data["tuning"], (rank_method,) if rank_method else ())
     data = drop_none(data)
     if (config.get("output") or {}).get("save_adapter"):
         data["save_adapter"] = True

@@ -193,18 +193,19 @@ class Store:
             wanted = {i: json.loads(cfg) for i, cfg in rows}
         else:
             wanted = dict(enumerate(configs))
-        keys = {computation_key(cfg): i for i, cfg in wanted.items()}
+        keys: dict[str, list] = {}
+        for i, cfg in wanted.items():
+            keys.setdefault(computation_key(cfg), []).append(i)
         found: dict[int, tuple[int, str]] = {}
         done = "SELECT id, sweep, config, info FROM trials WHERE status = 'done' AND sweep != ? ORDER BY id"
         for trial, other, cfg, info in self.db.execute(done, (sweep,)).fetchall():
-            i = keys.get(computation_key(json.loads(cfg)))
-            if i is None or i in found:
-                continue
+            open_ = [i for i in keys.get(computation_key(json.loads(cfg)), []) if i not in found]
             folder = self.trial_dir(trial)
-            if not ((folder / "results.json").is_file() and (folder / "scores.csv").is_file()):
+            if not open_ or not ((folder / "results.json").is_file() and (folder / "scores.csv").is_file()):
                 continue
-            if usable is None or usable(json.loads(info) if info else {}, wanted[i]):
-                found[i] = (trial, other)
+            for i in open_:
+                if usable is None or usable(json.loads(info) if info else {}, wanted[i]):
+                    found[i] = (trial, other)
         return found
 
     def reuse_finished(self, sweep: str, *, usable: Callable[[dict, dict], bool] | None = None) -> dict[str, int]:

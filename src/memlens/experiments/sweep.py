@@ -83,12 +83,15 @@ def estimate_device(cfg: RunConfig) -> str:
     return ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
 
 
-def same_precision(info: dict, config: dict) -> bool:
+def same_precision(info: dict, config: dict, *, here: bool = True) -> bool:
     """Whether a finished trial (its stored ``info``) ran on the device type and dtype that ``config`` (stored
-    JSON) gets on this machine, ``"auto"`` resolved as a run here would: a copied trial never brings bf16 into a
+    JSON) gets, ``"auto"`` resolved as a run on this machine would (``here``; on a cluster elsewhere, where it
+    cannot be known, a trial with ``device = "auto"`` never matches): a copied trial never brings bf16 into a
     float32 design."""
     model = config.get("model") or {}
     device = model.get("device", "auto")
+    if device == "auto" and not here:
+        return False
     device = ("cuda" if _cuda_available() else "cpu") if device == "auto" else device
     dtype = model.get("dtype", "auto")
     dtype = ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype
@@ -302,9 +305,10 @@ def check_backend(backend: str, address: str | None) -> None:
         raise MemlensError("--address names a Ray cluster: use it with --backend ray")
 
 
-def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) -> str:
+def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False, address: str | None = None) -> str:
     """A dry run's line on the results store in ``folder``: what is finished there and what a run would do now
-    (``retry_failed``: failed trials count as to do). Reads the store only."""
+    (``retry_failed``: failed trials count as to do; ``address``: of the Ray cluster it would run on, see
+    :func:`same_precision`). Reads the store only."""
     from memlens.experiments.store import DB_NAME, Store
 
     n = len(sweep.trials)
@@ -320,7 +324,8 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
             starts = [(t.hash, t.config.model_dump(mode="json"), "pending") for t in sweep.trials]
         else:
             starts = [(h, json.loads(c), status) for h, c, status in stored.fetchall() if status in states]
-        found = store.finished_elsewhere(sweep.name, [cfg for _, cfg, _ in starts], usable=same_precision)
+        usable = functools.partial(same_precision, here=address is None)
+        found = store.finished_elsewhere(sweep.name, [cfg for _, cfg, _ in starts], usable=usable)
         found = {i: v for i, v in found.items() if starts[i][2] != "failed"}  # a failed trial is run again
     finally:
         store.close()
@@ -332,9 +337,13 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False) ->
     to_run = [by_hash[h] for i, (h, _, _) in enumerate(starts) if i not in found and h in by_hash]
     cost = ""
     if 0 < len(to_run) < n:  # what is left of the estimate for the whole sweep
-        secs = sum(_trial_seconds(t) or 0.0 for t in to_run)
+        each = [_trial_seconds(t) for t in to_run]
+        secs = sum(x or 0.0 for x in each)
         rough = f"{secs:.0f} s" if secs < 90 else f"{secs / 60:.0f} min" if secs < 5400 else f"{secs / 3600:.1f} h"
-        cost = f"; estimated ~{rough} for those {len(to_run)}"
+        unknown = sum(x is None for x in each)
+        cost = f"; estimated ~{rough} for those {len(to_run)}" + (
+            f" ({unknown} of unknown size not counted)" * bool(unknown)
+        )
     if row is None:
         return (
             f"{folder}: no trial of sweep {sweep.name!r} yet; a run {copies}does {'all ' * (not found)}"
@@ -390,7 +399,8 @@ def run_sweep(
             sweep.spec_hash,
             [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
         )
-        reused = store.reuse_finished(sweep.name, usable=same_precision)
+        here = backend == "local" or address is None  # a new local Ray instance runs on this machine too
+        reused = store.reuse_finished(sweep.name, usable=functools.partial(same_precision, here=here))
         todo = store.pending(sweep.name, retry_failed)
         done_before = store.counts(sweep.name).get("done", 0) - sum(reused.values())
         progress.info(
