@@ -4,7 +4,8 @@ PY := $(VENV)/bin/python
 # On this project's machines `torch==2.13.0` is a local CPU build. Elsewhere, for a CPU-only torch, use e.g.
 #   make TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.13.0
-MEMLENS_DATA_DIR ?= $(abspath ../shared/data/phee)
+# PHEE's original files where they are beside the checkout; empty: the copy inside memlens
+MEMLENS_DATA_DIR ?= $(if $(wildcard ../shared/data/phee/train.jsonl),$(abspath ../shared/data/phee))
 export MEMLENS_DATA_DIR
 
 .PHONY: setup demo test lint chromium

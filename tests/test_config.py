@@ -62,3 +62,25 @@ def test_empty_run_name_and_output_dir_are_refused():
 def test_every_example_config_in_the_readme_is_valid(path):
     cfg = load_config(Path(__file__).parents[1] / "examples" / path)
     assert cfg.name == path.removesuffix(".toml") and str(cfg.output.dir).startswith("runs/")
+
+
+def test_the_readmes_toml_examples_parse():
+    """Every TOML block of README.md is valid TOML; a whole sweep file expands and a whole run config
+    validates, so that a newcomer can paste them."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from memlens.config import parse_config
+    from memlens.experiments.sweep import expand
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [tomllib.loads(b) for b in re.findall(r"```toml\n(.*?)```", readme, re.S)]
+    assert len(blocks) >= 5
+    sweeps = [b for b in blocks if "name" in b and ("grid" in b or "variants" in b)]
+    runs = [b for b in blocks if "model" in b and "tuning" in b and "grid" not in b]
+    assert sweeps and runs
+    for b in sweeps:
+        assert expand(b).trials
+    for b in runs:
+        parse_config(b)

@@ -23,7 +23,9 @@ app.add_typer(data_app, name="data")
 app.add_typer(results_app, name="results")
 
 DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Folder with the data (PHEE: train/dev/test.jsonl).")]
-Out = Annotated[Path | None, typer.Option("--out", help="Results folder (default: runs/NAME).")]
+Out = Annotated[
+    Path | None, typer.Option("--out", help="Results folder (default: the config's output.dir, e.g. runs/NAME).")
+]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print results.json to stdout instead of the table.")]
@@ -200,7 +202,9 @@ def audit_cmd(
 @app.command("sweep")
 @_guard
 def sweep_cmd(
-    file: Annotated[Path, typer.Argument(help="TOML sweep file: [base] run config, [grid] axes, [[variants]].")],
+    file: Annotated[
+        Path, typer.Argument(help="TOML sweep file: \\[base] run config, \\[grid] axes, \\[\\[variants]].")
+    ],
     folder: Annotated[Path | None, typer.Option("--dir", help="Project folder with the results store.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and a cost estimate only.")] = False,
     retry_failed: RetryFailed = False,
