@@ -589,3 +589,29 @@ def test_a_copy_needs_the_same_device_and_dtype():
     assert not same_precision(ran, {"model": {"device": "cpu", "dtype": "bfloat16"}})
     assert not same_precision({"model": {"device": "cuda:0", "dtype": "bfloat16"}}, explicit)
     assert not same_precision(ran, {"model": {"device": "auto"}}, here=False)  # a cluster elsewhere: unknown
+
+
+def test_a_trial_another_sweep_finishes_meanwhile_is_copied_not_run(tiny_dir, tmp_path, monkeypatch):
+    """Two sweeps of one store in two processes: before each trial the local backend looks again for a copy."""
+    import memlens.experiments as experiments
+
+    base = base_config(tiny_dir)
+    other = expand({"name": "a", "base": base, "variants": [{"method": "full"}]})
+    mine = expand({"name": "b", "base": base, "variants": [{"method": "head"}, {"method": "full"}]})
+    real_run, calls = experiments.run, []
+
+    def run(cfg):  # sweep b's first trial: meanwhile sweep a (as if in another process) finishes the full fine-tune
+        calls.append(cfg.tuning.method)
+        if len(calls) == 1:
+            run_sweep(other, tmp_path)
+        return real_run(cfg)
+
+    monkeypatch.setattr(experiments, "run", run)
+    lines = []
+    monkeypatch.setattr("memlens.progress.info", lines.append)
+    assert run_sweep(mine, tmp_path) == {"done": 2}
+    assert calls == ["head", "full"]  # head for b, full for a: b's full was not trained again
+    trials = Store(tmp_path).trials()
+    copied = trials[(trials.sweep == "b") & trials.label.str.contains("full")]["info"].item()
+    assert copied["copied_from"]["sweep"] == "a"
+    assert any("copied from sweep 'a', which finished it meanwhile" in line for line in lines), lines

@@ -208,19 +208,23 @@ class Store:
                     found[i] = (trial, other)
         return found
 
-    def reuse_finished(self, sweep: str, *, usable: Callable[[dict, dict], bool] | None = None) -> dict[str, int]:
-        """Mark done each pending trial of ``sweep`` that a trial of another sweep can stand in for
-        (:meth:`finished_elsewhere`), copying that trial's rows and folder (files hard-linked where the file system
-        allows: memlens replaces files, never rewrites them in place; its results.json keeps that sweep's name) and
-        naming it in ``info["copied_from"]``. Returns ``{source sweep: trials copied}``. A copy that fails (e.g.
-        the disk is full) leaves the trial to run; killed midway, the partial copy is a temp folder that a later
-        run removes."""
+    def reuse_finished(
+        self, sweep: str, *, usable: Callable[[dict, dict], bool] | None = None, only: int | None = None
+    ) -> dict[str, int]:
+        """Mark done each pending trial of ``sweep`` (or its trial ``only``) that a trial of another sweep can
+        stand in for (:meth:`finished_elsewhere`), copying that trial's rows and folder (files hard-linked where
+        the file system allows: memlens replaces files, never rewrites them in place; its results.json keeps that
+        sweep's name) and naming it in ``info["copied_from"]``. Returns ``{source sweep: trials copied}``. A copy
+        that fails (e.g. the disk is full) leaves the trial to run; killed midway, the partial copy is a temp
+        folder that a later run removes."""
         import shutil
 
         from memlens.files import remove, remove_stale, temp_path
 
         reused: dict[str, int] = {}
         for target, (source, other) in self.finished_elsewhere(sweep, usable=usable).items():
+            if only is not None and target != only:
+                continue
             src, dst = self.trial_dir(source), self.trial_dir(target)
             part = temp_path(dst)
             remove_stale(dst.parent, {dst.name})  # a killed copy's or run's temp folder

@@ -400,7 +400,8 @@ def run_sweep(
             [(t.hash, t.label, t.config.model_dump(mode="json")) for t in sweep.trials],
         )
         here = backend == "local" or address is None  # a new local Ray instance runs on this machine too
-        reused = store.reuse_finished(sweep.name, usable=functools.partial(same_precision, here=here))
+        usable = functools.partial(same_precision, here=here)
+        reused = store.reuse_finished(sweep.name, usable=usable)
         todo = store.pending(sweep.name, retry_failed)
         done_before = store.counts(sweep.name).get("done", 0) - sum(reused.values())
         progress.info(
@@ -417,20 +418,27 @@ def run_sweep(
 
             run_on_ray(store, sweep.name, todo, sweep.resources, address)
         elif todo:
-            _run_here(store, sweep.name, todo)
+            _run_here(store, sweep.name, todo, usable)
     counts = store.counts(sweep.name)
     store.close()
     return counts
 
 
-def _run_here(store, sweep_name: str, todo: list[tuple[int, str, dict]]) -> None:
-    """The local backend: the trials one after another in this process."""
+def _run_here(store, sweep_name: str, todo: list[tuple[int, str, dict]], usable=None) -> None:
+    """The local backend: the trials one after another in this process. Before each, a trial another process
+    finished meanwhile in another sweep of the store is copied instead (``usable``: as for
+    :meth:`~memlens.experiments.store.Store.reuse_finished`)."""
     from memlens.experiments import run
     from memlens.experiments.store import stored
 
     with progress.bar(f"sweep {sweep_name}", len(todo), "trials") as bar:
         for trial_id, label, cfg_json in todo:
             bar.note(label)
+            copied = store.reuse_finished(sweep_name, usable=usable, only=trial_id)
+            if copied:
+                progress.info(f"trial {label!r} copied from sweep {next(iter(copied))!r}, which finished it meanwhile")
+                bar.advance(1)
+                continue
             cfg = parse_config(cfg_json)
             cfg = with_overrides(cfg, {"output.dir": str(store.trial_dir(trial_id)), "output.overwrite": True})
             store.start(trial_id)
