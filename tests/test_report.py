@@ -410,3 +410,21 @@ def test_findings_say_how_many_seeds_each_configuration_has():
     assert words(1, 3, 2) == ", and the training seeds of each configuration (1, 2 or 3 seeds)"
     assert "one training seed per configuration, so the intervals do not cover" in words(1, 1)
     assert words() == ""  # no finished trial yet
+
+
+def test_a_fine_tune_that_learnt_then_over_fitted_is_called_over_fitting():
+    from memlens.report.summary import diverged_notes
+
+    def row(epoch, value, low, high):
+        return {"trial": 1, "kind": "effect", "metric": "nonmember_drop", "epoch": epoch, "value": value,
+                "ci_low": low, "ci_high": high}  # fmt: skip
+
+    trials = pd.DataFrame([{"id": 1, "label": "big lora seed=0", "config": {"tuning": {"method": "lora"}}}])
+    learnt = [row(1, 0.49, 0.45, 0.53), row(2, 0.29, 0.25, 0.33), row(4, -0.61, -0.66, -0.56)]
+    (note,) = diverged_notes(pd.DataFrame(learnt), trials)
+    assert note.startswith("trial big lora seed=0: fine-tuning first lowered the non-members' loss (by 0.49 "
+                           "nats/token at epoch 1), then raised it by 0.61 nats/token [0.56, 0.66]"), note  # fmt: skip
+    assert "by epoch 4): over-fitting; fewer epochs" in note and "usual causes" not in note
+    never = [row(1, -0.05, -0.1, 0.01), row(4, -0.61, -0.66, -0.56)]  # no epoch with a drop shown above 0
+    (note,) = diverged_notes(pd.DataFrame(never), trials)
+    assert "usual causes: a learning rate" in note and "over-fitting" not in note

@@ -28,14 +28,32 @@ def diverged(drop: dict | None) -> bool:
     return drop["ci_high"] < -math.log(DIVERGED)
 
 
-def divergence_note(drop: dict, what: str) -> str:
-    """The warning for a diverged fine-tune (:func:`diverged`); ``what`` names the run or its trials."""
-    return (
-        f"{what}: fine-tuning raised the non-members' loss by {-drop['value']:.2f} nats/token "
-        f"[{-drop['ci_high']:.2f}, {-drop['ci_low']:.2f}] (their perplexity {math.exp(-drop['value']):.1f}-fold; "
-        f"more than {DIVERGED}-fold, the whole 95% CI included, is taken as diverged; usual causes: {FIXES}): "
-        "its memorization numbers describe a damaged model"
+def divergence_note(drop: dict, what: str, *, best: dict | None = None) -> str:
+    """The warning for a diverged fine-tune (:func:`diverged`); ``what`` names the run or its trials. ``best``:
+    the non-members' loss drop at the epoch where it was largest; when that epoch came before ``drop``'s and
+    its whole CI was above 0, the model learnt first and then over-fitted, and the note says so."""
+    rise = (
+        f"{-drop['value']:.2f} nats/token [{-drop['ci_high']:.2f}, {-drop['ci_low']:.2f}] (their perplexity "
+        f"{math.exp(-drop['value']):.1f}-fold; more than {DIVERGED}-fold, the whole 95% CI included, is taken as "
+        "diverged"
     )
+    learnt = best is not None and best["epoch"] < drop["epoch"] and (best.get("ci_low") or 0.0) > 0
+    if best is not None and learnt:
+        return (
+            f"{what}: fine-tuning first lowered the non-members' loss (by {best['value']:.2f} nats/token at epoch "
+            f"{best['epoch']:.0f}), then raised it by {rise} by epoch {drop['epoch']:.0f}): over-fitting; fewer "
+            "epochs, a lower learning rate ([training] lr) or more members avoid it, and its memorization numbers "
+            "describe a model made worse on texts it never saw"
+        )
+    return (
+        f"{what}: fine-tuning raised the non-members' loss by {rise}; usual causes: {FIXES}): its memorization "
+        "numbers describe a damaged model"
+    )
+
+
+def best_drop(drops: list[dict]) -> dict | None:
+    """Of a trial's ``nonmember_drop`` records (one per evaluated epoch), the one with the largest drop."""
+    return max(drops, key=lambda r: r["value"], default=None)
 
 
 def diverged_notes(results: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
@@ -46,6 +64,7 @@ def diverged_notes(results: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
 
     drops = results[(results["kind"] == "effect") & (results["metric"] == "nonmember_drop")]
     last = drops.loc[drops.groupby("trial")["epoch"].idxmax()] if not drops.empty else drops
+    best = {int(t): best_drop(g.to_dict("records")) for t, g in drops.groupby("trial")}
     bad = {int(r["trial"]): r for r in last.to_dict("records") if diverged(r)}
     groups: dict[str, list] = {}
     for t in trials.itertuples():
@@ -55,7 +74,9 @@ def diverged_notes(results: pd.DataFrame, trials: pd.DataFrame) -> list[str]:
     for rows in groups.values():
         labels = ", ".join(label for label, _ in rows)
         worst = min((r for _, r in rows), key=lambda r: r["value"])
-        note = divergence_note(worst, f"{'trials' if len(rows) > 1 else 'trial'} {labels}")
+        note = divergence_note(
+            worst, f"{'trials' if len(rows) > 1 else 'trial'} {labels}", best=best[int(worst["trial"])]
+        )
         notes.append(note.replace(": fine-tuning", ": fine-tuning (the worst of them)", 1) if len(rows) > 1 else note)
     return notes
 
@@ -129,7 +150,8 @@ def summary_lines(results: dict) -> list[str]:
         lines.append(f"validation perplexity: {ppl0['value']:.2f} ({before}) → {ppl1['value']:.2f} ({after})")
     drop = find(records, epoch=last, kind="effect", metric="nonmember_drop")
     if "audit" not in results and drop is not None and diverged(drop):
-        lines.append(divergence_note(drop, "warning"))
+        drops = [r for r in records if r["kind"] == "effect" and r["metric"] == "nonmember_drop"]
+        lines.append(divergence_note(drop, "warning", best=best_drop(drops)))
     if "audit" in results:
         a = results["audit"]
         adapter = f" + adapter {a['adapter']} ({t['trainable_parameters']:,} parameters)" if a["adapter"] else ""
