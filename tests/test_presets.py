@@ -116,7 +116,7 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         assert Store(tmp_path).counts() == {"done": len(sweep.trials) - 1, "pending": 1}  # nothing was run
         # another sweep in the same folder (e.g. the same preset with other seeds): its trials are not mixed in
         with sqlite3.connect(tmp_path / "results.db") as db:
-            db.execute("INSERT INTO sweeps SELECT 'other', spec_hash, spec, created FROM sweeps")
+            db.execute("INSERT INTO sweeps SELECT 'other', spec_hash, spec, created + 1 FROM sweeps")
             db.execute(
                 "INSERT INTO trials (sweep, config_hash, label, config, status, started, finished, seconds, info) "
                 "SELECT 'other', config_hash, 'intruder', config, status, started, finished, seconds, info "
@@ -132,6 +132,10 @@ def test_presets_run_end_to_end_on_a_tiny_model(name, tiny_dir, tmp_path):
         assert (tmp_path / "findings.md").read_text() == text  # that sweep's trials only, as before
         rows = pd.read_csv(tmp_path / f"{tmp_path.name}-trials.csv")
         assert new not in set(rows["trial"]) and not rows["label"].str.contains("·").any(), rows["label"]
+        # the later sweep's findings go beside the folder's own, under its name
+        written = write_findings(name, tmp_path, "memlens reproduce ... --set ...", sweep="other")
+        assert written == tmp_path / "findings-other.md" and (tmp_path / "findings.md").read_text() == text
+        assert list(pd.read_csv(tmp_path / "other-trials.csv")["trial"]) == [new]
     missing = Store(tmp_path).trial_dir(1) / "scores.csv"  # a finished trial whose per-text scores are gone
     missing.unlink()
     write_findings(name, tmp_path, "memlens reproduce ...")  # leaves it out of every file, not only the tests

@@ -292,7 +292,9 @@ def write_findings(name: str, folder: Path, command: str, *, sweep: str | None =
     p-values and verdict: :func:`~memlens.experiments.findings.findings_frame`), ``FOLDER-trials.csv`` (each
     trial's AUC of the study's attack, loss gap, trainable parameters and validation perplexity) and
     ``FOLDER-frontier.svg`` (the privacy–utility frontier), named after the folder so that they can be
-    published together. ``sweep``: the trials of that sweep only (default: every trial of the store)."""
+    published together. ``sweep``: the trials of that sweep only (default: every trial of the store); a sweep
+    other than the first the store registered (e.g. a ``--set`` what-if run in the design's folder) writes
+    ``findings-SWEEP.md`` and ``SWEEP-findings.csv`` …, so that the folder's own findings stay."""
     from memlens.experiments.store import Store, SweepView
     from memlens.report.data import load_report_data
     from memlens.report.plots import privacy_utility_frontier
@@ -303,9 +305,11 @@ def write_findings(name: str, folder: Path, command: str, *, sweep: str | None =
         scores = load_scores(view)
         findings = evaluate_findings(name, scores)
         md = findings_markdown(name, view, command, evaluated=(scores, findings))
+        first = store.db.execute("SELECT name FROM sweeps ORDER BY created, name LIMIT 1").fetchone()
     finally:
         store.close()
-    stem = Path(folder).resolve().name
+    own = sweep is None or first is None or first[0] == sweep  # the folder's own run
+    stem = Path(folder).resolve().name if own else str(sweep)
     extra = [f"{stem}-findings.csv", f"{stem}-trials.csv"]
     write_text(folder / extra[0], findings_frame(findings, scores).to_csv(index=False))
     attack = STUDY_ATTACK[name]
@@ -321,4 +325,4 @@ def write_findings(name: str, folder: Path, command: str, *, sweep: str | None =
     parts = ["Every tested difference", "every trial's numbers", "the privacy–utility frontier"][: len(extra)]
     links = ", ".join(f"[{f}]({f})" for f in extra)
     what = ", ".join(parts[:-1]) + " and " + parts[-1]
-    return write_text(folder / "findings.md", md + f"\n{what}: {links}.\n")
+    return write_text(folder / ("findings.md" if own else f"findings-{sweep}.md"), md + f"\n{what}: {links}.\n")
