@@ -32,22 +32,22 @@ def divergence_note(drop: dict, what: str, *, best: dict | None = None) -> str:
     """The warning for a diverged fine-tune (:func:`diverged`); ``what`` names the run or its trials. ``best``:
     the non-members' loss drop at the epoch where it was largest; when that epoch came before ``drop``'s and
     its whole CI was above 0, the model learnt first and then over-fitted, and the note says so."""
-    rise = (
-        f"{-drop['value']:.2f} nats/token [{-drop['ci_high']:.2f}, {-drop['ci_low']:.2f}] (their perplexity "
-        f"{math.exp(-drop['value']):.1f}-fold; more than {DIVERGED}-fold, the whole 95% CI included, is taken as "
-        "diverged"
+    rise = f"{-drop['value']:.2f} nats/token [{-drop['ci_high']:.2f}, {-drop['ci_low']:.2f}]"
+    fold = (
+        f"their perplexity {math.exp(-drop['value']):.1f}-fold; more than {DIVERGED}-fold, the whole 95% CI "
+        "included, is taken as diverged"
     )
     learnt = best is not None and best["epoch"] < drop["epoch"] and (best.get("ci_low") or 0.0) > 0
     if best is not None and learnt:
         return (
             f"{what}: fine-tuning first lowered the non-members' loss (by {best['value']:.2f} nats/token at epoch "
-            f"{best['epoch']:.0f}), then raised it by {rise} by epoch {drop['epoch']:.0f}): over-fitting; fewer "
-            "epochs, a lower learning rate ([training] lr) or more members avoid it, and its memorization numbers "
-            "describe a model made worse on texts it never saw"
+            f"{best['epoch']:.0f}), then raised it by {rise} by epoch {drop['epoch']:.0f} ({fold}): over-fitting; "
+            "fewer epochs, a lower learning rate ([training] lr) or more members avoid it, and its memorization "
+            "numbers describe a model made worse on texts it never saw"
         )
     return (
-        f"{what}: fine-tuning raised the non-members' loss by {rise}; usual causes: {FIXES}): its memorization "
-        "numbers describe a damaged model"
+        f"{what}: fine-tuning raised the non-members' loss by {rise} ({fold}; usual causes: {FIXES}): its "
+        "memorization numbers describe a damaged model"
     )
 
 
