@@ -423,7 +423,8 @@ def test_a_fine_tune_that_learnt_then_over_fitted_is_called_over_fitting():
     learnt = [row(1, 0.49, 0.45, 0.53), row(2, 0.29, 0.25, 0.33), row(4, -0.61, -0.66, -0.56)]
     (note,) = diverged_notes(pd.DataFrame(learnt), trials)
     assert note.startswith("trial big lora seed=0: fine-tuning first lowered the non-members' loss (by 0.49 "
-                           "nats/token at epoch 1), then raised it by 0.61 nats/token [0.56, 0.66]"), note  # fmt: skip
+                           "nats/token [0.45, 0.53] at epoch 1), then raised it by 0.61 nats/token "
+                           "[0.56, 0.66]"), note  # fmt: skip
     assert (
         "by epoch 4 (their perplexity 1.8-fold; more than 1.5-fold, the whole 95% CI included, is taken as "
         "diverged): over-fitting; fewer epochs"

@@ -241,7 +241,7 @@ def test_a_second_sweep_copies_the_trials_another_sweep_finished(tiny_dir, tmp_p
     monkeypatch.setattr("memlens.progress.info", lines.append)
     assert run_sweep(second, tmp_path) == {"done": 2}
     assert (
-        "2 trials, 0 already done, 1 copied (1 from sweep 'one seed': the same configs, finished there), 1 to run"
+        "2 trials, 0 already done, copied 1 (1 from sweep 'one seed': the same configs, finished there), 1 to run"
         in (lines[0])
     ), lines
     trials = Store(tmp_path).trials().set_index("id")

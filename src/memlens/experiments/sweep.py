@@ -29,6 +29,7 @@ import itertools
 import json
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
@@ -288,11 +289,12 @@ def dry_run_table(sweep: Sweep) -> tuple[list[tuple[str, str, str]], float]:
     """Rows (label, overrides, estimated cost) and the total estimated seconds."""
     rows, total = [], 0.0
     for t in sweep.trials:
-        params = approx_parameters(t.config.model.name)
         secs = _trial_seconds(t)
         total += secs or 0.0
-        unknown = "unknown model size" if not params else "unknown data size"
-        cost = f"~{secs / 60:.1f} min" if secs is not None else unknown
+        if secs is not None:
+            cost = f"~{secs / 60:.1f} min"
+        else:
+            cost = "unknown model size" if not approx_parameters(t.config.model.name) else "unknown data size"
         rows.append((t.label, json.dumps(t.overrides), cost))
     return rows, total
 
@@ -329,10 +331,7 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False, ad
         found = {i: v for i, v in found.items() if starts[i][2] != "failed"}  # a failed trial is run again
     finally:
         store.close()
-    reused: dict[str, int] = {}
-    for _, other in found.values():
-        reused[other] = reused.get(other, 0) + 1
-    copies = f"copies {len(found)} ({_copied(reused)}: the same configs, finished there) and " if found else ""
+    copies = f"copies {_copied(Counter(other for _, other in found.values()))} and " if found else ""
     by_hash = {t.hash: t for t in sweep.trials}
     to_run = [by_hash[h] for i, (h, _, _) in enumerate(starts) if i not in found and h in by_hash]
     cost = ""
@@ -368,8 +367,9 @@ def store_progress(folder: Path, sweep: Sweep, *, retry_failed: bool = False, ad
 
 
 def _copied(reused: dict[str, int]) -> str:
-    """``N from sweep 'S'`` for the trials copied from other sweeps of a store (joined with "and")."""
-    return " and ".join(f"{n} from sweep {name!r}" for name, n in sorted(reused.items()))
+    """``N (N from sweep 'S': the same configs, finished there)``: the trials copied from other sweeps."""
+    sources = " and ".join(f"{n} from sweep {name!r}" for name, n in sorted(reused.items()))
+    return f"{sum(reused.values())} ({sources}: the same configs, finished there)"
 
 
 def run_sweep(
@@ -406,11 +406,7 @@ def run_sweep(
         done_before = store.counts(sweep.name).get("done", 0) - sum(reused.values())
         progress.info(
             f"sweep {sweep.name}: {len(sweep.trials)} trials, {done_before} already done, "
-            + (
-                f"{sum(reused.values())} copied ({_copied(reused)}: the same configs, finished there), "
-                if reused
-                else ""
-            )
+            + (f"copied {_copied(reused)}, " if reused else "")
             + f"{len(todo)} to run"
         )
         if backend == "ray" and todo:

@@ -40,8 +40,9 @@ def divergence_note(drop: dict, what: str, *, best: dict | None = None) -> str:
     learnt = best is not None and best["epoch"] < drop["epoch"] and (best.get("ci_low") or 0.0) > 0
     if best is not None and learnt:
         return (
-            f"{what}: fine-tuning first lowered the non-members' loss (by {best['value']:.2f} nats/token at epoch "
-            f"{best['epoch']:.0f}), then raised it by {rise} by epoch {drop['epoch']:.0f} ({fold}): over-fitting; "
+            f"{what}: fine-tuning first lowered the non-members' loss (by {best['value']:.2f} nats/token "
+            f"[{best['ci_low']:.2f}, {best['ci_high']:.2f}] at epoch {best['epoch']:.0f}), then raised it by {rise} "
+            f"by epoch {drop['epoch']:.0f} ({fold}): over-fitting; "
             "fewer epochs, a lower learning rate ([training] lr) or more members avoid it, and its memorization "
             "numbers describe a model made worse on texts it never saw"
         )
